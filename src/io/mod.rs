@@ -1,0 +1,323 @@
+//! The I/O layer: the only module that touches file data.
+//!
+//! - [`Io`] is a handle to an I/O backend. The default backend is an io_uring
+//!   instance owned by an engine thread (`ringdb-io-uring`); callers on any
+//!   thread or runtime submit operations and await `Send` futures that need no
+//!   particular executor. When io_uring is unavailable the handle falls back,
+//!   with one `tracing::warn!`, to a portable pread/pwrite backend on engine
+//!   threads with the same API and semantics.
+//! - [`DirectFile`] is a file opened with O_DIRECT: aligned reads and writes
+//!   (short transfers are continued), `fdatasync`, a write linked to a
+//!   following `fdatasync` in one submission, `fallocate` and `set_len`.
+//! - [`AlignedBuf`] and [`BufPool`] are the buffers O_DIRECT needs. A buffer
+//!   handed to an operation belongs to the backend until the operation
+//!   completes, even if the future that submitted it is dropped.
+//! - [`FaultInjector`] makes chosen operations fail, for tests.
+//!
+//! `docs/io.md` explains the design and the reasons for it.
+
+mod align;
+mod buf;
+mod fault;
+mod file;
+mod op;
+mod posix;
+mod uring;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_lock::Semaphore;
+use futures_channel::oneshot;
+
+pub use align::{AlignmentSource, DEFAULT_ALIGNMENT, discover as discover_alignment};
+pub use buf::{AlignedBuf, BufPool, MIN_ALIGNMENT};
+pub use fault::{FaultAction, FaultInjector, FaultRule};
+pub use file::DirectFile;
+
+use crate::{Error, IoOp, Result};
+use op::{Completion, FileHandle, IoStatsInner, Op, OpKind, Submission};
+
+/// The environment variable that picks the backend when [`IoOptions::backend`] is [`Backend::Auto`]:
+/// `auto`, `io_uring` (or `uring`) or `posix`. Tests use it to run the whole suite on either backend.
+pub const BACKEND_ENV: &str = "RINGDB_IO_BACKEND";
+
+/// Which I/O backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring if it can be set up, else the portable backend (with one warning).
+    /// [`BACKEND_ENV`] overrides this choice.
+    #[default]
+    Auto,
+    /// io_uring, or an error if it cannot be set up.
+    IoUring,
+    /// The portable backend: pread/pwrite/fdatasync on engine threads.
+    Posix,
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Backend> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Backend::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(Backend::IoUring),
+            "posix" | "portable" => Ok(Backend::Posix),
+            other => {
+                Err(Error::InvalidArgument(format!("unknown I/O backend {other:?}: expected auto, io_uring or posix")))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Posix => "posix",
+        })
+    }
+}
+
+/// How to set up an [`Io`].
+#[derive(Debug, Clone)]
+pub struct IoOptions {
+    /// The backend to use. Default: [`Backend::Auto`].
+    pub backend: Backend,
+    /// The most operations in flight at once; a further submission waits
+    /// (asynchronously) for one to complete. Default: 256.
+    pub queue_depth: u32,
+    /// Worker threads of the portable backend. Default: 8.
+    pub posix_threads: usize,
+    /// Faults to inject, for tests. Default: none.
+    pub faults: Option<FaultInjector>,
+}
+
+impl Default for IoOptions {
+    fn default() -> IoOptions {
+        IoOptions { backend: Backend::Auto, queue_depth: 256, posix_threads: 8, faults: None }
+    }
+}
+
+/// Counters of an [`Io`] since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Operations handed to the backend.
+    pub ops_submitted: u64,
+    /// Operations whose completion arrived.
+    pub ops_completed: u64,
+    /// `io_uring_enter` calls made by the ring thread (0 on the portable backend).
+    pub kernel_enters: u64,
+    /// SQEs of operations handed to the ring (a write linked to a sync counts two; retries count again).
+    pub sqes_submitted: u64,
+}
+
+enum Driver {
+    Uring(uring::UringDriver),
+    Posix(posix::PosixDriver),
+}
+
+struct IoInner {
+    driver: Driver,
+    backend: Backend,
+    queue_depth: u32,
+    permits: Arc<Semaphore>,
+    faults: Option<FaultInjector>,
+    stats: Arc<IoStatsInner>,
+}
+
+impl Drop for IoInner {
+    fn drop(&mut self) {
+        match &mut self.driver {
+            Driver::Uring(driver) => driver.shutdown(),
+            Driver::Posix(driver) => driver.shutdown(),
+        }
+    }
+}
+
+/// A handle to an I/O backend. Cheap to clone; the backend drains its in-flight
+/// work and joins its threads when the last handle (including those held by
+/// open [`DirectFile`]s) is dropped.
+#[derive(Clone)]
+pub struct Io {
+    inner: Arc<IoInner>,
+}
+
+static URING_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Io {
+    /// Starts a backend.
+    ///
+    /// With [`Backend::Auto`] the [`BACKEND_ENV`] variable may force a choice;
+    /// otherwise io_uring is tried and, if it cannot be set up, the portable
+    /// backend is used after one `tracing::warn!`.
+    pub fn new(options: IoOptions) -> Result<Io> {
+        if options.queue_depth == 0 || options.queue_depth > 4096 {
+            return Err(Error::InvalidArgument(format!(
+                "queue_depth must be in 1..=4096, got {}",
+                options.queue_depth
+            )));
+        }
+        let requested = match options.backend {
+            Backend::Auto => match std::env::var(BACKEND_ENV) {
+                Ok(value) => value.parse()?,
+                Err(_) => Backend::Auto,
+            },
+            forced => forced,
+        };
+        let stats = Arc::new(IoStatsInner::default());
+        let start_posix = || posix::PosixDriver::start(options.posix_threads, Arc::clone(&stats));
+        let setup_error = |source| Error::Io { op: IoOp::Setup, path: PathBuf::from("io_uring"), offset: None, source };
+        let (driver, backend) = match requested {
+            Backend::Posix => (Driver::Posix(start_posix().map_err(setup_error)?), Backend::Posix),
+            Backend::IoUring | Backend::Auto => {
+                let injected = options.faults.as_ref().and_then(|f| f.check(IoOp::Setup, Path::new("io_uring")));
+                let ring = match injected {
+                    Some(FaultAction::Error(errno)) => Err(std::io::Error::from_raw_os_error(errno)),
+                    _ => uring::UringDriver::start(options.queue_depth, Arc::clone(&stats)),
+                };
+                match ring {
+                    Ok(driver) => (Driver::Uring(driver), Backend::IoUring),
+                    Err(e) if requested == Backend::IoUring => return Err(setup_error(e)),
+                    Err(e) => {
+                        if !URING_FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                error = %e,
+                                "io_uring is unavailable ({e}): using the portable pread/pwrite backend on {} \
+                                 threads; expect lower throughput at high queue depth and more syscalls per I/O",
+                                options.posix_threads.max(1)
+                            );
+                        }
+                        (Driver::Posix(start_posix().map_err(setup_error)?), Backend::Posix)
+                    }
+                }
+            }
+        };
+        Ok(Io {
+            inner: Arc::new(IoInner {
+                driver,
+                backend,
+                queue_depth: options.queue_depth,
+                permits: Arc::new(Semaphore::new(options.queue_depth as usize)),
+                faults: options.faults,
+                stats,
+            }),
+        })
+    }
+
+    /// The backend actually in use (never [`Backend::Auto`]).
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// The bound on operations in flight.
+    pub fn queue_depth(&self) -> u32 {
+        self.inner.queue_depth
+    }
+
+    /// Counters since the backend started.
+    pub fn stats(&self) -> IoStats {
+        let s = &self.inner.stats;
+        IoStats {
+            ops_submitted: s.ops_submitted.load(Ordering::Relaxed),
+            ops_completed: s.ops_completed.load(Ordering::Relaxed),
+            kernel_enters: s.kernel_enters.load(Ordering::Relaxed),
+            sqes_submitted: s.sqes_submitted.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn faults(&self) -> Option<&FaultInjector> {
+        self.inner.faults.as_ref()
+    }
+
+    /// Hands an op to the backend and waits for it. Waits first for an
+    /// in-flight slot, so a full queue is backpressure, not growth.
+    pub(crate) async fn submit(&self, op: Op) -> Completion {
+        let permit = self.inner.permits.acquire_arc().await;
+        let (done, completed) = oneshot::channel();
+        self.inner.stats.ops_submitted.fetch_add(1, Ordering::Relaxed);
+        let submission = Submission { op, done, permit };
+        match &self.inner.driver {
+            Driver::Uring(driver) => driver.submit(submission),
+            Driver::Posix(driver) => driver.submit(submission),
+        }
+        match completed.await {
+            Ok(completion) => completion,
+            // Only if a backend thread died; its buffer went with it, after the kernel.
+            Err(_canceled) => Completion {
+                result: Err(std::io::Error::other("the I/O backend stopped before completing the operation")),
+                sync_result: None,
+                buf: None,
+            },
+        }
+    }
+
+    /// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+    pub async fn sync_dir(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let file = std::fs::File::open(dir).map_err(|source| Error::Io {
+            op: IoOp::Open,
+            path: dir.to_path_buf(),
+            offset: None,
+            source,
+        })?;
+        let handle = Arc::new(FileHandle { file, path: dir.to_path_buf(), direct: false, align: MIN_ALIGNMENT });
+        let completion = self.submit(Op { file: handle, kind: OpKind::Sync { data_only: false } }).await;
+        completion.result.map(|_| ()).map_err(|source| Error::Io {
+            op: IoOp::Sync,
+            path: dir.to_path_buf(),
+            offset: None,
+            source,
+        })
+    }
+
+    /// Renames `from` to `to` and fsyncs the directories involved, so the rename is durable.
+    pub async fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
+        let (from, to) = (from.as_ref(), to.as_ref());
+        std::fs::rename(from, to).map_err(|source| Error::Io {
+            op: IoOp::Rename,
+            path: from.to_path_buf(),
+            offset: None,
+            source,
+        })?;
+        let to_dir = parent_dir(to);
+        self.sync_dir(&to_dir).await?;
+        let from_dir = parent_dir(from);
+        if from_dir != to_dir {
+            self.sync_dir(&from_dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file and fsyncs its directory.
+    pub async fn remove_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::remove_file(path).map_err(|source| Error::Io {
+            op: IoOp::Remove,
+            path: path.to_path_buf(),
+            offset: None,
+            source,
+        })?;
+        self.sync_dir(parent_dir(path)).await
+    }
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("backend", &self.inner.backend)
+            .field("queue_depth", &self.inner.queue_depth)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}

@@ -1,0 +1,119 @@
+//! The operations the backends execute, and what they hand back.
+//!
+//! An [`Op`] owns everything the kernel touches while it runs: the file (an
+//! `Arc`, so the descriptor stays open even if the `DirectFile` is dropped)
+//! and the buffer. Whoever holds the `Op` holds the buffer; the backends keep
+//! it until the operation is complete and only then give it back through a
+//! [`Completion`]. That is the whole buffer-ownership story: a dropped future
+//! merely drops the receiving end of the completion channel.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_lock::SemaphoreGuardArc;
+use futures_channel::oneshot;
+
+use super::buf::AlignedBuf;
+
+/// An open file as the backends see it.
+#[derive(Debug)]
+pub(crate) struct FileHandle {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    /// Opened with O_DIRECT: every request must be aligned to `align`.
+    pub(crate) direct: bool,
+    pub(crate) align: usize,
+}
+
+/// What to do.
+pub(crate) enum OpKind {
+    /// Read `len` bytes at `offset` into `buf[start..start + len]`.
+    Read { buf: AlignedBuf, start: usize, len: usize, offset: u64 },
+    /// Write `buf[start..start + len]` at `offset`; with `sync_after`, follow it
+    /// with a linked fdatasync that runs only if the write completed in full.
+    Write { buf: AlignedBuf, start: usize, len: usize, offset: u64, sync_after: bool },
+    /// fdatasync (`data_only`) or fsync.
+    Sync { data_only: bool },
+    /// fallocate(mode 0): reserve `len` bytes at `offset`.
+    Allocate { offset: u64, len: u64 },
+}
+
+/// One request for a backend.
+pub(crate) struct Op {
+    pub(crate) file: std::sync::Arc<FileHandle>,
+    pub(crate) kind: OpKind,
+}
+
+impl Op {
+    /// Asserts the O_DIRECT rules right before a request reaches the kernel.
+    /// `DirectFile` validates user input first, so a failure here is our bug.
+    pub(crate) fn assert_aligned(&mut self) {
+        if !self.file.direct {
+            return;
+        }
+        let align = self.file.align;
+        let (buf, start, len, offset) = match &mut self.kind {
+            OpKind::Read { buf, start, len, offset } | OpKind::Write { buf, start, len, offset, .. } => {
+                (buf, *start, *len, *offset)
+            }
+            OpKind::Sync { .. } | OpKind::Allocate { .. } => return,
+        };
+        let addr = buf.as_mut_ptr() as usize + start;
+        assert!(
+            addr % align == 0 && len % align == 0 && offset % align as u64 == 0 && start + len <= buf.capacity(),
+            "unaligned O_DIRECT request on {}: addr {addr:#x} len {len} offset {offset} align {align}",
+            self.file.path.display()
+        );
+    }
+
+    /// Turns the finished op into its completion, giving the buffer back.
+    pub(crate) fn complete(self, result: io::Result<usize>, sync_result: Option<io::Result<()>>) -> Completion {
+        let buf = match self.kind {
+            OpKind::Read { buf, .. } | OpKind::Write { buf, .. } => Some(buf),
+            OpKind::Sync { .. } | OpKind::Allocate { .. } => None,
+        };
+        Completion { result, sync_result, buf }
+    }
+}
+
+/// The outcome of an [`Op`].
+pub(crate) struct Completion {
+    /// Bytes transferred (reads, writes) or 0.
+    pub(crate) result: io::Result<usize>,
+    /// For a write with `sync_after`: the fdatasync's outcome (`ECANCELED` when
+    /// the write fell short and the sync did not run).
+    pub(crate) sync_result: Option<io::Result<()>>,
+    /// The buffer, returned to the caller.
+    pub(crate) buf: Option<AlignedBuf>,
+}
+
+/// An op on its way to a backend, with the way back and its in-flight slot.
+pub(crate) struct Submission {
+    pub(crate) op: Op,
+    pub(crate) done: oneshot::Sender<Completion>,
+    /// Held until the op completes: bounds the ops in flight.
+    pub(crate) permit: SemaphoreGuardArc,
+}
+
+impl Submission {
+    /// Delivers the completion. If the caller's future was dropped, the send
+    /// fails and the completion (with its buffer) is dropped here, after the
+    /// kernel is done with it. The permit is released afterwards.
+    pub(crate) fn finish(self, result: io::Result<usize>, sync_result: Option<io::Result<()>>, stats: &IoStatsInner) {
+        let Submission { op, done, permit } = self;
+        let _ = done.send(op.complete(result, sync_result));
+        stats.ops_completed.fetch_add(1, Ordering::Relaxed);
+        drop(permit);
+    }
+}
+
+/// Counters shared by the handle and the backend.
+#[derive(Debug, Default)]
+pub(crate) struct IoStatsInner {
+    pub(crate) ops_submitted: AtomicU64,
+    pub(crate) ops_completed: AtomicU64,
+    pub(crate) kernel_enters: AtomicU64,
+    pub(crate) sqes_submitted: AtomicU64,
+}

@@ -1,0 +1,340 @@
+//! The io_uring backend: one engine thread owns the ring.
+//!
+//! Callers push [`Submission`]s onto a mutex-protected queue. The ring thread
+//! moves everything queued into the submission queue and submits it with one
+//! `io_uring_enter`, reaps completions, and sleeps in `io_uring_enter` when it
+//! has nothing else to do. A read of an eventfd is always armed in the ring, so
+//! a caller that finds the thread asleep wakes it with one 8-byte eventfd
+//! write; callers that find it awake pay no syscall at all.
+//!
+//! Ownership: in-flight ops live in a slab owned by this thread, keyed by the
+//! SQE's user_data, until their last CQE arrives. Nothing else can free them.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use io_uring::{IoUring, opcode, squeue, types};
+use slab::Slab;
+
+use super::op::{IoStatsInner, OpKind, Submission};
+
+/// user_data of the eventfd read; op tokens are `slot << 1 | part`, far below it.
+const WAKE_TOKEN: u64 = u64::MAX;
+/// How often an op is resubmitted after EAGAIN/EINTR before the error is returned.
+const MAX_RETRIES: u32 = 64;
+
+struct Queue {
+    pending: VecDeque<Submission>,
+    /// The ring thread is (about to be) blocked in io_uring_enter and needs an eventfd write.
+    sleeping: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    eventfd: OwnedFd,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let rc = unsafe { libc::write(self.eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+        // EAGAIN means the counter is saturated: the thread is being woken anyway.
+        debug_assert!(rc == 8 || io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN));
+    }
+}
+
+/// Handle to the ring thread.
+pub(crate) struct UringDriver {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UringDriver {
+    /// Starts the ring thread; fails if io_uring cannot be set up here.
+    pub(crate) fn start(queue_depth: u32, stats: Arc<IoStatsInner>) -> io::Result<UringDriver> {
+        // SAFETY: eventfd takes no pointers; the returned fd is checked below.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: raw is a fresh descriptor that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { pending: VecDeque::new(), sleeping: false, shutdown: false }),
+            eventfd,
+        });
+        // Each op needs at most two SQEs (write + linked fsync), plus the eventfd read.
+        let entries = (queue_depth * 2 + 2).next_power_of_two();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name("ringdb-io-uring".into()).spawn(move || {
+            // The ring is built on the thread that submits to it (SINGLE_ISSUER).
+            match build_ring(entries) {
+                Ok(ring) => {
+                    let _ = ready_tx.send(Ok(()));
+                    RingThread::new(ring, thread_shared, stats).run();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(UringDriver { shared, thread: Some(thread) }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other("io_uring thread died during setup"))
+            }
+        }
+    }
+
+    pub(crate) fn submit(&self, submission: Submission) {
+        let wake = {
+            let mut queue = self.shared.lock();
+            queue.pending.push_back(submission);
+            std::mem::take(&mut queue.sleeping)
+        };
+        if wake {
+            self.shared.wake();
+        }
+    }
+
+    /// Drains queued and in-flight work, then joins the thread.
+    pub(crate) fn shutdown(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake();
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    // SINGLE_ISSUER and COOP_TASKRUN (6.0 / 5.19) let the kernel skip
+    // cross-thread synchronisation and IPIs; older kernels reject them with EINVAL.
+    match IoUring::builder().setup_single_issuer().setup_coop_taskrun().build(entries) {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries),
+        Err(e) => Err(e),
+    }
+}
+
+struct InFlight {
+    submission: Submission,
+    parts_left: u8,
+    results: [i32; 2],
+    retries: u32,
+}
+
+struct RingThread {
+    ring: IoUring,
+    shared: Arc<Shared>,
+    stats: Arc<IoStatsInner>,
+    in_flight: Slab<InFlight>,
+    /// Slots whose SQEs must be (re)pushed: new ops and retries.
+    to_push: Vec<usize>,
+    /// Target of the armed eventfd read; boxed so its address is stable.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+}
+
+impl RingThread {
+    fn new(ring: IoUring, shared: Arc<Shared>, stats: Arc<IoStatsInner>) -> RingThread {
+        RingThread {
+            ring,
+            shared,
+            stats,
+            in_flight: Slab::new(),
+            to_push: Vec::new(),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            self.arm_wake();
+            let moved = self.take_pending();
+            self.push_sqes();
+            let pushed = !self.ring.submission().is_empty();
+            let reaped = self.reap();
+            if pushed {
+                self.enter(0);
+                continue;
+            }
+            if moved || reaped {
+                continue;
+            }
+            // Nothing to do: sleep, unless work arrived or it is time to go.
+            {
+                let mut queue = self.shared.lock();
+                if !queue.pending.is_empty() {
+                    continue;
+                }
+                if queue.shutdown && self.in_flight.is_empty() {
+                    break;
+                }
+                queue.sleeping = true;
+            }
+            self.enter(1);
+            self.shared.lock().sleeping = false;
+        }
+        self.retire_wake();
+    }
+
+    /// One io_uring_enter: submits what is in the SQ and, with `wait`, blocks for a CQE.
+    fn enter(&mut self, wait: usize) {
+        let queued = self.ring.submission().len();
+        self.stats.kernel_enters.fetch_add(1, Ordering::Relaxed);
+        match self.ring.submit_and_wait(wait) {
+            Ok(_consumed) => {}
+            // Interrupted, or the kernel is short of memory/CQ space: reap and try again.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            Err(e) => panic!("io_uring_enter failed with {queued} SQEs queued: {e}"),
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        if self.wake_armed {
+            return;
+        }
+        let entry =
+            opcode::Read::new(types::Fd(self.shared.eventfd.as_raw_fd()), (&raw mut *self.wake_buf).cast::<u8>(), 8)
+                .build()
+                .user_data(WAKE_TOKEN);
+        // SAFETY: wake_buf is a heap u64 owned by this thread that outlives the
+        // request: retire_wake waits for its CQE before the thread exits.
+        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.wake_armed = true;
+        }
+    }
+
+    /// Moves queued submissions into the slab (bounded by the semaphore upstream).
+    fn take_pending(&mut self) -> bool {
+        let batch: Vec<Submission> = {
+            let mut queue = self.shared.lock();
+            queue.pending.drain(..).collect()
+        };
+        let moved = !batch.is_empty();
+        for submission in batch {
+            let slot = self.in_flight.insert(InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 });
+            self.to_push.push(slot);
+        }
+        moved
+    }
+
+    fn push_sqes(&mut self) {
+        while let Some(&slot) = self.to_push.last() {
+            let free = {
+                let sq = self.ring.submission();
+                sq.capacity() - sq.len()
+            };
+            if free < 2 {
+                self.enter(0);
+                continue;
+            }
+            self.to_push.pop();
+            let flight = &mut self.in_flight[slot];
+            let op = &mut flight.submission.op;
+            op.assert_aligned();
+            let fd = types::Fd(op.file.file.as_raw_fd());
+            let token = (slot as u64) << 1;
+            let entries: [Option<squeue::Entry>; 2] = match &mut op.kind {
+                OpKind::Read { buf, start, len, offset } => {
+                    // SAFETY (pointer arithmetic): start + len <= capacity was asserted.
+                    let ptr = buf.as_mut_ptr().wrapping_add(*start);
+                    [Some(opcode::Read::new(fd, ptr, *len as u32).offset(*offset).build()), None]
+                }
+                OpKind::Write { buf, start, len, offset, sync_after } => {
+                    let ptr = buf.as_mut_ptr().wrapping_add(*start).cast_const();
+                    let write = opcode::Write::new(fd, ptr, *len as u32).offset(*offset).build();
+                    if *sync_after {
+                        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+                        [Some(write.flags(squeue::Flags::IO_LINK)), Some(sync)]
+                    } else {
+                        [Some(write), None]
+                    }
+                }
+                OpKind::Sync { data_only } => {
+                    let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+                    [Some(opcode::Fsync::new(fd).flags(flags).build()), None]
+                }
+                OpKind::Allocate { offset, len } => {
+                    [Some(opcode::Fallocate::new(fd, *len).offset(*offset).build()), None]
+                }
+            };
+            flight.parts_left = 0;
+            flight.results = [0; 2];
+            for (part, entry) in entries.into_iter().flatten().enumerate() {
+                let entry = entry.user_data(token | part as u64);
+                // SAFETY: the buffer and file this entry points into are owned by
+                // the slab entry, which is removed only after its last CQE.
+                let pushed = unsafe { self.ring.submission().push(&entry) };
+                assert!(pushed.is_ok(), "SQ space was checked");
+                flight.parts_left += 1;
+                self.stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn reap(&mut self) -> bool {
+        let mut any = false;
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
+        for (user_data, result) in cqes {
+            any = true;
+            if user_data == WAKE_TOKEN {
+                self.wake_armed = false;
+                continue;
+            }
+            let slot = (user_data >> 1) as usize;
+            let part = (user_data & 1) as usize;
+            let flight = self.in_flight.get_mut(slot).expect("CQE for an unknown slot");
+            flight.results[part] = result;
+            flight.parts_left -= 1;
+            if flight.parts_left > 0 {
+                continue;
+            }
+            let retry = flight.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
+            if retry && flight.retries < MAX_RETRIES {
+                flight.retries += 1;
+                self.to_push.push(slot);
+                continue;
+            }
+            let flight = self.in_flight.remove(slot);
+            let linked = matches!(flight.submission.op.kind, OpKind::Write { sync_after: true, .. });
+            let result = to_result(flight.results[0]);
+            let sync_result = linked.then(|| to_result(flight.results[1]).map(|_| ()));
+            flight.submission.finish(result, sync_result, &self.stats);
+        }
+        any
+    }
+
+    /// Completes the armed eventfd read so no request is left pointing at wake_buf.
+    fn retire_wake(&mut self) {
+        while self.wake_armed {
+            self.shared.wake();
+            self.enter(1);
+            self.reap();
+        }
+    }
+}
+
+fn to_result(res: i32) -> io::Result<usize> {
+    if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) }
+}

@@ -1,0 +1,12 @@
+//! ringdb: an embedded LSM-tree storage engine for async Rust services on Linux.
+//!
+//! The whole I/O path runs on io_uring with O_DIRECT (see [`io`] and `docs/io.md`).
+//! This release contains the I/O layer; the write path, tables and compaction
+//! follow the design in `ARCHITECTURE.md`.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+pub mod io;
+
+pub use error::{Error, IoOp, Result};
