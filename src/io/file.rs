@@ -285,9 +285,30 @@ impl DirectFile {
         Ok(self.len()? == 0)
     }
 
-    /// Applies injected faults, submits, and handles a filesystem that refuses
-    /// O_DIRECT on first I/O by reopening the file buffered and retrying.
+    /// Submits one request, handling a filesystem that refuses O_DIRECT at the
+    /// first transfer by reopening the file buffered and retrying once.
     async fn run(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
+        let was_direct = self.handle().direct;
+        let completion = self.attempt(req, buf).await;
+        let einval = matches!(&completion.result, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
+        let is_transfer = matches!(req, Req::Read { .. } | Req::Write { .. });
+        if !(einval && was_direct && is_transfer && !self.transferred.load(Ordering::Relaxed)) {
+            if is_transfer && completion.result.is_ok() {
+                self.transferred.store(true, Ordering::Relaxed);
+            }
+            return completion;
+        }
+        // The request was aligned (checked, then asserted), so EINVAL on the first
+        // transfer means this filesystem accepts O_DIRECT at open but not at I/O time.
+        if let Err(e) = self.reopen_buffered() {
+            return Completion { result: Err(e), sync_result: None, buf: completion.buf };
+        }
+        warn_direct_refused(&self.path, "first I/O");
+        self.attempt(req, completion.buf).await
+    }
+
+    /// Applies injected faults, then submits to the backend.
+    async fn attempt(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
         let mut req = req;
         let mut torn = false;
         let mut sync_error = None;
@@ -314,7 +335,7 @@ impl DirectFile {
                 sync_error = Some(errno);
             }
         }
-        let mut completion = self.submit(req, buf).await;
+        let mut completion = self.io.submit(Op { file: self.handle(), kind: req.into_kind(buf) }).await;
         if let Some(errno) = sync_error {
             completion.sync_result = Some(Err(io::Error::from_raw_os_error(errno)));
         }
@@ -323,27 +344,6 @@ impl DirectFile {
             completion.sync_result = completion.sync_result.map(|_| Err(io::Error::from_raw_os_error(libc::ECANCELED)));
         }
         completion
-    }
-
-    async fn submit(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
-        let handle = self.handle();
-        let was_direct = handle.direct;
-        let completion = self.io.submit(Op { file: handle, kind: req.into_kind(buf) }).await;
-        let einval = matches!(&completion.result, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
-        let is_transfer = matches!(req, Req::Read { .. } | Req::Write { .. });
-        if !(einval && was_direct && is_transfer && !self.transferred.load(Ordering::Relaxed)) {
-            if is_transfer && completion.result.is_ok() {
-                self.transferred.store(true, Ordering::Relaxed);
-            }
-            return completion;
-        }
-        // The request was aligned (asserted), so EINVAL on the first transfer means
-        // this filesystem accepts O_DIRECT at open but not at I/O time.
-        if let Err(e) = self.reopen_buffered() {
-            return Completion { result: Err(e), sync_result: None, buf: completion.buf };
-        }
-        warn_direct_refused(&self.path, "first I/O");
-        self.io.submit(Op { file: self.handle(), kind: req.into_kind(completion.buf) }).await
     }
 
     fn reopen_buffered(&self) -> io::Result<()> {

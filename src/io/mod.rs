@@ -108,8 +108,11 @@ pub struct IoStats {
     pub ops_submitted: u64,
     /// Operations whose completion arrived.
     pub ops_completed: u64,
-    /// `io_uring_enter` calls made by the ring thread (0 on the portable backend).
+    /// `io_uring_enter` calls made by the ring thread, to submit or to wait (0 on the portable backend).
     pub kernel_enters: u64,
+    /// Those `io_uring_enter` calls that submitted at least one SQE: `sqes_submitted / submitting_enters`
+    /// is the submission batch size.
+    pub submitting_enters: u64,
     /// SQEs of operations handed to the ring (a write linked to a sync counts two; retries count again).
     pub sqes_submitted: u64,
 }
@@ -224,6 +227,7 @@ impl Io {
             ops_submitted: s.ops_submitted.load(Ordering::Relaxed),
             ops_completed: s.ops_completed.load(Ordering::Relaxed),
             kernel_enters: s.kernel_enters.load(Ordering::Relaxed),
+            submitting_enters: s.submitting_enters.load(Ordering::Relaxed),
             sqes_submitted: s.sqes_submitted.load(Ordering::Relaxed),
         }
     }

@@ -115,5 +115,6 @@ pub(crate) struct IoStatsInner {
     pub(crate) ops_submitted: AtomicU64,
     pub(crate) ops_completed: AtomicU64,
     pub(crate) kernel_enters: AtomicU64,
+    pub(crate) submitting_enters: AtomicU64,
     pub(crate) sqes_submitted: AtomicU64,
 }

@@ -202,6 +202,9 @@ impl RingThread {
     fn enter(&mut self, wait: usize) {
         let queued = self.ring.submission().len();
         self.stats.kernel_enters.fetch_add(1, Ordering::Relaxed);
+        if queued > 0 {
+            self.stats.submitting_enters.fetch_add(1, Ordering::Relaxed);
+        }
         match self.ring.submit_and_wait(wait) {
             Ok(_consumed) => {}
             // Interrupted, or the kernel is short of memory/CQ space: reap and try again.
