@@ -1,0 +1,133 @@
+//! Proof that file data moves through io_uring: the workload runs in a child
+//! process under `strace -f`, and no read/write/pread64/pwrite64 (or vectored
+//! variant) may name the data file's descriptor. The same check run on the
+//! portable backend must find its pwrite64/pread64 calls, which proves the
+//! check can fail.
+//!
+//! Needs `strace`; without it the test is skipped unless `RINGDB_REQUIRE_STRACE=1`
+//! (set by `.ci/run`, which installs strace).
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::pattern;
+use ringdb::io::{Backend, DirectFile, Io, IoOptions};
+
+const CHILD_ENV: &str = "RINGDB_STRACE_CHILD_DIR";
+const DATA_NAME: &str = "traced.data";
+
+/// The traced workload; does nothing unless started by the parent test.
+#[test]
+fn strace_child_workload() {
+    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+    let io = Io::new(IoOptions { backend: Backend::Auto, ..IoOptions::default() }).unwrap();
+    futures::executor::block_on(async {
+        let file = DirectFile::create(&io, Path::new(&dir).join(DATA_NAME)).await.unwrap();
+        let block = 64 * 1024;
+        for i in 0..16u64 {
+            let mut buf = file.alloc_buf(block);
+            buf.extend_from_slice(&pattern(block, i, 0));
+            if i % 4 == 3 {
+                file.write_at_and_sync(buf, i * block as u64).await.unwrap();
+            } else {
+                file.write_at(buf, i * block as u64).await.unwrap();
+            }
+        }
+        file.allocate(16 * block as u64, block as u64).await.unwrap();
+        file.sync_data().await.unwrap();
+        for i in 0..16u64 {
+            let buf = file.read_exact_at(file.alloc_buf(block), i * block as u64, block).await.unwrap();
+            assert_eq!(&buf[..], &pattern(block, i, 0)[..]);
+        }
+    });
+}
+
+struct Trace {
+    data_fd_transfers: Vec<String>,
+    uring_enters: usize,
+    uring_setups: usize,
+}
+
+fn trace_child(backend: &str) -> Option<Trace> {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(std::env::var("RINGDB_REQUIRE_STRACE").as_deref() != Ok("1"), "strace is required but missing");
+        eprintln!("strace not installed: skipping the io_uring proof");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("strace.log");
+    let output = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg("trace=openat,close,read,write,pread64,pwrite64,readv,writev,preadv,pwritev,preadv2,pwritev2,io_uring_setup,io_uring_enter")
+        .arg(std::env::current_exe().unwrap())
+        .args(["strace_child_workload", "--exact", "--test-threads=1"])
+        .env(CHILD_ENV, dir.path())
+        .env("RINGDB_IO_BACKEND", backend)
+        .output()
+        .expect("run strace");
+    assert!(
+        output.status.success(),
+        "traced workload failed on {backend}:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut data_fds: HashSet<String> = HashSet::new();
+    let mut trace = Trace { data_fd_transfers: Vec::new(), uring_enters: 0, uring_setups: 0 };
+    for line in text.lines() {
+        // "<pid> name(args..." ; resumed halves ("<... name resumed>") carry no arguments we need.
+        let Some(call) = line.split_once(' ').map(|(_, rest)| rest.trim_start()) else { continue };
+        let Some((name, args)) = call.split_once('(') else { continue };
+        let first_arg = args.split([',', ')', ' ']).next().unwrap_or("");
+        match name {
+            "openat" if call.contains(DATA_NAME) => {
+                if let Some(fd) = call.rsplit("= ").next().map(str::trim).filter(|fd| fd.parse::<i32>().is_ok()) {
+                    data_fds.insert(fd.to_string());
+                }
+            }
+            "close" => {
+                data_fds.remove(first_arg);
+            }
+            "io_uring_enter" => trace.uring_enters += 1,
+            "io_uring_setup" => trace.uring_setups += 1,
+            "read" | "write" | "pread64" | "pwrite64" | "readv" | "writev" | "preadv" | "pwritev" | "preadv2"
+            | "pwritev2"
+                if data_fds.contains(first_arg) =>
+            {
+                trace.data_fd_transfers.push(line.chars().take(120).collect());
+            }
+            _ => {}
+        }
+    }
+    assert!(!text.contains("+++ killed"), "the child was killed");
+    Some(trace)
+}
+
+#[test]
+fn file_data_moves_only_through_io_uring() {
+    let Some(trace) = trace_child("io_uring") else { return };
+    assert!(trace.uring_setups >= 1, "no io_uring_setup in the trace");
+    assert!(trace.uring_enters >= 2, "no io_uring_enter in the trace");
+    assert!(
+        trace.data_fd_transfers.is_empty(),
+        "file data moved through plain syscalls on the io_uring backend:\n{}",
+        trace.data_fd_transfers.join("\n")
+    );
+}
+
+#[test]
+fn the_strace_check_catches_plain_syscalls() {
+    let Some(trace) = trace_child("posix") else { return };
+    assert_eq!(trace.uring_setups, 0, "the portable backend must not set up a ring");
+    assert!(
+        trace.data_fd_transfers.iter().any(|l| l.contains("pwrite64"))
+            && trace.data_fd_transfers.iter().any(|l| l.contains("pread64")),
+        "the check failed to see the portable backend's pwrite64/pread64: {:?}",
+        trace.data_fd_transfers
+    );
+}
