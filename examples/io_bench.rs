@@ -1,0 +1,317 @@
+//! io_bench: the engine's I/O patterns through `ringdb::io`, next to fio running
+//! the matching job of `fio-configs/` on the same directory, in one invocation.
+//!
+//! ```text
+//! cargo run --release --example io_bench                       # all patterns, 5 s each side
+//! cargo run --release --example io_bench -- --runtime-secs 10 --dir /mnt/nvme/bench
+//! cargo run --release --example io_bench -- --pattern rand_read_4k_qd1 --no-fio
+//! ```
+//!
+//! Each pattern's block size, queue depth, file size and fdatasync setting are
+//! read from its fio job file, so the two sides cannot drift apart. Ratios
+//! (ringdb / fio) measured in one run are what to quote on a noisy machine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use ringdb::io::{Backend, BufPool, DirectFile, Io, IoOptions};
+
+#[derive(Parser, Debug)]
+#[command(about = "ringdb I/O patterns vs fio on the same directory")]
+struct Args {
+    /// Directory for the data files (default: a temporary directory under ./target).
+    #[arg(long, env = "RINGDB_BENCH_DIR")]
+    dir: Option<PathBuf>,
+    /// Measured seconds per pattern and side (after one second of ramp-up).
+    #[arg(long, default_value_t = 5)]
+    runtime_secs: u64,
+    /// Only run patterns whose name contains this (repeatable).
+    #[arg(long)]
+    pattern: Vec<String>,
+    /// Skip fio even if it is installed.
+    #[arg(long)]
+    no_fio: bool,
+    /// I/O backend: auto, io_uring or posix.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// Where the fio job files live.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fio-configs"))]
+    fio_configs: PathBuf,
+}
+
+/// One job of a fio file, reduced to what the engine side needs.
+#[derive(Debug, Clone)]
+struct Job {
+    name: String,
+    path: PathBuf,
+    file_name: String,
+    rw: String,
+    block_bytes: usize,
+    queue_depth: usize,
+    file_bytes: u64,
+    fdatasync: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    mib_per_sec: f64,
+    iops: f64,
+    mean_latency_us: f64,
+}
+
+const RAMP: Duration = Duration::from_secs(1);
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim().to_ascii_lowercase();
+    let digits: String = text.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let value: u64 = digits.parse().ok()?;
+    let unit = match text[digits.len()..].trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    Some(value * unit)
+}
+
+fn parse_job(path: &Path) -> Result<Job, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut section = String::new();
+    let mut keys: HashMap<String, String> = HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line.split_once('=').unwrap_or((line, "1"));
+        if section != "global" {
+            keys.insert("__job".into(), section.clone());
+        }
+        keys.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    let get = |key: &str| keys.get(key).cloned().ok_or(format!("{}: no {key}=", path.display()));
+    Ok(Job {
+        name: get("__job")?,
+        path: path.to_path_buf(),
+        file_name: get("filename")?,
+        rw: get("rw")?,
+        block_bytes: parse_size(&get("bs")?).ok_or("bad bs")? as usize,
+        queue_depth: get("iodepth")?.parse().map_err(|e| format!("iodepth: {e}"))?,
+        file_bytes: parse_size(&get("size")?).ok_or("bad size")?,
+        fdatasync: keys.get("fdatasync").is_some_and(|v| v != "0"),
+    })
+}
+
+/// Writes the whole file sequentially (untimed), as fio lays out a file before reading it.
+async fn lay_out(io: &Io, path: &Path, file_bytes: u64) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() >= file_bytes) {
+        return;
+    }
+    let file = DirectFile::create(io, path).await.expect("create");
+    let chunk = 1 << 20;
+    let pool = BufPool::new(chunk, file.alignment(), 8);
+    let mut rng = SmallRng::seed_from_u64(1);
+    let mut writes = FuturesUnordered::new();
+    let mut offset = 0;
+    while offset < file_bytes || !writes.is_empty() {
+        while offset < file_bytes && writes.len() < 8 {
+            let mut buf = pool.get();
+            rng.fill(buf.as_full_mut_slice());
+            buf.set_len(chunk.min((file_bytes - offset) as usize));
+            writes.push(file.write_at(buf, offset));
+            offset += chunk as u64;
+        }
+        writes.next().await.expect("a write").expect("lay out");
+    }
+    file.sync_data().await.expect("sync");
+}
+
+/// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
+async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration) -> Figures {
+    let path = dir.join(&job.file_name);
+    let writing = job.rw == "write";
+    if writing {
+        let _ = std::fs::remove_file(&path);
+        let file = DirectFile::create(io, &path).await.expect("create");
+        // fio's default (fallocate=native) reserves the file before writing; so do we.
+        file.allocate(0, job.file_bytes).await.expect("allocate");
+    } else {
+        lay_out(io, &path, job.file_bytes).await;
+    }
+    let file = DirectFile::open(io, &path).await.expect("open");
+    let blocks = job.file_bytes / job.block_bytes as u64;
+    let pool = BufPool::new(job.block_bytes, file.alignment(), job.queue_depth * 2);
+    let next_block = AtomicU64::new(0);
+    let measured_ops = AtomicU64::new(0);
+    let latency_ns = AtomicU64::new(0);
+    let start = Instant::now();
+    let measure_from = start + RAMP;
+    let end = measure_from + runtime;
+    let worker = |seed: u64| {
+        let (file, pool, next_block, measured_ops, latency_ns) = (&file, &pool, &next_block, &measured_ops, &latency_ns);
+        async move {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut payload = pool.get();
+            rng.fill(payload.as_full_mut_slice());
+            let mut payload = Some(payload);
+            loop {
+                let issued = Instant::now();
+                if issued >= end {
+                    break;
+                }
+                let block = match job.rw.as_str() {
+                    "randread" | "randwrite" => rng.gen_range(0..blocks),
+                    _ => next_block.fetch_add(1, Ordering::Relaxed) % blocks,
+                };
+                let offset = block * job.block_bytes as u64;
+                if writing {
+                    let mut buf = payload.take().expect("payload");
+                    buf.set_len(job.block_bytes);
+                    let buf = if job.fdatasync {
+                        file.write_at_and_sync(buf, offset).await
+                    } else {
+                        file.write_at(buf, offset).await
+                    };
+                    payload = Some(buf.expect("write"));
+                } else {
+                    let buf = file.read_at(pool.get(), offset, job.block_bytes).await.expect("read");
+                    assert_eq!(buf.len(), job.block_bytes);
+                }
+                let done = Instant::now();
+                if issued >= measure_from && done <= end {
+                    measured_ops.fetch_add(1, Ordering::Relaxed);
+                    latency_ns.fetch_add((done - issued).as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let workers: FuturesUnordered<_> = (0..job.queue_depth as u64).map(worker).collect();
+    workers.collect::<Vec<()>>().await;
+    let ops = measured_ops.load(Ordering::Relaxed) as f64;
+    let secs = runtime.as_secs_f64();
+    Figures {
+        iops: ops / secs,
+        mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,
+        mean_latency_us: latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
+    }
+}
+
+fn fio_available() -> bool {
+    Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn run_fio(job: &Job, dir: &Path, runtime: Duration) -> Result<Figures, String> {
+    if job.rw == "write" {
+        let _ = std::fs::remove_file(dir.join(&job.file_name));
+    }
+    let output = Command::new("fio")
+        .arg(&job.path)
+        .arg("--output-format=json")
+        .env("RINGDB_FIO_DIR", dir)
+        .env("RINGDB_FIO_RUNTIME", runtime.as_secs().max(1).to_string())
+        .output()
+        .map_err(|e| format!("fio: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("fio failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // fio may print notes before the JSON document.
+    let json_start = stdout.find('{').ok_or("no JSON from fio")?;
+    let report: serde_json::Value = serde_json::from_str(&stdout[json_start..]).map_err(|e| format!("fio JSON: {e}"))?;
+    let side = if job.rw.contains("write") { "write" } else { "read" };
+    let stats = &report["jobs"][0][side];
+    let bytes_per_sec = stats["bw_bytes"].as_f64().ok_or("no bw_bytes")?;
+    Ok(Figures {
+        iops: stats["iops"].as_f64().ok_or("no iops")?,
+        mib_per_sec: bytes_per_sec / (1 << 20) as f64,
+        mean_latency_us: stats["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0
+            + stats["slat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+    })
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let backend: Backend = args.backend.parse().expect("--backend");
+    let mut jobs: Vec<Job> = std::fs::read_dir(&args.fio_configs)
+        .expect("fio-configs directory")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "fio"))
+        .map(|path| parse_job(&path).expect("fio job"))
+        .filter(|job| args.pattern.is_empty() || args.pattern.iter().any(|p| job.name.contains(p.as_str())))
+        .collect();
+    jobs.sort_by_key(|job| job.name.clone());
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).expect("create --dir");
+            dir.clone()
+        }
+        None => {
+            let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+            std::fs::create_dir_all(&base).expect("create target/");
+            temp = tempfile::Builder::new().prefix("io_bench.").tempdir_in(base).expect("temp dir");
+            temp.path().to_path_buf()
+        }
+    };
+    let runtime = Duration::from_secs(args.runtime_secs.max(1));
+    let with_fio = !args.no_fio && fio_available();
+    let max_depth = jobs.iter().map(|j| j.queue_depth).max().unwrap_or(1) as u32;
+    let io = Io::new(IoOptions { backend, queue_depth: max_depth.max(64), ..IoOptions::default() }).expect("I/O backend");
+    let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");
+    println!(
+        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} s per side | fio: {}",
+        dir.display(),
+        io.backend(),
+        probe.is_direct(),
+        probe.alignment(),
+        runtime.as_secs(),
+        if with_fio { "yes" } else { "not run (install fio to compare)" }
+    );
+    drop(probe);
+    let _ = std::fs::remove_file(dir.join("probe"));
+    println!(
+        "{:<22} {:>6} {:>3} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6}",
+        "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio"
+    );
+    for job in &jobs {
+        let engine = futures::executor::block_on(run_engine(&io, job, &dir, runtime));
+        let fio = with_fio.then(|| run_fio(job, &dir, runtime));
+        let bs = if job.block_bytes >= 1 << 10 { format!("{}k", job.block_bytes >> 10) } else { job.block_bytes.to_string() };
+        let (fio_cols, ratio) = match &fio {
+            Some(Ok(f)) => (
+                format!("{:>10.1} {:>10.0} {:>9.1}", f.mib_per_sec, f.iops, f.mean_latency_us),
+                format!("{:>6.2}", engine.iops / f.iops),
+            ),
+            Some(Err(e)) => {
+                eprintln!("{}: {e}", job.name);
+                (format!("{:>32}", "fio failed"), format!("{:>6}", "-"))
+            }
+            None => (format!("{:>32}", "-"), format!("{:>6}", "-")),
+        };
+        println!(
+            "{:<22} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio}",
+            job.name, bs, job.queue_depth, engine.mib_per_sec, engine.iops, engine.mean_latency_us
+        );
+        let _ = std::fs::remove_file(dir.join(&job.file_name));
+    }
+    let stats = io.stats();
+    println!(
+        "ringdb io: {} ops, {} SQEs in {} submitting io_uring_enter calls ({:.1} SQEs per submit)",
+        stats.ops_submitted,
+        stats.sqes_submitted,
+        stats.submitting_enters,
+        stats.sqes_submitted as f64 / stats.submitting_enters.max(1) as f64
+    );
+}
