@@ -35,12 +35,21 @@ struct Args {
     /// Only run patterns whose name contains this (repeatable).
     #[arg(long)]
     pattern: Vec<String>,
+    /// Rounds per pattern; each round runs both sides, in alternating order.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Skip fio even if it is installed.
     #[arg(long)]
     no_fio: bool,
     /// I/O backend: auto, io_uring or posix.
     #[arg(long, default_value = "auto")]
     backend: String,
+    /// How long the ring thread polls before sleeping, in microseconds (IoOptions::ring_poll_us).
+    #[arg(long, default_value_t = 100)]
+    ring_poll_us: u64,
+    /// OS threads that run the engine side's workers (each a block_on over its share).
+    #[arg(long, default_value_t = 1)]
+    caller_threads: usize,
     /// Where the fio job files live.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fio-configs"))]
     fio_configs: PathBuf,
@@ -64,6 +73,17 @@ struct Figures {
     mib_per_sec: f64,
     iops: f64,
     mean_latency_us: f64,
+}
+
+impl Figures {
+    fn mean(rounds: &[Figures]) -> Figures {
+        let n = rounds.len().max(1) as f64;
+        Figures {
+            mib_per_sec: rounds.iter().map(|f| f.mib_per_sec).sum::<f64>() / n,
+            iops: rounds.iter().map(|f| f.iops).sum::<f64>() / n,
+            mean_latency_us: rounds.iter().map(|f| f.mean_latency_us).sum::<f64>() / n,
+        }
+    }
 }
 
 const RAMP: Duration = Duration::from_secs(1);
@@ -138,7 +158,7 @@ async fn lay_out(io: &Io, path: &Path, file_bytes: u64) {
 }
 
 /// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
-async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration) -> Figures {
+async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration, caller_threads: usize) -> Figures {
     let path = dir.join(&job.file_name);
     let writing = job.rw == "write";
     if writing {
@@ -159,7 +179,8 @@ async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration) -> Figure
     let measure_from = start + RAMP;
     let end = measure_from + runtime;
     let worker = |seed: u64| {
-        let (file, pool, next_block, measured_ops, latency_ns) = (&file, &pool, &next_block, &measured_ops, &latency_ns);
+        let (file, pool, next_block, measured_ops, latency_ns) =
+            (&file, &pool, &next_block, &measured_ops, &latency_ns);
         async move {
             let mut rng = SmallRng::seed_from_u64(seed);
             let mut payload = pool.get();
@@ -196,8 +217,19 @@ async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration) -> Figure
             }
         }
     };
-    let workers: FuturesUnordered<_> = (0..job.queue_depth as u64).map(worker).collect();
-    workers.collect::<Vec<()>>().await;
+    // queue_depth workers keep that many ops in flight, spread over caller threads.
+    std::thread::scope(|scope| {
+        for thread in 0..caller_threads {
+            let worker = &worker;
+            scope.spawn(move || {
+                let workers: FuturesUnordered<_> = (0..job.queue_depth as u64)
+                    .filter(|w| *w as usize % caller_threads == thread)
+                    .map(worker)
+                    .collect();
+                futures::executor::block_on(workers.collect::<Vec<()>>());
+            });
+        }
+    });
     let ops = measured_ops.load(Ordering::Relaxed) as f64;
     let secs = runtime.as_secs_f64();
     Figures {
@@ -228,7 +260,8 @@ fn run_fio(job: &Job, dir: &Path, runtime: Duration) -> Result<Figures, String> 
     let stdout = String::from_utf8_lossy(&output.stdout);
     // fio may print notes before the JSON document.
     let json_start = stdout.find('{').ok_or("no JSON from fio")?;
-    let report: serde_json::Value = serde_json::from_str(&stdout[json_start..]).map_err(|e| format!("fio JSON: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout[json_start..]).map_err(|e| format!("fio JSON: {e}"))?;
     let side = if job.rw.contains("write") { "write" } else { "read" };
     let stats = &report["jobs"][0][side];
     let bytes_per_sec = stats["bw_bytes"].as_f64().ok_or("no bw_bytes")?;
@@ -268,14 +301,21 @@ fn main() {
     let runtime = Duration::from_secs(args.runtime_secs.max(1));
     let with_fio = !args.no_fio && fio_available();
     let max_depth = jobs.iter().map(|j| j.queue_depth).max().unwrap_or(1) as u32;
-    let io = Io::new(IoOptions { backend, queue_depth: max_depth.max(64), ..IoOptions::default() }).expect("I/O backend");
+    let io = Io::new(IoOptions {
+        backend,
+        queue_depth: max_depth.max(64),
+        ring_poll_us: args.ring_poll_us,
+        ..IoOptions::default()
+    })
+    .expect("I/O backend");
     let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");
     println!(
-        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} s per side | fio: {}",
+        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | fio: {}",
         dir.display(),
         io.backend(),
         probe.is_direct(),
         probe.alignment(),
+        args.rounds.max(1),
         runtime.as_secs(),
         if with_fio { "yes" } else { "not run (install fio to compare)" }
     );
@@ -286,9 +326,33 @@ fn main() {
         "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio"
     );
     for job in &jobs {
-        let engine = futures::executor::block_on(run_engine(&io, job, &dir, runtime));
-        let fio = with_fio.then(|| run_fio(job, &dir, runtime));
-        let bs = if job.block_bytes >= 1 << 10 { format!("{}k", job.block_bytes >> 10) } else { job.block_bytes.to_string() };
+        // Alternate the order (ringdb, fio, fio, ringdb, ...) so drift on a noisy
+        // machine hits both sides alike; report the mean of the rounds.
+        let mut engine_rounds = Vec::new();
+        let mut fio_rounds: Vec<Result<Figures, String>> = Vec::new();
+        for round in 0..args.rounds.max(1) {
+            for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    let caller_threads = args.caller_threads.max(1);
+                    engine_rounds.push(futures::executor::block_on(run_engine(
+                        &io,
+                        job,
+                        &dir,
+                        runtime,
+                        caller_threads,
+                    )));
+                } else if with_fio {
+                    fio_rounds.push(run_fio(job, &dir, runtime));
+                }
+            }
+        }
+        let engine = Figures::mean(&engine_rounds);
+        let fio = with_fio.then(|| fio_rounds.into_iter().collect::<Result<Vec<_>, _>>().map(|f| Figures::mean(&f)));
+        let bs = if job.block_bytes >= 1 << 10 {
+            format!("{}k", job.block_bytes >> 10)
+        } else {
+            job.block_bytes.to_string()
+        };
         let (fio_cols, ratio) = match &fio {
             Some(Ok(f)) => (
                 format!("{:>10.1} {:>10.0} {:>9.1}", f.mib_per_sec, f.iops, f.mean_latency_us),

@@ -30,6 +30,12 @@ pub fn discover(fd: BorrowedFd<'_>) -> (usize, AlignmentSource) {
     if let Some(align) = dio_align {
         return (normalize(align), AlignmentSource::Statx);
     }
+    // statx may be missing (old kernel, seccomp); fstat still names the device.
+    let dev = dev.or_else(|| {
+        let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+        let dev = std::os::unix::fs::MetadataExt::dev(&file.metadata().ok()?);
+        Some((libc::major(dev), libc::minor(dev)))
+    });
     if let Some((major, minor)) = dev
         && let Some(align) = sysfs_logical_block_size(major, minor)
     {

@@ -43,7 +43,21 @@ pub enum FaultAction {
     },
 }
 
+impl FaultAction {
+    fn applies_to(self, op: IoOp) -> bool {
+        match self {
+            FaultAction::Error(_) => true,
+            FaultAction::ShortTransfer { .. } => matches!(op, IoOp::Read | IoOp::Write),
+            FaultAction::TornWrite { .. } => op == IoOp::Write,
+        }
+    }
+}
+
 /// One rule: which operations it matches and what it does to them.
+///
+/// A write linked to its fdatasync (`write_at_and_sync`) is checked as a
+/// [`IoOp::Write`] and then as a [`IoOp::Sync`], so a rule without an `op`
+/// filter sees it as two operations.
 #[derive(Debug, Clone)]
 pub struct FaultRule {
     op: Option<IoOp>,
@@ -127,11 +141,13 @@ impl FaultInjector {
         self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The action to apply to this operation, if a rule fires.
+    /// The action to apply to this operation, if a rule fires. A rule whose
+    /// action cannot apply to `op` (a short transfer on a sync, a torn read)
+    /// neither fires nor counts the operation toward `skip`.
     pub(crate) fn check(&self, op: IoOp, path: &Path) -> Option<FaultAction> {
         let mut rules = self.lock();
         for rule in rules.iter_mut() {
-            if !rule.matches(op, path) {
+            if !rule.matches(op, path) || !rule.action.applies_to(op) {
                 continue;
             }
             rule.seen += 1;
@@ -164,6 +180,18 @@ mod tests {
         assert_eq!(faults.fired(), 2);
         faults.clear();
         assert_eq!(faults.fired(), 0);
+    }
+
+    #[test]
+    fn rules_skip_operations_their_action_cannot_apply_to() {
+        let faults = FaultInjector::new();
+        faults.add(FaultRule::new(FaultAction::TornWrite { bytes: 512 }).times(1));
+        faults.add(FaultRule::new(FaultAction::ShortTransfer { max_bytes: 512 }).times(1));
+        let p = Path::new("x");
+        assert_eq!(faults.check(IoOp::Sync, p), None, "neither applies to a sync");
+        assert_eq!(faults.check(IoOp::Read, p), Some(FaultAction::ShortTransfer { max_bytes: 512 }));
+        assert_eq!(faults.check(IoOp::Write, p), Some(FaultAction::TornWrite { bytes: 512 }));
+        assert_eq!(faults.fired(), 2);
     }
 
     #[test]

@@ -47,10 +47,22 @@ impl Req {
         }
     }
 
-    /// Shortens a read or write to `len_bytes`.
-    fn shorten(&mut self, len_bytes: usize) {
-        if let Req::Read { len, .. } | Req::Write { len, .. } = self {
-            *len = (*len).min(len_bytes);
+    /// Shortens a read or write to `len_bytes`; true if it got shorter.
+    fn shorten(&mut self, len_bytes: usize) -> bool {
+        match self {
+            Req::Read { len, .. } | Req::Write { len, .. } if *len > len_bytes => {
+                *len = len_bytes;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The transfer length of a read or write.
+    fn len(&self) -> Option<usize> {
+        match self {
+            Req::Read { len, .. } | Req::Write { len, .. } => Some(*len),
+            Req::Sync | Req::Allocate { .. } => None,
         }
     }
 }
@@ -307,41 +319,53 @@ impl DirectFile {
         self.attempt(req, completion.buf).await
     }
 
-    /// Applies injected faults, then submits to the backend.
+    /// Applies injected faults, then submits to the backend. Injected short and
+    /// torn writes behave like real ones: a linked fdatasync does not run after
+    /// a write that fell short (it reports `ECANCELED`, as an io_uring link does).
     async fn attempt(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
         let mut req = req;
         let mut torn = false;
         let mut sync_error = None;
+        let linked = matches!(req, Req::Write { sync_after: true, .. });
+        let mut cut_link = false;
         if let Some(faults) = self.io.faults() {
             match faults.check(req.op(), &self.path) {
                 Some(FaultAction::Error(errno)) => {
-                    let linked = matches!(req, Req::Write { sync_after: true, .. });
                     let canceled = linked.then(|| Err(io::Error::from_raw_os_error(libc::ECANCELED)));
                     return Completion { result: Err(io::Error::from_raw_os_error(errno)), sync_result: canceled, buf };
                 }
                 Some(FaultAction::ShortTransfer { max_bytes }) => {
-                    req.shorten((max_bytes / self.align * self.align).max(self.align));
+                    cut_link = req.shorten((max_bytes / self.align * self.align).max(self.align));
                 }
-                Some(FaultAction::TornWrite { bytes }) if matches!(req, Req::Write { .. }) => {
+                Some(FaultAction::TornWrite { bytes }) => {
                     req.shorten(bytes / self.align * self.align);
                     torn = true;
+                    cut_link = linked;
                 }
-                _ => {}
+                None => {}
             }
-            if let Req::Write { sync_after: sync_after @ true, .. } = &mut req
+            if linked
+                && !cut_link
                 && let Some(FaultAction::Error(errno)) = faults.check(IoOp::Sync, &self.path)
             {
-                *sync_after = false;
+                cut_link = true;
                 sync_error = Some(errno);
+            }
+            if cut_link && let Req::Write { sync_after, .. } = &mut req {
+                *sync_after = false;
             }
         }
         let mut completion = self.io.submit(Op { file: self.handle(), kind: req.into_kind(buf) }).await;
-        if let Some(errno) = sync_error {
+        if cut_link {
+            let write_ok = !torn && completion.result.as_ref().is_ok_and(|n| Some(*n) == req.len());
+            let errno = match sync_error {
+                Some(errno) if write_ok => errno,
+                _ => libc::ECANCELED,
+            };
             completion.sync_result = Some(Err(io::Error::from_raw_os_error(errno)));
         }
         if torn {
             completion.result = Err(io::Error::from_raw_os_error(libc::EIO));
-            completion.sync_result = completion.sync_result.map(|_| Err(io::Error::from_raw_os_error(libc::ECANCELED)));
         }
         completion
     }

@@ -49,10 +49,8 @@ pub(crate) struct Op {
 impl Op {
     /// Asserts the O_DIRECT rules right before a request reaches the kernel.
     /// `DirectFile` validates user input first, so a failure here is our bug.
+    /// The range check holds for every file, since the kernel is given a raw pointer.
     pub(crate) fn assert_aligned(&mut self) {
-        if !self.file.direct {
-            return;
-        }
         let align = self.file.align;
         let (buf, start, len, offset) = match &mut self.kind {
             OpKind::Read { buf, start, len, offset } | OpKind::Write { buf, start, len, offset, .. } => {
@@ -60,9 +58,17 @@ impl Op {
             }
             OpKind::Sync { .. } | OpKind::Allocate { .. } => return,
         };
+        assert!(
+            start.checked_add(len).is_some_and(|end| end <= buf.capacity()),
+            "request [{start}, +{len}) outside its {}-byte buffer",
+            buf.capacity()
+        );
+        if !self.file.direct {
+            return;
+        }
         let addr = buf.as_mut_ptr() as usize + start;
         assert!(
-            addr % align == 0 && len % align == 0 && offset % align as u64 == 0 && start + len <= buf.capacity(),
+            addr % align == 0 && len % align == 0 && offset % align as u64 == 0,
             "unaligned O_DIRECT request on {}: addr {addr:#x} len {len} offset {offset} align {align}",
             self.file.path.display()
         );

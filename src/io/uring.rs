@@ -13,9 +13,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use slab::Slab;
@@ -32,10 +33,15 @@ struct Queue {
     /// The ring thread is (about to be) blocked in io_uring_enter and needs an eventfd write.
     sleeping: bool,
     shutdown: bool,
+    /// The ring thread died (a panic on an invariant): submissions fail at once.
+    dead: bool,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
+    /// Mirrors `!queue.pending.is_empty()` (written under the lock) so the
+    /// polling ring thread can look without taking the lock.
+    has_pending: AtomicBool,
     eventfd: OwnedFd,
 }
 
@@ -61,7 +67,7 @@ pub(crate) struct UringDriver {
 
 impl UringDriver {
     /// Starts the ring thread; fails if io_uring cannot be set up here.
-    pub(crate) fn start(queue_depth: u32, stats: Arc<IoStatsInner>) -> io::Result<UringDriver> {
+    pub(crate) fn start(queue_depth: u32, poll: Duration, stats: Arc<IoStatsInner>) -> io::Result<UringDriver> {
         // SAFETY: eventfd takes no pointers; the returned fd is checked below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if raw < 0 {
@@ -70,7 +76,8 @@ impl UringDriver {
         // SAFETY: raw is a fresh descriptor that nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { pending: VecDeque::new(), sleeping: false, shutdown: false }),
+            queue: Mutex::new(Queue { pending: VecDeque::new(), sleeping: false, shutdown: false, dead: false }),
+            has_pending: AtomicBool::new(false),
             eventfd,
         });
         // Each op needs at most two SQEs (write + linked fsync), plus the eventfd read.
@@ -82,7 +89,7 @@ impl UringDriver {
             match build_ring(entries) {
                 Ok(ring) => {
                     let _ = ready_tx.send(Ok(()));
-                    RingThread::new(ring, thread_shared, stats).run();
+                    RingThread::new(ring, thread_shared, stats, poll).run();
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -105,7 +112,12 @@ impl UringDriver {
     pub(crate) fn submit(&self, submission: Submission) {
         let wake = {
             let mut queue = self.shared.lock();
+            if queue.dead {
+                // Dropping the submission fails its future; nothing reached the kernel.
+                return;
+            }
             queue.pending.push_back(submission);
+            self.shared.has_pending.store(true, Ordering::Release);
             std::mem::take(&mut queue.sleeping)
         };
         if wake {
@@ -126,13 +138,30 @@ impl UringDriver {
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
-    // SINGLE_ISSUER and COOP_TASKRUN (6.0 / 5.19) let the kernel skip
-    // cross-thread synchronisation and IPIs; older kernels reject them with EINVAL.
-    match IoUring::builder().setup_single_issuer().setup_coop_taskrun().build(entries) {
-        Ok(ring) => Ok(ring),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::new(entries),
-        Err(e) => Err(e),
+    // SINGLE_ISSUER (6.0) lets the kernel skip cross-thread synchronisation;
+    // COOP_TASKRUN with TASKRUN_FLAG (5.19) replaces the IPI that would interrupt
+    // the polling thread with a flag it checks. Older kernels reject what they
+    // do not know with EINVAL, so step down one feature at a time.
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer().setup_coop_taskrun().setup_taskrun_flag();
+        },
+        |b| {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        },
+        |_| {},
+    ];
+    let mut last = None;
+    for configure in attempts {
+        let mut builder = IoUring::builder();
+        configure(&mut builder);
+        match builder.build(entries) {
+            Ok(ring) => return Ok(ring),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
     }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
 }
 
 struct InFlight {
@@ -147,38 +176,48 @@ struct RingThread {
     shared: Arc<Shared>,
     stats: Arc<IoStatsInner>,
     in_flight: Slab<InFlight>,
-    /// Slots whose SQEs must be (re)pushed: new ops and retries.
-    to_push: Vec<usize>,
+    /// Slots whose SQEs must be (re)pushed, in submission order: new ops and retries.
+    to_push: VecDeque<usize>,
+    /// Op SQEs pushed since the last io_uring_enter.
+    unsubmitted_op_sqes: usize,
+    /// How long to poll for work before sleeping in the kernel.
+    poll: Duration,
     /// Target of the armed eventfd read; boxed so its address is stable.
     wake_buf: Box<u64>,
     wake_armed: bool,
 }
 
 impl RingThread {
-    fn new(ring: IoUring, shared: Arc<Shared>, stats: Arc<IoStatsInner>) -> RingThread {
+    fn new(ring: IoUring, shared: Arc<Shared>, stats: Arc<IoStatsInner>, poll: Duration) -> RingThread {
         RingThread {
             ring,
             shared,
             stats,
             in_flight: Slab::new(),
-            to_push: Vec::new(),
+            to_push: VecDeque::new(),
+            unsubmitted_op_sqes: 0,
+            poll,
             wake_buf: Box::new(0),
             wake_armed: false,
         }
     }
 
     fn run(mut self) {
+        let mut last_activity = Instant::now();
         loop {
-            self.arm_wake();
             let moved = self.take_pending();
             self.push_sqes();
-            let pushed = !self.ring.submission().is_empty();
             let reaped = self.reap();
-            if pushed {
+            // Re-arm after reaping, so the eventfd read rides on the same enter as the ops.
+            self.arm_wake();
+            if !self.ring.submission().is_empty() {
                 self.enter(0);
-                continue;
             }
             if moved || reaped {
+                last_activity = Instant::now();
+                continue;
+            }
+            if self.poll_for_work(last_activity + self.poll) {
                 continue;
             }
             // Nothing to do: sleep, unless work arrived or it is time to go.
@@ -198,12 +237,36 @@ impl RingThread {
         self.retire_wake();
     }
 
+    /// Busy-polls the submission queue and the CQ until `deadline`, so a caller
+    /// that submits right after its previous op completed needs no eventfd
+    /// write and no thread wake-up. True if work turned up.
+    fn poll_for_work(&mut self, deadline: Instant) -> bool {
+        if self.poll.is_zero() {
+            return false;
+        }
+        loop {
+            if self.shared.has_pending.load(Ordering::Acquire) || !self.ring.completion().is_empty() {
+                return true;
+            }
+            if self.ring.submission().taskrun() {
+                // COOP_TASKRUN: completions are waiting for us to enter the kernel.
+                self.enter(0);
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// One io_uring_enter: submits what is in the SQ and, with `wait`, blocks for a CQE.
     fn enter(&mut self, wait: usize) {
         let queued = self.ring.submission().len();
         self.stats.kernel_enters.fetch_add(1, Ordering::Relaxed);
-        if queued > 0 {
+        if self.unsubmitted_op_sqes > 0 {
             self.stats.submitting_enters.fetch_add(1, Ordering::Relaxed);
+            self.unsubmitted_op_sqes = 0;
         }
         match self.ring.submit_and_wait(wait) {
             Ok(_consumed) => {}
@@ -230,20 +293,24 @@ impl RingThread {
 
     /// Moves queued submissions into the slab (bounded by the semaphore upstream).
     fn take_pending(&mut self) -> bool {
+        if !self.shared.has_pending.load(Ordering::Acquire) {
+            return false;
+        }
         let batch: Vec<Submission> = {
             let mut queue = self.shared.lock();
+            self.shared.has_pending.store(false, Ordering::Release);
             queue.pending.drain(..).collect()
         };
         let moved = !batch.is_empty();
         for submission in batch {
             let slot = self.in_flight.insert(InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 });
-            self.to_push.push(slot);
+            self.to_push.push_back(slot);
         }
         moved
     }
 
     fn push_sqes(&mut self) {
-        while let Some(&slot) = self.to_push.last() {
+        while let Some(&slot) = self.to_push.front() {
             let free = {
                 let sq = self.ring.submission();
                 sq.capacity() - sq.len()
@@ -252,7 +319,7 @@ impl RingThread {
                 self.enter(0);
                 continue;
             }
-            self.to_push.pop();
+            self.to_push.pop_front();
             let flight = &mut self.in_flight[slot];
             let op = &mut flight.submission.op;
             op.assert_aligned();
@@ -291,6 +358,7 @@ impl RingThread {
                 let pushed = unsafe { self.ring.submission().push(&entry) };
                 assert!(pushed.is_ok(), "SQ space was checked");
                 flight.parts_left += 1;
+                self.unsubmitted_op_sqes += 1;
                 self.stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -316,7 +384,7 @@ impl RingThread {
             let retry = flight.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
             if retry && flight.retries < MAX_RETRIES {
                 flight.retries += 1;
-                self.to_push.push(slot);
+                self.to_push.push_back(slot);
                 continue;
             }
             let flight = self.in_flight.remove(slot);
@@ -335,6 +403,27 @@ impl RingThread {
             self.enter(1);
             self.reap();
         }
+    }
+}
+
+impl Drop for RingThread {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // A broken invariant killed the thread while the kernel may still own
+        // buffers: leak them (and the eventfd target) rather than free them
+        // under a pending DMA, and fail every waiting future.
+        for (_, flight) in std::mem::take(&mut self.in_flight) {
+            let Submission { op, done, permit } = flight.submission;
+            std::mem::forget(op);
+            drop(done);
+            drop(permit);
+        }
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        let mut queue = self.shared.lock();
+        queue.dead = true;
+        queue.pending.clear();
     }
 }
 
