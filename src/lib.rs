@@ -10,3 +10,8 @@ mod error;
 pub mod io;
 
 pub use error::{Error, IoOp, Result};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
