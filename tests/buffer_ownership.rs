@@ -69,7 +69,7 @@ fn poll_some(fut: &mut BoxFuture<'_, ()>, polls: usize) -> bool {
 }
 
 fn iterations() -> usize {
-    std::env::var("RINGDB_OWNERSHIP_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(40)
+    std::env::var("RINGDB_OWNERSHIP_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
 }
 
 #[test]

@@ -119,16 +119,21 @@ fn io_uring_setup_failure_falls_back_in_auto_and_errors_when_forced() {
     let faults = FaultInjector::new();
     faults.add(FaultRule::new(FaultAction::Error(libc::EPERM)).op(IoOp::Setup));
     let auto = IoOptions { backend: Backend::Auto, faults: Some(faults.clone()), ..IoOptions::default() };
-    // Auto consults RINGDB_IO_BACKEND; under `posix` the ring is not tried at all.
-    let io = io_with(auto);
-    assert_eq!(io.backend(), Backend::Posix, "seccomp-like EPERM at setup means the portable backend");
-    let dir = tempfile::tempdir().unwrap();
-    futures::executor::block_on(async {
-        let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
-        file.write_at_and_sync(block(&file, 4096, 6), 0).await.unwrap();
-        let back = file.read_exact_at(file.alloc_buf(4096), 0, 4096).await.unwrap();
-        assert_eq!(&back[..], &pattern(4096, 0, 6)[..]);
-    });
+    // Auto consults RINGDB_IO_BACKEND first: forced io_uring must then fail, not fall back.
+    let env: Backend = std::env::var(ringdb::io::BACKEND_ENV).unwrap_or_default().parse().unwrap();
+    if env == Backend::IoUring {
+        assert!(matches!(ringdb::io::Io::new(auto), Err(Error::Io { op: IoOp::Setup, .. })));
+    } else {
+        let io = io_with(auto);
+        assert_eq!(io.backend(), Backend::Posix, "seccomp-like EPERM at setup means the portable backend");
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
+            file.write_at_and_sync(block(&file, 4096, 6), 0).await.unwrap();
+            let back = file.read_exact_at(file.alloc_buf(4096), 0, 4096).await.unwrap();
+            assert_eq!(&back[..], &pattern(4096, 0, 6)[..]);
+        });
+    }
     let forced = IoOptions { backend: Backend::IoUring, faults: Some(faults), ..IoOptions::default() };
     match ringdb::io::Io::new(forced) {
         Err(Error::Io { op: IoOp::Setup, source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EPERM)),
