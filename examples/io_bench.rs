@@ -47,6 +47,9 @@ struct Args {
     /// How long the ring thread polls before sleeping, in microseconds (IoOptions::ring_poll_us).
     #[arg(long, default_value_t = 100)]
     ring_poll_us: u64,
+    /// Most SQEs per io_uring_enter (IoOptions::max_sqes_per_enter).
+    #[arg(long, default_value_t = 8)]
+    max_sqes_per_enter: usize,
     /// OS threads that run the engine side's workers (each a block_on over its share).
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,

@@ -48,10 +48,11 @@ async fn in_flight_operations_are_bounded_by_queue_depth() {
     assert_eq!(io.stats().ops_submitted, 201, "200 writes + the directory sync of create, none refused");
 }
 
-#[test]
-fn submissions_are_batched_into_few_kernel_entries() {
+/// Submits 256 writes at once and returns (ops, submitting io_uring_enter calls).
+fn batch_of_writes(max_sqes_per_enter: usize) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let io = io_with(IoOptions { backend: Backend::IoUring, queue_depth: 256, ..IoOptions::default() });
+    let options = IoOptions { backend: Backend::IoUring, queue_depth: 256, max_sqes_per_enter, ..IoOptions::default() };
+    let io = io_with(options);
     futures::executor::block_on(async {
         let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
         let before = io.stats();
@@ -64,13 +65,22 @@ fn submissions_are_batched_into_few_kernel_entries() {
             result.unwrap();
         }
         let after = io.stats();
-        let ops = after.ops_submitted - before.ops_submitted;
-        let enters = after.submitting_enters - before.submitting_enters;
-        assert_eq!(ops, 256);
-        // join_all polls all 256 futures before the ring thread runs much, so most
-        // SQEs share an io_uring_enter; allow generous slack for scheduling.
-        assert!(enters * 4 < ops, "{enters} io_uring_enter calls for {ops} ops: not batched");
-    });
+        (after.ops_submitted - before.ops_submitted, after.submitting_enters - before.submitting_enters)
+    })
+}
+
+#[test]
+fn submissions_are_batched_into_few_kernel_entries() {
+    // join_all polls all 256 futures before the ring thread runs much, so most
+    // SQEs share an io_uring_enter; allow generous slack for scheduling.
+    let (ops, enters) = batch_of_writes(256);
+    assert_eq!(ops, 256);
+    assert!(enters * 8 < ops, "{enters} io_uring_enter calls for {ops} ops: not batched");
+    // The cap bounds each batch and still batches.
+    let (ops, enters) = batch_of_writes(4);
+    assert_eq!(ops, 256);
+    assert!(enters * 4 >= ops, "{enters} enters for {ops} ops: more than 4 SQEs in one");
+    assert!(enters * 2 < ops, "{enters} enters for {ops} ops: not batched under the cap");
 }
 
 #[test]

@@ -95,8 +95,13 @@ fn worker(shared: &Shared, stats: &IoStatsInner) {
             }
         };
         let mut submission = submission;
-        let (result, sync_result) = execute(&mut submission.op);
-        submission.finish(result, sync_result, stats);
+        // A panic here is a broken invariant (an assert on a request). The
+        // syscall has returned, so dropping the op frees nothing the kernel
+        // still uses; its future fails and this worker keeps serving the queue.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&mut submission.op)));
+        if let Ok((result, sync_result)) = outcome {
+            submission.finish(result, sync_result, stats);
+        }
     }
 }
 

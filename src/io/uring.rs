@@ -59,6 +59,13 @@ impl Shared {
     }
 }
 
+/// Knobs of the ring thread, from `IoOptions`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RingTuning {
+    pub(crate) poll: Duration,
+    pub(crate) max_sqes_per_enter: usize,
+}
+
 /// Handle to the ring thread.
 pub(crate) struct UringDriver {
     shared: Arc<Shared>,
@@ -67,7 +74,7 @@ pub(crate) struct UringDriver {
 
 impl UringDriver {
     /// Starts the ring thread; fails if io_uring cannot be set up here.
-    pub(crate) fn start(queue_depth: u32, poll: Duration, stats: Arc<IoStatsInner>) -> io::Result<UringDriver> {
+    pub(crate) fn start(queue_depth: u32, tuning: RingTuning, stats: Arc<IoStatsInner>) -> io::Result<UringDriver> {
         // SAFETY: eventfd takes no pointers; the returned fd is checked below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if raw < 0 {
@@ -89,7 +96,7 @@ impl UringDriver {
             match build_ring(entries) {
                 Ok(ring) => {
                     let _ = ready_tx.send(Ok(()));
-                    RingThread::new(ring, thread_shared, stats, poll).run();
+                    RingThread::new(ring, thread_shared, stats, tuning).run();
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -182,13 +189,15 @@ struct RingThread {
     unsubmitted_op_sqes: usize,
     /// How long to poll for work before sleeping in the kernel.
     poll: Duration,
+    /// Op SQEs per io_uring_enter, at most (see IoOptions::max_sqes_per_enter).
+    max_sqes_per_enter: usize,
     /// Target of the armed eventfd read; boxed so its address is stable.
     wake_buf: Box<u64>,
     wake_armed: bool,
 }
 
 impl RingThread {
-    fn new(ring: IoUring, shared: Arc<Shared>, stats: Arc<IoStatsInner>, poll: Duration) -> RingThread {
+    fn new(ring: IoUring, shared: Arc<Shared>, stats: Arc<IoStatsInner>, tuning: RingTuning) -> RingThread {
         RingThread {
             ring,
             shared,
@@ -196,7 +205,8 @@ impl RingThread {
             in_flight: Slab::new(),
             to_push: VecDeque::new(),
             unsubmitted_op_sqes: 0,
-            poll,
+            poll: tuning.poll,
+            max_sqes_per_enter: tuning.max_sqes_per_enter.max(1),
             wake_buf: Box::new(0),
             wake_armed: false,
         }
@@ -311,6 +321,9 @@ impl RingThread {
 
     fn push_sqes(&mut self) {
         while let Some(&slot) = self.to_push.front() {
+            if self.unsubmitted_op_sqes >= self.max_sqes_per_enter {
+                self.enter(0);
+            }
             let free = {
                 let sq = self.ring.submission();
                 sq.capacity() - sq.len()
