@@ -50,6 +50,12 @@ struct Args {
     /// Most SQEs per io_uring_enter (IoOptions::max_sqes_per_enter).
     #[arg(long, default_value_t = 8)]
     max_sqes_per_enter: usize,
+    /// Busy-poll the engine side's futures instead of parking the caller thread
+    /// (block_on). Separates the engine's own cost from the cost of waking a
+    /// parked thread, which an async caller pays and fio, waiting inside
+    /// io_uring_enter, does not.
+    #[arg(long)]
+    spin_caller: bool,
     /// OS threads that run the engine side's workers (each a block_on over its share).
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,
@@ -161,7 +167,14 @@ async fn lay_out(io: &Io, path: &Path, file_bytes: u64) {
 }
 
 /// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
-async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration, caller_threads: usize) -> Figures {
+async fn run_engine(
+    io: &Io,
+    job: &Job,
+    dir: &Path,
+    runtime: Duration,
+    caller_threads: usize,
+    spin_caller: bool,
+) -> Figures {
     let path = dir.join(&job.file_name);
     let writing = job.rw == "write";
     if writing {
@@ -229,7 +242,12 @@ async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration, caller_th
                     .filter(|w| *w as usize % caller_threads == thread)
                     .map(worker)
                     .collect();
-                futures::executor::block_on(workers.collect::<Vec<()>>());
+                let all = workers.collect::<Vec<()>>();
+                if spin_caller {
+                    spin_on(all)
+                } else {
+                    futures::executor::block_on(all)
+                };
             });
         }
     });
@@ -239,6 +257,19 @@ async fn run_engine(io: &Io, job: &Job, dir: &Path, runtime: Duration, caller_th
         iops: ops / secs,
         mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,
         mean_latency_us: latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
+    }
+}
+
+/// Runs a future to completion on this thread without ever parking it.
+fn spin_on<F: std::future::Future>(future: F) -> F::Output {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::hint::spin_loop();
     }
 }
 
@@ -313,13 +344,14 @@ fn main() {
     .expect("I/O backend");
     let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");
     println!(
-        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | fio: {}",
+        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | caller {} | fio: {}",
         dir.display(),
         io.backend(),
         probe.is_direct(),
         probe.alignment(),
         args.rounds.max(1),
         runtime.as_secs(),
+        if args.spin_caller { "spins" } else { "parks (block_on)" },
         if with_fio { "yes" } else { "not run (install fio to compare)" }
     );
     drop(probe);
@@ -337,13 +369,8 @@ fn main() {
             for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
                     let caller_threads = args.caller_threads.max(1);
-                    engine_rounds.push(futures::executor::block_on(run_engine(
-                        &io,
-                        job,
-                        &dir,
-                        runtime,
-                        caller_threads,
-                    )));
+                    let run = run_engine(&io, job, &dir, runtime, caller_threads, args.spin_caller);
+                    engine_rounds.push(futures::executor::block_on(run));
                 } else if with_fio {
                     fio_rounds.push(run_fio(job, &dir, runtime));
                 }
