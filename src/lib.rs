@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod coding;
 mod error;
 pub mod io;
 
