@@ -23,12 +23,6 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-/// Appends a varint length followed by the bytes.
-pub(crate) fn put_length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
 /// A cursor over untrusted bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Reader<'a> {

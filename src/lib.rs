@@ -6,11 +6,22 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[allow(dead_code)]
+mod batch;
 mod coding;
 mod error;
 pub mod io;
+// Not used by a `Db` yet: remove the allows once the write and read paths use them.
+#[allow(dead_code)]
+mod key;
+#[allow(dead_code)]
+mod memtable;
+#[allow(dead_code)]
+mod wal;
 
+pub use batch::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, WriteBatch};
 pub use error::{Error, IoOp, Result};
+pub use wal::RecoveryMode;
 
 /// The README's examples, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

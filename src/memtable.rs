@@ -1,0 +1,372 @@
+//! The in-memory write buffer: a concurrent ordered map of internal keys to values.
+//!
+//! Every write lands here (after the WAL) until the memtable is full, frozen and flushed to an
+//! L0 table.
+//!
+//! # Thread safety
+//! Many writers insert and many readers read at the same time, without a global lock: the map is
+//! a lock-free `crossbeam_skiplist::SkipMap`, and every method takes `&self`. The size and
+//! max-seq counters are atomics.
+//!
+//! # Visibility
+//! The memtable does not decide what a reader may see. An entry is visible to any `get` as soon
+//! as the skiplist has linked it, including entries of a write group that is only half inserted.
+//! Readers pass a snapshot sequence number and only entries with `seq <= snapshot` count. The DB
+//! publishes its "visible sequence" only after a whole write group has been inserted, so a
+//! reader using a published snapshot never sees part of a batch.
+//!
+//! # Invariants
+//! 1. Each `(user_key, seq)` is inserted at most once (the DB gives every operation in a batch
+//!    its own seq). Inserting the same internal key twice replaces the value and counts its size
+//!    twice.
+//! 2. Nothing is ever removed: a memtable only grows until it is dropped after its flush, so
+//!    `len`, `approximate_size_bytes` and `max_seq` never decrease.
+
+use std::fmt;
+use std::mem::size_of;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use crossbeam_skiplist::SkipMap;
+
+use crate::key::{InternalKey, SeqNo, ValueKind};
+
+/// Bytes charged per entry on top of its encoded key and value, so that many tiny entries still
+/// fill the memtable at a rate close to the memory they really use.
+///
+/// An estimate of a crossbeam skiplist node and its allocations on a 64-bit target: the key and
+/// value handles stored inline (`InternalKey` and `Bytes`, 32 bytes each), the node's
+/// reference count and height word (8), its tower of next pointers (height is geometric with
+/// p = 1/2, so 2 pointers on average: 16), and about 8 bytes of allocator bookkeeping for each
+/// of the three allocations (node, key bytes, value bytes: 24). That is 112 bytes on 64-bit.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize =
+    size_of::<InternalKey>() + size_of::<Bytes>() + size_of::<usize>() + 2 * size_of::<usize>() + 3 * 8;
+
+/// What the memtable knows about a user key at a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemtableValue {
+    /// The newest visible entry is a put of this value.
+    Put(Bytes),
+    /// The newest visible entry is a tombstone: the key is deleted, and older layers (other
+    /// memtables, SSTs) must not be consulted.
+    Deleted,
+}
+
+/// A concurrent, insert-only map from internal keys to values. See the module docs for the
+/// thread-safety and visibility contract.
+pub(crate) struct Memtable {
+    map: SkipMap<InternalKey, Bytes>,
+    /// Sum over entries of encoded key length + value length + [`ENTRY_OVERHEAD_BYTES`].
+    size_bytes: AtomicUsize,
+    /// The largest seq inserted so far; 0 while empty.
+    max_seq: AtomicU64,
+}
+
+impl Memtable {
+    /// An empty memtable.
+    pub(crate) fn new() -> Memtable {
+        Memtable { map: SkipMap::new(), size_bytes: AtomicUsize::new(0), max_seq: AtomicU64::new(0) }
+    }
+
+    /// Adds the entry `(user_key, seq, kind) -> value`, copying key and value once.
+    ///
+    /// Safe to call from many threads at once. A `Delete` normally carries an empty value. The
+    /// entry is immediately visible to readers whose snapshot is at least `seq`; keeping that
+    /// snapshot unpublished until the whole write group is in is the caller's job.
+    pub(crate) fn insert(&self, user_key: &[u8], seq: SeqNo, kind: ValueKind, value: &[u8]) {
+        let key = InternalKey::new(user_key, seq, kind);
+        let charge = key.encoded().len() + value.len() + ENTRY_OVERHEAD_BYTES;
+        self.map.insert(key, Bytes::copy_from_slice(value));
+        // Relaxed: both counters are statistics read by the flush trigger and by code that
+        // already synchronized with the inserters (a frozen memtable's writers have finished).
+        // They order no other memory.
+        self.size_bytes.fetch_add(charge, Ordering::Relaxed);
+        self.max_seq.fetch_max(seq.get(), Ordering::Relaxed);
+    }
+
+    /// The newest entry for `user_key` with `seq <= snapshot`, or `None` if the memtable holds no
+    /// such entry (the caller then looks in older memtables and tables).
+    pub(crate) fn get(&self, user_key: &[u8], snapshot: SeqNo) -> Option<MemtableValue> {
+        // Entries for one user key sort newest first, and the lookup key sorts just before the
+        // newest entry with seq <= snapshot (see `InternalKey::lookup`). The first entry at or
+        // after it is therefore that entry, if it belongs to `user_key` at all; otherwise it is
+        // the first entry of the next user key, or there is none.
+        let lookup = InternalKey::lookup(user_key, snapshot);
+        let entry = self.map.lower_bound(Bound::Included(&lookup))?;
+        let found = entry.key().parsed();
+        if found.user_key != user_key {
+            return None;
+        }
+        debug_assert!(found.seq <= snapshot, "lower_bound returned an entry newer than the snapshot");
+        Some(match found.kind {
+            ValueKind::Put => MemtableValue::Put(entry.value().clone()),
+            ValueKind::Delete => MemtableValue::Deleted,
+        })
+    }
+
+    /// All entries in internal-key order (user key ascending, newest version first), for a
+    /// flush. Keys and values are reference-counted clones, not copies.
+    ///
+    /// The iterator is a live view: entries inserted while it runs may or may not appear. Iterate
+    /// a frozen memtable (no more inserters) to get a stable sequence.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (InternalKey, Bytes)> {
+        self.map.iter().map(|entry| (entry.key().clone(), entry.value().clone()))
+    }
+
+    /// Memory charged to this memtable: for every entry its encoded key, its value and
+    /// [`ENTRY_OVERHEAD_BYTES`]. Compared against `write_buffer_size` to decide when to freeze.
+    pub(crate) fn approximate_size_bytes(&self) -> usize {
+        self.size_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The largest seq inserted, or [`SeqNo::ZERO`] if nothing has been (the DB numbers writes
+    /// from 1). For a frozen memtable this is the newest write it covers: once it is flushed,
+    /// the WAL up to this seq is no longer needed.
+    pub(crate) fn max_seq(&self) -> SeqNo {
+        SeqNo::new(self.max_seq.load(Ordering::Relaxed)).expect("only SeqNo values are stored")
+    }
+
+    /// Number of entries (every version and tombstone counts).
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing has been inserted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+impl Default for Memtable {
+    fn default() -> Memtable {
+        Memtable::new()
+    }
+}
+
+impl fmt::Debug for Memtable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memtable")
+            .field("len", &self.len())
+            .field("approximate_size_bytes", &self.approximate_size_bytes())
+            .field("max_seq", &self.max_seq())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn seq(n: u64) -> SeqNo {
+        SeqNo::new(n).expect("test seq fits in 56 bits")
+    }
+
+    fn put(value: &[u8]) -> Option<MemtableValue> {
+        Some(MemtableValue::Put(Bytes::copy_from_slice(value)))
+    }
+
+    #[test]
+    fn overhead_constant_matches_its_documentation_on_64_bit() {
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(ENTRY_OVERHEAD_BYTES, 112);
+        }
+    }
+
+    #[test]
+    fn get_sees_the_newest_version_at_or_below_the_snapshot() {
+        let memtable = Memtable::new();
+        memtable.insert(b"a", seq(1), ValueKind::Put, b"1");
+        memtable.insert(b"a", seq(5), ValueKind::Put, b"2");
+        memtable.insert(b"a", seq(7), ValueKind::Delete, b"");
+
+        assert_eq!(memtable.get(b"a", SeqNo::ZERO), None);
+        for s in 1..=4 {
+            assert_eq!(memtable.get(b"a", seq(s)), put(b"1"), "snapshot {s}");
+        }
+        for s in 5..=6 {
+            assert_eq!(memtable.get(b"a", seq(s)), put(b"2"), "snapshot {s}");
+        }
+        for s in [7, 8, 1000, SeqNo::MAX.get()] {
+            assert_eq!(memtable.get(b"a", seq(s)), Some(MemtableValue::Deleted), "snapshot {s}");
+        }
+        assert_eq!(memtable.get(b"b", SeqNo::MAX), None);
+        assert_eq!(memtable.get(b"", SeqNo::MAX), None);
+    }
+
+    #[test]
+    fn a_put_at_exactly_the_snapshot_is_visible() {
+        let memtable = Memtable::new();
+        memtable.insert(b"k", seq(3), ValueKind::Put, b"v");
+        assert_eq!(memtable.get(b"k", seq(2)), None);
+        assert_eq!(memtable.get(b"k", seq(3)), put(b"v"));
+    }
+
+    #[test]
+    fn user_keys_that_are_prefixes_of_each_other_do_not_bleed() {
+        let memtable = Memtable::new();
+        memtable.insert(b"a", seq(1), ValueKind::Put, b"a");
+        memtable.insert(b"ab", seq(2), ValueKind::Put, b"ab");
+        memtable.insert(b"a\0", seq(3), ValueKind::Put, b"a0");
+        memtable.insert(b"", seq(4), ValueKind::Put, b"empty");
+
+        assert_eq!(memtable.get(b"a", SeqNo::MAX), put(b"a"));
+        assert_eq!(memtable.get(b"ab", SeqNo::MAX), put(b"ab"));
+        assert_eq!(memtable.get(b"a\0", SeqNo::MAX), put(b"a0"));
+        assert_eq!(memtable.get(b"", SeqNo::MAX), put(b"empty"));
+        // Snapshots older than a key's only version must not fall through to a neighbour.
+        assert_eq!(memtable.get(b"ab", seq(1)), None);
+        assert_eq!(memtable.get(b"a\0", seq(2)), None);
+        assert_eq!(memtable.get(b"", seq(3)), None);
+        // Keys between, before and after the stored ones.
+        assert_eq!(memtable.get(b"a\0\0", SeqNo::MAX), None);
+        assert_eq!(memtable.get(b"aa", SeqNo::MAX), None);
+        assert_eq!(memtable.get(b"b", SeqNo::MAX), None);
+    }
+
+    #[test]
+    fn size_len_and_max_seq_track_inserts() {
+        let memtable = Memtable::new();
+        assert!(memtable.is_empty());
+        assert_eq!(memtable.len(), 0);
+        assert_eq!(memtable.approximate_size_bytes(), 0);
+        assert_eq!(memtable.max_seq(), SeqNo::ZERO);
+
+        memtable.insert(b"key", seq(10), ValueKind::Put, b"value");
+        let first = 3 + 8 + 5 + ENTRY_OVERHEAD_BYTES;
+        assert_eq!(memtable.approximate_size_bytes(), first);
+        memtable.insert(b"key", seq(4), ValueKind::Delete, b"");
+        assert_eq!(memtable.approximate_size_bytes(), first + 3 + 8 + ENTRY_OVERHEAD_BYTES);
+
+        assert!(!memtable.is_empty());
+        assert_eq!(memtable.len(), 2);
+        assert_eq!(memtable.max_seq(), seq(10), "max_seq keeps the largest, not the latest");
+    }
+
+    #[test]
+    fn iter_yields_internal_key_order() {
+        let memtable = Memtable::new();
+        memtable.insert(b"b", seq(1), ValueKind::Put, b"b1");
+        memtable.insert(b"a", seq(2), ValueKind::Put, b"a2");
+        memtable.insert(b"a", seq(9), ValueKind::Delete, b"");
+        memtable.insert(b"a", seq(5), ValueKind::Put, b"a5");
+
+        let entries: Vec<(Vec<u8>, u64, ValueKind, Bytes)> =
+            memtable.iter().map(|(k, v)| (k.user_key().to_vec(), k.seq().get(), k.kind(), v)).collect();
+        assert_eq!(
+            entries,
+            vec![
+                (b"a".to_vec(), 9, ValueKind::Delete, Bytes::new()),
+                (b"a".to_vec(), 5, ValueKind::Put, Bytes::from_static(b"a5")),
+                (b"a".to_vec(), 2, ValueKind::Put, Bytes::from_static(b"a2")),
+                (b"b".to_vec(), 1, ValueKind::Put, Bytes::from_static(b"b1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn concurrent_inserts_from_four_threads_are_all_readable() {
+        const THREADS: u64 = 4;
+        const KEYS_PER_THREAD: u64 = 10_000;
+        let key = |t: u64, i: u64| format!("t{t}-{i:05}").into_bytes();
+        let seq_of = |t: u64, i: u64| seq(t * KEYS_PER_THREAD + i + 1);
+
+        let memtable = Memtable::new();
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let memtable = &memtable;
+                scope.spawn(move || {
+                    for i in 0..KEYS_PER_THREAD {
+                        memtable.insert(&key(t, i), seq_of(t, i), ValueKind::Put, &i.to_le_bytes());
+                    }
+                });
+            }
+        });
+
+        let total = (THREADS * KEYS_PER_THREAD) as usize;
+        assert_eq!(memtable.len(), total);
+        assert_eq!(memtable.max_seq(), seq(THREADS * KEYS_PER_THREAD));
+        let key_bytes: usize = (0..THREADS).flat_map(|t| (0..KEYS_PER_THREAD).map(move |i| key(t, i).len())).sum();
+        assert_eq!(memtable.approximate_size_bytes(), key_bytes + total * (8 + 8 + ENTRY_OVERHEAD_BYTES));
+        for t in 0..THREADS {
+            for i in 0..KEYS_PER_THREAD {
+                let k = key(t, i);
+                assert_eq!(memtable.get(&k, SeqNo::MAX), put(&i.to_le_bytes()), "key {t}-{i}");
+                let before = SeqNo::new(seq_of(t, i).get() - 1).expect("fits");
+                assert_eq!(memtable.get(&k, before), None, "key {t}-{i} before its write");
+            }
+        }
+        let keys: Vec<InternalKey> = memtable.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), total);
+        assert!(keys.is_sorted());
+    }
+
+    /// One write in the model test: user key, value (`None` for a delete).
+    type Op = (Vec<u8>, Option<Vec<u8>>);
+    /// The model: user key -> every version written, as (seq, value or `None` for a delete).
+    type Model = BTreeMap<Vec<u8>, Vec<(u64, Option<Vec<u8>>)>>;
+
+    fn ops_strategy() -> impl Strategy<Value = Vec<(u64, Op)>> {
+        let user_key = proptest::collection::vec(prop_oneof![Just(0u8), Just(b'a'), Just(b'b')], 0..3);
+        let value = proptest::option::weighted(0.8, proptest::collection::vec(any::<u8>(), 0..4));
+        proptest::collection::vec((user_key, value), 0..40)
+            // Distinct seqs with gaps (1, 4, 7, ...), inserted in a random order: the memtable
+            // must not depend on inserts arriving in seq order.
+            .prop_map(|ops| ops.into_iter().enumerate().map(|(i, op)| (i as u64 * 3 + 1, op)).collect::<Vec<_>>())
+            .prop_shuffle()
+    }
+
+    proptest! {
+        #[test]
+        fn get_matches_a_btreemap_model(
+            ops in ops_strategy(),
+            queries in proptest::collection::vec(
+                (proptest::collection::vec(prop_oneof![Just(0u8), Just(b'a'), Just(b'b')], 0..3), 0..130u64),
+                0..60,
+            ),
+        ) {
+            let memtable = Memtable::new();
+            let mut model = Model::new();
+            for (s, (user_key, value)) in &ops {
+                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+                memtable.insert(user_key, seq(*s), kind, value.as_deref().unwrap_or_default());
+                model.entry(user_key.clone()).or_default().push((*s, value.clone()));
+            }
+
+            let expect = |user_key: &[u8], snapshot: u64| -> Option<MemtableValue> {
+                let (_, value) = model
+                    .get(user_key)?
+                    .iter()
+                    .filter(|(s, _)| *s <= snapshot)
+                    .max_by_key(|(s, _)| *s)?;
+                Some(match value {
+                    Some(v) => MemtableValue::Put(Bytes::copy_from_slice(v)),
+                    None => MemtableValue::Deleted,
+                })
+            };
+            for (user_key, snapshot) in &queries {
+                prop_assert_eq!(memtable.get(user_key, seq(*snapshot)), expect(user_key, *snapshot));
+            }
+            for (user_key, versions) in &model {
+                for (s, _) in versions {
+                    prop_assert_eq!(memtable.get(user_key, seq(*s)), expect(user_key, *s));
+                    prop_assert_eq!(memtable.get(user_key, seq(*s - 1)), expect(user_key, *s - 1));
+                }
+                prop_assert_eq!(memtable.get(user_key, SeqNo::MAX), expect(user_key, SeqNo::MAX.get()));
+            }
+
+            // iter() is the model flattened: user key ascending, newest first.
+            let mut flat: Vec<(Vec<u8>, u64)> = model
+                .iter()
+                .flat_map(|(k, versions)| versions.iter().map(move |(s, _)| (k.clone(), *s)))
+                .collect();
+            flat.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let iterated: Vec<(Vec<u8>, u64)> = memtable.iter().map(|(k, _)| (k.user_key().to_vec(), k.seq().get())).collect();
+            prop_assert_eq!(iterated, flat);
+            prop_assert_eq!(memtable.len(), ops.len());
+            prop_assert_eq!(memtable.max_seq().get(), ops.iter().map(|(s, _)| *s).max().unwrap_or(0));
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Byte layout of WAL headers and group records (`docs/format/wal.md`).
+
+use crate::coding::{Reader, put_u32, put_u64};
+
+/// Magic bytes at the start of every WAL file.
+pub(crate) const MAGIC: &[u8; 8] = b"RINGWAL1";
+/// Version of the format this code writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The WAL's write unit: headers and groups start on multiples of it.
+pub(crate) const SECTOR_BYTES: usize = 4096;
+/// Bytes of the file header that carry data (the rest of the sector is zero).
+pub(crate) const FILE_HEADER_BYTES: usize = 40;
+/// Bytes of a group record header.
+pub(crate) const RECORD_HEADER_BYTES: usize = 20;
+/// Record type of a group of write batches. 0 is never a type: all-zero means unwritten.
+pub(crate) const RECORD_TYPE_GROUP: u8 = 1;
+
+/// The file header, filling `out` (one sector, zero-padded).
+pub(crate) fn encode_file_header(out: &mut [u8], log_number: u64) {
+    assert!(out.len() >= FILE_HEADER_BYTES);
+    let mut header = Vec::with_capacity(FILE_HEADER_BYTES);
+    header.extend_from_slice(MAGIC);
+    put_u32(&mut header, FORMAT_VERSION);
+    put_u32(&mut header, SECTOR_BYTES as u32);
+    put_u64(&mut header, log_number);
+    let crc = crc32fast::hash(&header);
+    put_u32(&mut header, crc);
+    header.resize(FILE_HEADER_BYTES, 0);
+    out.fill(0);
+    out[..FILE_HEADER_BYTES].copy_from_slice(&header);
+}
+
+/// Parses a file header; returns (log_number, sector_bytes) or what is wrong with it.
+pub(crate) fn decode_file_header(bytes: &[u8]) -> Result<(u64, usize), String> {
+    let mut reader = Reader::new(bytes);
+    let fields = reader.take(24).ok_or("file shorter than its header")?;
+    let crc = reader.u32().ok_or("file shorter than its header")?;
+    if crc != crc32fast::hash(fields) {
+        return Err("header checksum mismatch".into());
+    }
+    let mut fields = Reader::new(fields);
+    if fields.take(8) != Some(MAGIC.as_slice()) {
+        return Err("not a ringdb WAL (bad magic)".into());
+    }
+    let version = fields.u32().expect("checked length");
+    let sector = fields.u32().expect("checked length") as usize;
+    let log_number = fields.u64().expect("checked length");
+    if version != FORMAT_VERSION {
+        return Err(format!("WAL format version {version} is not supported (this build reads {FORMAT_VERSION})"));
+    }
+    if sector != SECTOR_BYTES {
+        return Err(format!("WAL sector size {sector} is not supported (this build uses {SECTOR_BYTES})"));
+    }
+    Ok((log_number, sector))
+}
+
+/// Writes a record header for `payload` into `out[..RECORD_HEADER_BYTES]`.
+pub(crate) fn encode_record_header(out: &mut [u8], log_number: u64, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("group payloads are bounded far below 4 GiB");
+    let mut header = Vec::with_capacity(RECORD_HEADER_BYTES);
+    put_u32(&mut header, 0); // crc, filled below
+    put_u32(&mut header, len);
+    header.extend_from_slice(&[RECORD_TYPE_GROUP, 0, 0, 0]);
+    put_u64(&mut header, log_number);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[4..]);
+    hasher.update(payload);
+    header[..4].copy_from_slice(&hasher.finalize().to_le_bytes());
+    out[..RECORD_HEADER_BYTES].copy_from_slice(&header);
+}
+
+/// What is at a record position.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecordAt<'a> {
+    /// All-zero header: nothing was written here.
+    Unwritten,
+    /// A record that checks out; its payload.
+    Valid(&'a [u8]),
+    /// Anything else, with the reason.
+    Invalid(String),
+}
+
+/// Examines the record starting at `bytes[0]` (which runs to the end of the file).
+pub(crate) fn record_at(bytes: &[u8], log_number: u64) -> RecordAt<'_> {
+    let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
+        return if bytes.iter().all(|&b| b == 0) {
+            RecordAt::Unwritten
+        } else {
+            RecordAt::Invalid("file ends inside a record header".into())
+        };
+    };
+    if header.iter().all(|&b| b == 0) {
+        return RecordAt::Unwritten;
+    }
+    let mut reader = Reader::new(header);
+    let crc = reader.u32().expect("20 bytes");
+    let len = reader.u32().expect("20 bytes") as usize;
+    let kind = reader.take(4).expect("20 bytes");
+    let record_log = reader.u64().expect("20 bytes");
+    if kind != [RECORD_TYPE_GROUP, 0, 0, 0] {
+        return RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}"));
+    }
+    if record_log != log_number {
+        return RecordAt::Invalid(format!("record of log {record_log} in log {log_number} (stale bytes)"));
+    }
+    if len == 0 {
+        return RecordAt::Invalid("empty record".into());
+    }
+    let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
+        return RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file"));
+    };
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[4..]);
+    hasher.update(payload);
+    if hasher.finalize() != crc {
+        return RecordAt::Invalid("record checksum mismatch".into());
+    }
+    RecordAt::Valid(payload)
+}
+
+/// The offset of the sector after a record of `payload_len` bytes starting at `offset`.
+pub(crate) fn next_record_offset(offset: usize, payload_len: usize) -> usize {
+    (offset + RECORD_HEADER_BYTES + payload_len).next_multiple_of(SECTOR_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worked_example_of_the_format_doc() {
+        let mut sector = vec![0xaa; SECTOR_BYTES];
+        encode_file_header(&mut sector, 7);
+        let expected_header = "52 49 4e 47 57 41 4c 31 01 00 00 00 00 10 00 00 07 00 00 00 00 00 00 00 b6 53 5c 9d";
+        assert_eq!(hex(&sector[..28]), expected_header);
+        assert!(sector[28..].iter().all(|&b| b == 0));
+        assert_eq!(decode_file_header(&sector), Ok((7, SECTOR_BYTES)));
+
+        // put("k", "v") as sequence 1.
+        let payload = [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, b'k', 1, b'v'];
+        let mut record = vec![0u8; RECORD_HEADER_BYTES];
+        encode_record_header(&mut record, 7, &payload);
+        record.extend_from_slice(&payload);
+        assert_eq!(
+            hex(&record),
+            "1c dc ec c9 11 00 00 00 01 00 00 00 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 01 01 6b 01 76"
+        );
+        assert_eq!(record_at(&record, 7), RecordAt::Valid(&payload[..]));
+        assert!(matches!(record_at(&record, 8), RecordAt::Invalid(m) if m.contains("stale")));
+        assert_eq!(next_record_offset(4096, payload.len()), 8192);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn headers_reject_damage_and_newer_versions() {
+        let mut sector = vec![0; SECTOR_BYTES];
+        encode_file_header(&mut sector, 3);
+        for cut in 0..28 {
+            assert!(decode_file_header(&sector[..cut]).is_err());
+        }
+        let mut flipped = sector.clone();
+        flipped[17] ^= 4;
+        assert!(decode_file_header(&flipped).unwrap_err().contains("checksum"));
+        // A newer version with a valid checksum.
+        let mut newer = sector[..24].to_vec();
+        newer[8] = 2;
+        let crc = crc32fast::hash(&newer);
+        newer.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode_file_header(&newer).unwrap_err().contains("version 2"));
+    }
+
+    #[test]
+    fn record_examination_never_trusts_a_damaged_length() {
+        let payload = vec![9u8; 100];
+        let mut record = vec![0u8; RECORD_HEADER_BYTES];
+        encode_record_header(&mut record, 1, &payload);
+        record.extend_from_slice(&payload);
+        for cut in 1..record.len() {
+            assert!(matches!(record_at(&record[..cut], 1), RecordAt::Invalid(_)), "cut {cut}");
+        }
+        for byte in 0..record.len() {
+            let mut flipped = record.clone();
+            flipped[byte] ^= 0x10;
+            assert!(matches!(record_at(&flipped, 1), RecordAt::Invalid(_)), "flip in byte {byte}");
+        }
+        assert_eq!(record_at(&[0u8; 7], 1), RecordAt::Unwritten);
+    }
+}

@@ -1,0 +1,13 @@
+//! The write-ahead log: format constants, the writer and recovery.
+//! The format is specified in `docs/format/wal.md`.
+
+mod format;
+mod reader;
+mod writer;
+
+pub use reader::RecoveryMode;
+// Used by the Db's write path and recovery (next step of issue 3).
+#[allow(unused_imports)]
+pub(crate) use reader::{LogContents, parse_log, read_log};
+#[allow(unused_imports)]
+pub(crate) use writer::WalWriter;

@@ -1,0 +1,309 @@
+//! Recovery: reading a WAL file back and deciding where it ends.
+
+use std::ops::Range;
+use std::path::Path;
+
+use super::format::{RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at};
+use crate::batch::decode_batches;
+use crate::io::{DirectFile, Io};
+use crate::key::SeqNo;
+use crate::{Error, Result};
+
+/// What recovery does with a WAL whose records are damaged. A torn tail (the
+/// group being written when the process or machine died, never acknowledged)
+/// is always dropped; the modes differ in what they do with damage elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Keep every acknowledged write or refuse to open: damage anywhere but the
+    /// torn tail is an [`Error::Corruption`] naming the file and offset. The default.
+    #[default]
+    KeepAllOrFail,
+    /// Keep the valid prefix of the log and drop everything from the first
+    /// damaged group on, including later valid groups (a consistent
+    /// point-in-time state, at the cost of losing acknowledged writes).
+    KeepPrefixDropRest,
+}
+
+/// The valid part of a log.
+#[derive(Debug)]
+pub(crate) struct LogContents {
+    /// The file's bytes.
+    pub(crate) data: Vec<u8>,
+    /// Payload ranges of the valid groups, in order.
+    pub(crate) groups: Vec<Range<usize>>,
+    /// Last sequence number in the log, if it holds any group.
+    pub(crate) last_seq: Option<SeqNo>,
+    /// Where a writer continuing this log starts (a sector boundary).
+    pub(crate) end_offset: u64,
+    /// Where a torn tail began, if there was one.
+    pub(crate) torn_tail_at: Option<u64>,
+    /// Under [`RecoveryMode::KeepPrefixDropRest`]: where damage was found and dropped, and why.
+    pub(crate) dropped_at: Option<(u64, String)>,
+}
+
+impl LogContents {
+    /// The payloads of the valid groups.
+    pub(crate) fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.groups.iter().map(|range| &self.data[range.clone()])
+    }
+}
+
+/// Reads a whole WAL file through the I/O layer and parses it.
+pub(crate) async fn read_log(io: &Io, path: &Path, log_number: u64, mode: RecoveryMode) -> Result<LogContents> {
+    let file = DirectFile::open_read_only(io, path).await?;
+    let len = file.len()?;
+    let chunk = 1 << 20;
+    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut buf = file.alloc_buf(chunk);
+    let mut offset = 0u64;
+    while offset < len {
+        buf = file.read_at(buf, offset, chunk).await?;
+        if buf.is_empty() {
+            break;
+        }
+        data.extend_from_slice(&buf);
+        offset += buf.len() as u64;
+    }
+    data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
+    parse_log(data, path, log_number, mode)
+}
+
+/// Parses a WAL image (`docs/format/wal.md`, "Reading"). Never panics on any input.
+pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: RecoveryMode) -> Result<LogContents> {
+    let corruption = |offset: u64, reason: String| Error::Corruption { file: path.to_path_buf(), offset, reason };
+    if data.len() < SECTOR_BYTES {
+        // Our O_DIRECT writes are whole sectors: a shorter file was cut or never finished.
+        return Err(corruption(0, format!("file of {} bytes is shorter than its header sector", data.len())));
+    }
+    let (header_log, _sector) = decode_file_header(&data).map_err(|reason| corruption(0, reason))?;
+    if header_log != log_number {
+        return Err(corruption(16, format!("header says log {header_log}, the file name says {log_number}")));
+    }
+    let mut contents = LogContents {
+        data: Vec::new(),
+        groups: Vec::new(),
+        last_seq: None,
+        end_offset: 0,
+        torn_tail_at: None,
+        dropped_at: None,
+    };
+    let mut offset = SECTOR_BYTES;
+    loop {
+        let problem = match record_at(data.get(offset..).unwrap_or(&[]), log_number) {
+            RecordAt::Unwritten => None,
+            RecordAt::Valid(payload) => {
+                let expected = contents.last_seq.map(|s| s.checked_next().ok_or("sequence numbers overflow"));
+                let decoded = match expected {
+                    Some(Err(reason)) => Err(reason.to_string()),
+                    Some(Ok(next)) => decode_batches(payload, Some(next), |_| {}),
+                    None => decode_batches(payload, None, |_| {}),
+                };
+                match decoded {
+                    Ok(last) => {
+                        let start = offset + super::format::RECORD_HEADER_BYTES;
+                        contents.groups.push(start..start + payload.len());
+                        contents.last_seq = Some(last);
+                        offset = next_record_offset(offset, payload.len());
+                        continue;
+                    }
+                    Err(reason) => Some(format!("malformed group payload: {reason}")),
+                }
+            }
+            RecordAt::Invalid(reason) => Some(reason),
+        };
+        // The log ends here: cleanly, at a torn tail, or at damage.
+        contents.end_offset = offset as u64;
+        if let Some(reason) = problem {
+            match later_valid_record(&data, offset + SECTOR_BYTES, log_number) {
+                None => contents.torn_tail_at = Some(offset as u64),
+                Some(later) => match mode {
+                    RecoveryMode::KeepAllOrFail => {
+                        return Err(corruption(
+                            offset as u64,
+                            format!(
+                                "{reason}, and a valid group follows at offset {later}: damage in the middle of the log"
+                            ),
+                        ));
+                    }
+                    RecoveryMode::KeepPrefixDropRest => {
+                        contents.dropped_at = Some((offset as u64, reason));
+                        // New writes must not land before the dropped groups, or a
+                        // later recovery would find them again.
+                        contents.end_offset = data.len().next_multiple_of(SECTOR_BYTES) as u64;
+                    }
+                },
+            }
+        } else if let Some(later) = later_valid_record(&data, offset + SECTOR_BYTES, log_number) {
+            // A zeroed sector (a lost write) with acknowledged groups after it.
+            match mode {
+                RecoveryMode::KeepAllOrFail => {
+                    return Err(corruption(
+                        offset as u64,
+                        format!("unwritten sector, but a valid group follows at offset {later}"),
+                    ));
+                }
+                RecoveryMode::KeepPrefixDropRest => {
+                    contents.dropped_at = Some((offset as u64, "unwritten sector inside the log".into()));
+                    contents.end_offset = data.len().next_multiple_of(SECTOR_BYTES) as u64;
+                }
+            }
+        }
+        break;
+    }
+    contents.data = data;
+    Ok(contents)
+}
+
+/// The offset of the first sector at or after `from` that holds a valid record of this log.
+fn later_valid_record(data: &[u8], from: usize, log_number: u64) -> Option<usize> {
+    (from..data.len())
+        .step_by(SECTOR_BYTES)
+        .find(|&offset| matches!(record_at(&data[offset..], log_number), RecordAt::Valid(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::{RECORD_HEADER_BYTES, encode_file_header, encode_record_header};
+    use super::*;
+    use crate::batch::WriteBatch;
+    use proptest::prelude::*;
+
+    /// A log image with one group per batch of `sizes[i]` puts, numbered from 1.
+    fn image(log_number: u64, sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
+        let mut data = vec![0u8; SECTOR_BYTES];
+        encode_file_header(&mut data, log_number);
+        let mut seq = 1;
+        let mut starts = Vec::new();
+        for (g, &n) in sizes.iter().enumerate() {
+            let mut batch = WriteBatch::new();
+            for i in 0..n {
+                batch.put(format!("key-{g}-{i}"), vec![g as u8; 50 + i * 37]);
+            }
+            let mut payload = Vec::new();
+            batch.encode_to(&mut payload, SeqNo(seq));
+            seq += n as u64;
+            let start = data.len();
+            starts.push(start);
+            let mut header = [0u8; RECORD_HEADER_BYTES];
+            encode_record_header(&mut header, log_number, &payload);
+            data.extend_from_slice(&header);
+            data.extend_from_slice(&payload);
+            data.resize(data.len().next_multiple_of(SECTOR_BYTES), 0);
+        }
+        (data, starts)
+    }
+
+    fn parse(data: Vec<u8>, mode: RecoveryMode) -> Result<LogContents> {
+        parse_log(data, Path::new("000005.wal"), 5, mode)
+    }
+
+    #[test]
+    fn clean_log_with_preallocated_zeroes() {
+        let (mut data, starts) = image(5, &[1, 3, 200]);
+        data.resize(data.len() + 10 * SECTOR_BYTES, 0);
+        let contents = parse(data, RecoveryMode::KeepAllOrFail).unwrap();
+        assert_eq!(contents.groups.len(), 3);
+        assert_eq!(contents.last_seq, Some(SeqNo(204)));
+        assert_eq!(contents.torn_tail_at, None);
+        assert!(contents.end_offset as usize > starts[2]);
+        assert_eq!(contents.end_offset % SECTOR_BYTES as u64, 0);
+    }
+
+    #[test]
+    fn torn_last_group_is_dropped_and_reported() {
+        let (mut data, starts) = image(5, &[2, 2, 300]);
+        // The last group spans several sectors; its second sector never landed.
+        let torn = starts[2] + SECTOR_BYTES;
+        data[torn..torn + SECTOR_BYTES].fill(0);
+        let contents = parse(data, RecoveryMode::KeepAllOrFail).unwrap();
+        assert_eq!(contents.groups.len(), 2);
+        assert_eq!(contents.last_seq, Some(SeqNo(4)));
+        assert_eq!(contents.torn_tail_at, Some(starts[2] as u64));
+        assert_eq!(contents.end_offset, starts[2] as u64, "the next writer overwrites the torn group");
+    }
+
+    #[test]
+    fn damage_before_a_valid_group_is_corruption_unless_tolerated() {
+        let (mut data, starts) = image(5, &[2, 2, 2]);
+        data[starts[1] + RECORD_HEADER_BYTES + 3] ^= 0x40;
+        match parse(data.clone(), RecoveryMode::KeepAllOrFail) {
+            Err(Error::Corruption { offset, reason, .. }) => {
+                assert_eq!(offset, starts[1] as u64);
+                assert!(reason.contains("middle"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let contents = parse(data, RecoveryMode::KeepPrefixDropRest).unwrap();
+        assert_eq!(contents.groups.len(), 1);
+        assert_eq!(contents.dropped_at.as_ref().map(|d| d.0), Some(starts[1] as u64));
+        assert!(contents.end_offset as usize > starts[2], "new groups go after the dropped ones");
+    }
+
+    #[test]
+    fn a_zeroed_sector_before_valid_groups_is_corruption() {
+        let (mut data, starts) = image(5, &[1, 1, 1]);
+        data[starts[1]..starts[1] + SECTOR_BYTES].fill(0);
+        assert!(matches!(parse(data, RecoveryMode::KeepAllOrFail), Err(Error::Corruption { .. })));
+    }
+
+    #[test]
+    fn stale_records_of_a_recycled_log_are_not_trusted() {
+        let (old, _) = image(4, &[3, 3, 3, 3]);
+        let (new, _) = image(5, &[1]);
+        let mut recycled = old.clone();
+        recycled[..new.len()].copy_from_slice(&new);
+        let contents = parse(recycled, RecoveryMode::KeepAllOrFail).unwrap();
+        assert_eq!(contents.groups.len(), 1, "log 4's groups are stale");
+        assert_eq!(contents.last_seq, Some(SeqNo(1)));
+        assert!(contents.torn_tail_at.is_some(), "the stale bytes after the end look like a torn tail");
+    }
+
+    #[test]
+    fn bad_headers_and_short_files_are_corruption() {
+        let (data, _) = image(5, &[1]);
+        assert!(matches!(
+            parse(data[..30].to_vec(), RecoveryMode::KeepAllOrFail),
+            Err(Error::Corruption { offset: 0, .. })
+        ));
+        assert!(matches!(parse(Vec::new(), RecoveryMode::KeepAllOrFail), Err(Error::Corruption { .. })));
+        let mut other_log = data.clone();
+        encode_file_header(&mut other_log[..SECTOR_BYTES], 6);
+        assert!(matches!(parse(other_log, RecoveryMode::KeepAllOrFail), Err(Error::Corruption { offset: 16, .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn never_panics_and_keeps_a_prefix(
+            sizes in proptest::collection::vec(1usize..40, 1..6),
+            damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            truncate_to in proptest::option::of(any::<usize>()),
+            zero_from in proptest::option::of(any::<usize>()),
+        ) {
+            let (mut data, _) = image(5, &sizes);
+            for (at, byte) in damage {
+                let at = at % data.len();
+                data[at] = byte;
+            }
+            if let Some(zero_from) = zero_from {
+                let from = zero_from % data.len();
+                data[from..].fill(0);
+            }
+            if let Some(len) = truncate_to {
+                data.truncate(len % (data.len() + 1));
+            }
+            for mode in [RecoveryMode::KeepAllOrFail, RecoveryMode::KeepPrefixDropRest] {
+                if let Ok(contents) = parse(data.clone(), mode) {
+                    // Whatever is kept is a valid prefix: consecutive from sequence 1.
+                    let mut expected = SeqNo(1);
+                    for payload in contents.payloads() {
+                        let last = decode_batches(payload, Some(expected), |_| {}).unwrap();
+                        expected = last.next();
+                    }
+                    prop_assert!(contents.groups.len() <= sizes.len());
+                }
+            }
+        }
+    }
+}
