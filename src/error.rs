@@ -77,6 +77,13 @@ pub enum Error {
     /// The caller passed something outside the documented limits.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A write to the log or its fdatasync failed earlier, so the database no
+    /// longer knows what is durable and refuses further writes; reads keep
+    /// working. Reopen the database to recover from the log. (Retrying the
+    /// fsync is not safe: after a failed fsync the kernel may have dropped the
+    /// dirty data and report the next fsync as a success.)
+    #[error("poisoned: a write-ahead log write failed earlier ({0}); reopen the database")]
+    Poisoned(String),
     /// The database or I/O driver has been shut down.
     #[error("closed")]
     Closed,

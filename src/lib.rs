@@ -6,9 +6,9 @@
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-#[allow(dead_code)]
 mod batch;
 mod coding;
+mod db;
 mod error;
 pub mod io;
 // Not used by a `Db` yet: remove the allows once the write and read paths use them.
@@ -20,6 +20,7 @@ mod memtable;
 mod wal;
 
 pub use batch::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, WriteBatch};
+pub use db::{Db, Durability, Options, Snapshot, WriteOptions};
 pub use error::{Error, IoOp, Result};
 pub use wal::RecoveryMode;
 

@@ -20,6 +20,7 @@ mod align;
 mod buf;
 mod fault;
 mod file;
+mod lock;
 mod op;
 mod posix;
 mod uring;
@@ -36,6 +37,7 @@ pub use align::{AlignmentSource, DEFAULT_ALIGNMENT, discover as discover_alignme
 pub use buf::{AlignedBuf, BufPool, MIN_ALIGNMENT};
 pub use fault::{FaultAction, FaultInjector, FaultRule};
 pub use file::DirectFile;
+pub use lock::DirLock;
 
 use crate::{Error, IoOp, Result};
 use op::{Completion, FileHandle, IoStatsInner, Op, OpKind, Submission};

@@ -1,0 +1,223 @@
+//! The write path's shared state and the log-writer thread (group commit).
+//!
+//! A write takes the state lock once: it gets its sequence numbers, appends its
+//! encoded batch to the pending log segment, inserts into the active memtable,
+//! and either becomes visible at once (buffered, nothing durable pending before
+//! it) or registers a waiter. The `ringdb-wal` thread takes *all* pending
+//! segments at a time and writes each as one group record (one O_DIRECT write,
+//! linked to one fdatasync when any member asked for it); writes that arrive
+//! meanwhile form the next group. Groups are written in log order and the
+//! visible sequence number only moves forward to the end of a written group,
+//! so a reader never sees write N+1 without write N.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+
+use super::options::Durability;
+use crate::io::Io;
+use crate::key::SeqNo;
+use crate::memtable::Memtable;
+use crate::wal::WalWriter;
+use crate::{Error, Result};
+
+/// Groups larger than this are split, so one record stays far below the format's 4 GiB.
+const MAX_GROUP_BYTES: usize = 256 << 20;
+
+/// A write waiting for its group.
+pub(crate) struct Waiter {
+    pub(crate) done: oneshot::Sender<Result<()>>,
+}
+
+/// Log bytes not yet handed to the writer thread, for one log file.
+pub(crate) struct Segment {
+    pub(crate) log_number: u64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) last_seq: SeqNo,
+    pub(crate) sync: bool,
+    pub(crate) waiters: Vec<Waiter>,
+    pub(crate) first_buffered_at: Instant,
+}
+
+/// A memtable with the log files whose data it holds.
+pub(crate) struct MemtableSlot {
+    pub(crate) memtable: Arc<Memtable>,
+    pub(crate) log_numbers: Vec<u64>,
+}
+
+pub(crate) struct LogState {
+    pub(crate) next_seq: SeqNo,
+    pub(crate) active: MemtableSlot,
+    /// Frozen memtables, oldest first.
+    pub(crate) immutables: Vec<MemtableSlot>,
+    pub(crate) pending: VecDeque<Segment>,
+    pub(crate) pending_bytes: usize,
+    /// Written/synced writes (and buffered ones queued behind them) not yet completed.
+    pub(crate) waiting_writes: usize,
+    pub(crate) flush_requests: Vec<(bool, oneshot::Sender<Result<()>>)>,
+    pub(crate) poisoned: Option<String>,
+    pub(crate) closing: bool,
+    pub(crate) next_file_number: u64,
+}
+
+/// What the write path and the writer thread share.
+pub(crate) struct LogShared {
+    pub(crate) state: Mutex<LogState>,
+    pub(crate) work: Condvar,
+    /// Every write with a sequence number <= this is readable.
+    pub(crate) visible_seq: AtomicU64,
+    /// Wakes writers waiting for room (a flushed immutable memtable).
+    pub(crate) room: event_listener::Event,
+    pub(crate) dir: PathBuf,
+    pub(crate) wal_preallocate_bytes: u64,
+    pub(crate) wal_flush_interval: Duration,
+    pub(crate) wal_buffer_size_bytes: usize,
+}
+
+impl LogShared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn visible(&self) -> SeqNo {
+        SeqNo(self.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// Appends an encoded batch (`encode` writes it) to the pending segment of `log_number`.
+    pub(crate) fn enqueue(
+        state: &mut LogState,
+        log_number: u64,
+        last_seq: SeqNo,
+        durability: Durability,
+        waiter: Option<Waiter>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let reuse =
+            state.pending.back().is_some_and(|s| s.log_number == log_number && s.payload.len() < MAX_GROUP_BYTES);
+        if !reuse {
+            state.pending.push_back(Segment {
+                log_number,
+                payload: Vec::new(),
+                last_seq,
+                sync: false,
+                waiters: Vec::new(),
+                first_buffered_at: Instant::now(),
+            });
+        }
+        let segment = state.pending.back_mut().expect("just ensured");
+        let before = segment.payload.len();
+        encode(&mut segment.payload);
+        state.pending_bytes += segment.payload.len() - before;
+        segment.last_seq = last_seq;
+        segment.sync |= durability == Durability::Synced;
+        segment.waiters.extend(waiter);
+    }
+}
+
+pub(crate) fn log_path(dir: &std::path::Path, log_number: u64) -> PathBuf {
+    dir.join(format!("{log_number:06}.wal"))
+}
+
+/// Whether the writer thread has something to do now, or how long until it may.
+fn due(state: &LogState, shared: &LogShared) -> Option<Duration> {
+    if state.closing || !state.flush_requests.is_empty() {
+        return Some(Duration::ZERO);
+    }
+    let front = state.pending.front()?;
+    if state.pending.iter().any(|s| !s.waiters.is_empty()) || state.pending_bytes >= shared.wal_buffer_size_bytes {
+        return Some(Duration::ZERO);
+    }
+    Some(shared.wal_flush_interval.saturating_sub(front.first_buffered_at.elapsed()))
+}
+
+/// The body of the `ringdb-wal` thread.
+pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalWriter>) {
+    loop {
+        let (segments, flushes) = {
+            let mut state = shared.lock();
+            loop {
+                match due(&state, &shared) {
+                    Some(wait) if wait.is_zero() => break,
+                    Some(wait) => state = shared.work.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0,
+                    None => state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+            if state.closing && state.pending.is_empty() && state.flush_requests.is_empty() {
+                break;
+            }
+            state.pending_bytes = 0;
+            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests))
+        };
+        let sync_all = flushes.iter().any(|(sync, _)| *sync);
+        let mut failure: Option<Error> = None;
+        let mut wrote_any = false;
+        for segment in segments {
+            let result = match &failure {
+                Some(e) => Err(Error::Poisoned(e.to_string())),
+                None => futures_executor::block_on(write_segment(&shared, &io, &mut wal, &segment, sync_all)),
+            };
+            match result {
+                Ok(()) => {
+                    wrote_any = true;
+                    shared.visible_seq.fetch_max(segment.last_seq.0, Ordering::AcqRel);
+                    complete(&shared, segment.waiters, || Ok(()));
+                }
+                Err(e) => {
+                    if failure.is_none() {
+                        tracing::error!(error = %e, "write-ahead log write failed: the database refuses further writes");
+                        shared.lock().poisoned = Some(e.to_string());
+                        failure = Some(e);
+                    }
+                    let message = failure.as_ref().map(|f| f.to_string()).unwrap_or_default();
+                    complete(&shared, segment.waiters, || Err(Error::Poisoned(message.clone())));
+                }
+            }
+        }
+        // A flush with nothing left to write still owes its fdatasync.
+        let flush_result = match (&failure, &wal) {
+            (Some(e), _) => Err(Error::Poisoned(e.to_string())),
+            (None, Some(wal)) if sync_all && !wrote_any => futures_executor::block_on(wal.sync()),
+            _ => Ok(()),
+        };
+        for (_, done) in flushes {
+            let _ = done.send(match &flush_result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Error::Poisoned(e.to_string())),
+            });
+        }
+    }
+}
+
+fn complete(shared: &LogShared, waiters: Vec<Waiter>, result: impl Fn() -> Result<()>) {
+    if waiters.is_empty() {
+        return;
+    }
+    shared.lock().waiting_writes -= waiters.len();
+    for waiter in waiters {
+        let _ = waiter.done.send(result());
+    }
+}
+
+async fn write_segment(
+    shared: &LogShared,
+    io: &Io,
+    wal: &mut Option<WalWriter>,
+    segment: &Segment,
+    force_sync: bool,
+) -> Result<()> {
+    if wal.as_ref().is_none_or(|w| w.log_number() != segment.log_number) {
+        if let Some(old) = wal.take() {
+            // Everything buffered for the old log was written with its groups;
+            // sync it so a synced write in the new log cannot outlive it.
+            old.sync().await?;
+        }
+        let path = log_path(&shared.dir, segment.log_number);
+        *wal = Some(WalWriter::create(io, &path, segment.log_number, shared.wal_preallocate_bytes).await?);
+    }
+    let writer = wal.as_mut().expect("set above");
+    writer.append_group(&segment.payload, segment.sync || force_sync).await
+}

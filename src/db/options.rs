@@ -1,0 +1,79 @@
+//! Options of a database and of a write.
+
+use crate::io::IoOptions;
+use crate::wal::RecoveryMode;
+
+/// How to open a database. `Options::default()` is a sane start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Size of the active memtable, in bytes (approximate: keys, values and
+    /// per-entry overhead), at which it is frozen and a new one (with a new
+    /// WAL file) takes writes. Default: 64 MiB.
+    pub write_buffer_size_bytes: usize,
+    /// Frozen memtables kept in memory at most; at the bound, writes wait
+    /// (asynchronously) until one has been flushed. Default: 2.
+    pub max_immutable_memtables: usize,
+    /// Bytes of zeroes written into each new WAL file up front, so that
+    /// appends overwrite written blocks and an fdatasync commits no size or
+    /// extent change. Default: 64 MiB.
+    pub wal_preallocate_bytes: u64,
+    /// With [`Durability::Buffered`], logged data is written at the latest this
+    /// long after it was buffered, in milliseconds. Default: 100.
+    pub wal_flush_interval_ms: u64,
+    /// With [`Durability::Buffered`], the log buffer is written as soon as it
+    /// holds this many bytes. Default: 1 MiB.
+    pub wal_buffer_size_bytes: usize,
+    /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
+    pub recovery_mode: RecoveryMode,
+    /// Create the directory if it does not exist. Default: true.
+    pub create_if_missing: bool,
+    /// The I/O backend. Default: io_uring, falling back to the portable backend.
+    pub io: IoOptions,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            write_buffer_size_bytes: 64 << 20,
+            max_immutable_memtables: 2,
+            wal_preallocate_bytes: 64 << 20,
+            wal_flush_interval_ms: 100,
+            wal_buffer_size_bytes: 1 << 20,
+            recovery_mode: RecoveryMode::default(),
+            create_if_missing: true,
+            io: IoOptions::default(),
+        }
+    }
+}
+
+/// When a write returns, and what it then survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Returns after the write's log group was written and fdatasync'd:
+    /// survives power loss.
+    Synced,
+    /// Returns after the write's log group was written with O_DIRECT: it is in
+    /// the device, not in the page cache, so it survives a crash of the
+    /// process, but not power loss. The default.
+    #[default]
+    Written,
+    /// Returns once the write is in the memtable and the in-memory log buffer,
+    /// which is written when it fills ([`Options::wal_buffer_size_bytes`]) or
+    /// after [`Options::wal_flush_interval_ms`]: a process crash loses at most
+    /// that window. For bulk loads. [`crate::Db::flush_wal`] forces it out.
+    Buffered,
+}
+
+/// Options of one write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// See [`Durability`]. Default: [`Durability::Written`].
+    pub durability: Durability,
+}
+
+impl WriteOptions {
+    /// Write options with this durability.
+    pub fn with_durability(durability: Durability) -> WriteOptions {
+        WriteOptions { durability }
+    }
+}
