@@ -52,9 +52,14 @@ struct DbInner {
 
 impl Drop for DbInner {
     fn drop(&mut self) {
-        // Whatever is still buffered is written; the thread exits on its own.
+        // The log thread writes whatever is still buffered, then exits. Waiting
+        // for it (one group write at most) keeps the directory locked until no
+        // thread of this handle can touch the log any more.
         self.log.lock().closing = true;
         self.log.work.notify_all();
+        if let Some(thread) = self.writer_thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -351,11 +356,15 @@ struct Recovered {
 
 /// Replays every WAL file of the directory, oldest first, into one memtable.
 async fn recover(io: &Io, dir: &Path, options: &Options) -> Result<Recovered> {
-    let mut logs: Vec<u64> = std::fs::read_dir(dir)
+    let names: Vec<String> = std::fs::read_dir(dir)
         .map_err(|source| Error::Io { op: IoOp::Open, path: dir.to_path_buf(), offset: None, source })?
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str()?.strip_suffix(".wal")?.parse().ok())
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .collect();
+    // A log whose creation was interrupted never held a write.
+    for name in names.iter().filter(|name| name.ends_with(".wal.tmp")) {
+        io.remove_file(dir.join(name)).await?;
+    }
+    let mut logs: Vec<u64> = names.iter().filter_map(|name| name.strip_suffix(".wal")?.parse().ok()).collect();
     logs.sort_unstable();
     let memtable = Memtable::new();
     let mut last_seq = SeqNo::ZERO;

@@ -27,8 +27,13 @@ impl WalWriter {
     /// Creates a new log: the header sector, then `preallocate_bytes` of zeroes
     /// (so appends are overwrites of written blocks and fdatasync has no extent
     /// conversion or size change to commit), synced with its directory entry.
+    ///
+    /// The file is built under a temporary name ([`temp_path`]) and renamed into
+    /// place once complete, so a crash during creation leaves no log with a
+    /// missing header, only a temporary file that recovery deletes.
     pub(crate) async fn create(io: &Io, path: &Path, log_number: u64, preallocate_bytes: u64) -> Result<WalWriter> {
-        let file = DirectFile::create(io, path).await?;
+        let temp = temp_path(path);
+        let file = DirectFile::create(io, &temp).await?;
         let mut header = file.alloc_buf(SECTOR_BYTES);
         header.set_len(SECTOR_BYTES);
         encode_file_header(&mut header, log_number);
@@ -45,6 +50,9 @@ impl WalWriter {
             }
         }
         file.write_at_and_sync(header, 0).await?;
+        drop(file);
+        io.rename(&temp, path).await?;
+        let file = DirectFile::open(io, path).await?;
         Ok(WalWriter { file, log_number, next_offset: SECTOR_BYTES as u64, preallocated_bytes, buf: None })
     }
 
@@ -108,6 +116,13 @@ impl WalWriter {
     pub(crate) async fn sync(&self) -> Result<()> {
         self.file.sync_data().await
     }
+}
+
+/// Where a log is built before it is renamed to `path`.
+pub(crate) fn temp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    name.into()
 }
 
 #[cfg(test)]
