@@ -46,6 +46,7 @@ struct DbInner {
     log: Arc<LogShared>,
     options: Options,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    io: Io,
     _lock: DirLock,
     path: PathBuf,
 }
@@ -150,13 +151,17 @@ impl Db {
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("ringdb-wal".into())
-            .spawn(move || log::writer_thread(thread_shared, io, Some(wal)))
+            .spawn({
+                let io = io.clone();
+                move || log::writer_thread(thread_shared, io, Some(wal))
+            })
             .map_err(|source| Error::Io { op: IoOp::Setup, path: dir.clone(), offset: None, source })?;
         Ok(Db {
             inner: Arc::new(DbInner {
                 log: shared,
                 options,
                 writer_thread: Mutex::new(Some(writer)),
+                io,
                 _lock: lock,
                 path: dir,
             }),
@@ -166,6 +171,16 @@ impl Db {
     /// The database directory.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Counters of the database's I/O backend (operations, io_uring entries).
+    pub fn io_stats(&self) -> crate::io::IoStats {
+        self.inner.io.stats()
+    }
+
+    /// The I/O backend in use.
+    pub fn io_backend(&self) -> crate::io::Backend {
+        self.inner.io.backend()
     }
 
     /// Sets `key` to `value` with the default [`WriteOptions`].

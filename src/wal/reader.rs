@@ -275,6 +275,24 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
+        fn random_files_never_panic(
+            garbage in proptest::collection::vec(any::<u8>(), 0..3 * SECTOR_BYTES),
+            with_header in any::<bool>(),
+        ) {
+            let mut data = garbage;
+            if with_header && data.len() >= SECTOR_BYTES {
+                encode_file_header(&mut data[..SECTOR_BYTES], 5);
+            }
+            for mode in [RecoveryMode::KeepAllOrFail, RecoveryMode::KeepPrefixDropRest] {
+                match parse(data.clone(), mode) {
+                    Ok(contents) => prop_assert!(contents.groups.is_empty() || with_header),
+                    Err(Error::Corruption { .. }) => {}
+                    Err(other) => prop_assert!(false, "unexpected error {other}"),
+                }
+            }
+        }
+
+        #[test]
         fn never_panics_and_keeps_a_prefix(
             sizes in proptest::collection::vec(1usize..40, 1..6),
             damage in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
