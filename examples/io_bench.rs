@@ -11,13 +11,15 @@
 //! read from its fio job file, so the two sides cannot drift apart. Ratios
 //! (ringdb / fio) measured in one run are what to quote on a noisy machine.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "common/fio.rs"]
+mod fio;
+use fio::{Figures, Job, fio_available, load_jobs, run_fio};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -64,83 +66,7 @@ struct Args {
     fio_configs: PathBuf,
 }
 
-/// One job of a fio file, reduced to what the engine side needs.
-#[derive(Debug, Clone)]
-struct Job {
-    name: String,
-    path: PathBuf,
-    file_name: String,
-    rw: String,
-    block_bytes: usize,
-    queue_depth: usize,
-    file_bytes: u64,
-    fdatasync: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Figures {
-    mib_per_sec: f64,
-    iops: f64,
-    mean_latency_us: f64,
-}
-
-impl Figures {
-    fn mean(rounds: &[Figures]) -> Figures {
-        let n = rounds.len().max(1) as f64;
-        Figures {
-            mib_per_sec: rounds.iter().map(|f| f.mib_per_sec).sum::<f64>() / n,
-            iops: rounds.iter().map(|f| f.iops).sum::<f64>() / n,
-            mean_latency_us: rounds.iter().map(|f| f.mean_latency_us).sum::<f64>() / n,
-        }
-    }
-}
-
 const RAMP: Duration = Duration::from_secs(1);
-
-fn parse_size(text: &str) -> Option<u64> {
-    let text = text.trim().to_ascii_lowercase();
-    let digits: String = text.chars().take_while(|c| c.is_ascii_digit()).collect();
-    let value: u64 = digits.parse().ok()?;
-    let unit = match text[digits.len()..].trim_end_matches(['b', 'i']) {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return None,
-    };
-    Some(value * unit)
-}
-
-fn parse_job(path: &Path) -> Result<Job, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut section = String::new();
-    let mut keys: HashMap<String, String> = HashMap::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_string();
-            continue;
-        }
-        let (key, value) = line.split_once('=').unwrap_or((line, "1"));
-        if section != "global" {
-            keys.insert("__job".into(), section.clone());
-        }
-        keys.insert(key.trim().to_string(), value.trim().to_string());
-    }
-    let get = |key: &str| keys.get(key).cloned().ok_or(format!("{}: no {key}=", path.display()));
-    Ok(Job {
-        name: get("__job")?,
-        path: path.to_path_buf(),
-        file_name: get("filename")?,
-        rw: get("rw")?,
-        block_bytes: parse_size(&get("bs")?).ok_or("bad bs")? as usize,
-        queue_depth: get("iodepth")?.parse().map_err(|e| format!("iodepth: {e}"))?,
-        file_bytes: parse_size(&get("size")?).ok_or("bad size")?,
-        fdatasync: keys.get("fdatasync").is_some_and(|v| v != "0"),
-    })
-}
 
 /// Writes the whole file sequentially (untimed), as fio lays out a file before reading it.
 async fn lay_out(io: &Io, path: &Path, file_bytes: u64) {
@@ -273,52 +199,15 @@ fn spin_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-fn fio_available() -> bool {
-    Command::new("fio").arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
-fn run_fio(job: &Job, dir: &Path, runtime: Duration) -> Result<Figures, String> {
-    if job.rw == "write" {
-        let _ = std::fs::remove_file(dir.join(&job.file_name));
-    }
-    let output = Command::new("fio")
-        .arg(&job.path)
-        .arg("--output-format=json")
-        .env("RINGDB_FIO_DIR", dir)
-        .env("RINGDB_FIO_RUNTIME", runtime.as_secs().max(1).to_string())
-        .output()
-        .map_err(|e| format!("fio: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&output.stderr)));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    // fio may print notes before the JSON document.
-    let json_start = stdout.find('{').ok_or("no JSON from fio")?;
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout[json_start..]).map_err(|e| format!("fio JSON: {e}"))?;
-    let side = if job.rw.contains("write") { "write" } else { "read" };
-    let stats = &report["jobs"][0][side];
-    let bytes_per_sec = stats["bw_bytes"].as_f64().ok_or("no bw_bytes")?;
-    Ok(Figures {
-        iops: stats["iops"].as_f64().ok_or("no iops")?,
-        mib_per_sec: bytes_per_sec / (1 << 20) as f64,
-        mean_latency_us: stats["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0
-            + stats["slat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
-    })
-}
-
 fn main() {
     tracing_subscriber::fmt().with_env_filter("info").with_writer(std::io::stderr).init();
     let args = Args::parse();
     let backend: Backend = args.backend.parse().expect("--backend");
-    let mut jobs: Vec<Job> = std::fs::read_dir(&args.fio_configs)
-        .expect("fio-configs directory")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "fio"))
-        .map(|path| parse_job(&path).expect("fio job"))
+    let jobs: Vec<Job> = load_jobs(&args.fio_configs)
+        .expect("fio-configs")
+        .into_iter()
         .filter(|job| args.pattern.is_empty() || args.pattern.iter().any(|p| job.name.contains(p.as_str())))
         .collect();
-    jobs.sort_by_key(|job| job.name.clone());
     let temp;
     let dir = match &args.dir {
         Some(dir) => {
