@@ -76,6 +76,7 @@ pub(crate) struct LogShared {
     pub(crate) wal_preallocate_bytes: u64,
     pub(crate) wal_flush_interval: Duration,
     pub(crate) wal_buffer_size_bytes: usize,
+    pub(crate) group_commit_wait: Duration,
 }
 
 impl LogShared {
@@ -136,6 +137,11 @@ fn due(state: &LogState, shared: &LogShared) -> Option<Duration> {
 
 /// The body of the `ringdb-wal` thread.
 pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalWriter>) {
+    // Writers in the last group. While fewer are waiting than that, the writers
+    // of the last group are probably still on their way back (woken, about to
+    // write again): waiting up to `group_commit_wait` for them lets one log
+    // write serve all of them instead of alternating full and near-empty groups.
+    let mut last_group_writers = 0usize;
     loop {
         let (segments, flushes) = {
             let mut state = shared.lock();
@@ -146,6 +152,16 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                     None => state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner()),
                 }
             }
+            let gathering_since = Instant::now();
+            while !state.closing
+                && state.flush_requests.is_empty()
+                && waiting_writers(&state) < last_group_writers
+                && gathering_since.elapsed() < shared.group_commit_wait
+            {
+                let left = shared.group_commit_wait.saturating_sub(gathering_since.elapsed());
+                state = shared.work.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            last_group_writers = waiting_writers(&state);
             if state.closing && state.pending.is_empty() && state.flush_requests.is_empty() {
                 break;
             }
@@ -190,6 +206,10 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
             });
         }
     }
+}
+
+fn waiting_writers(state: &LogState) -> usize {
+    state.pending.iter().map(|segment| segment.waiters.len()).sum()
 }
 
 fn complete(shared: &LogShared, waiters: Vec<Waiter>, result: impl Fn() -> Result<()>) {

@@ -147,6 +147,7 @@ impl Db {
             wal_preallocate_bytes: options.wal_preallocate_bytes,
             wal_flush_interval: Duration::from_millis(options.wal_flush_interval_ms),
             wal_buffer_size_bytes: options.wal_buffer_size_bytes,
+            group_commit_wait: Duration::from_micros(options.group_commit_wait_us),
         });
         let thread_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()

@@ -23,6 +23,11 @@ pub struct Options {
     /// With [`Durability::Buffered`], the log buffer is written as soon as it
     /// holds this many bytes. Default: 1 MiB.
     pub wal_buffer_size_bytes: usize,
+    /// How long the log writer may wait for the writers of its previous group
+    /// to come back before writing a smaller group, in microseconds. It waits
+    /// only while fewer writers are queued than were in the previous group, so
+    /// a lone writer never waits. Default: 200.
+    pub group_commit_wait_us: u64,
     /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
     pub recovery_mode: RecoveryMode,
     /// Create the directory if it does not exist. Default: true.
@@ -39,6 +44,7 @@ impl Default for Options {
             wal_preallocate_bytes: 64 << 20,
             wal_flush_interval_ms: 100,
             wal_buffer_size_bytes: 1 << 20,
+            group_commit_wait_us: 200,
             recovery_mode: RecoveryMode::default(),
             create_if_missing: true,
             io: IoOptions::default(),

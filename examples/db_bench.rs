@@ -1,0 +1,256 @@
+//! db_bench: ringdb's main benchmark, in the style of RocksDB's db_bench.
+//!
+//! ```text
+//! cargo run --release --example db_bench                                  # default set, temp dir
+//! cargo run --release --example db_bench -- --benchmarks fillrandom --durability buffered
+//! cargo run --release --example db_bench -- --benchmarks fillrandom --concurrency 64 --json
+//! ```
+//!
+//! Each benchmark runs on a fresh database in `--dir` (default: a temporary
+//! directory under ./target). When fio is installed, the log-bound benchmarks
+//! also run the matching job of `fio-configs/` on the same directory and print
+//! the ratio: `fillsync` against 4 KiB write+fdatasync at QD1, and
+//! `fillsync_concurrent` against 64 KiB write+fdatasync (a full group).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use ringdb::{Db, Durability, Options, WriteBatch, WriteOptions};
+
+#[path = "common/fio.rs"]
+mod fio;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "ringdb benchmarks (RocksDB db_bench style), with fio side by side")]
+struct Args {
+    /// Comma-separated benchmarks: fillseq, fillrandom, fillsync, fillsync_concurrent.
+    #[arg(long, default_value = "fillseq,fillrandom,fillsync,fillsync_concurrent")]
+    benchmarks: String,
+    /// Directory for the databases (default: a temporary directory under ./target).
+    #[arg(long, env = "RINGDB_BENCH_DIR")]
+    dir: Option<PathBuf>,
+    /// Operations of fillseq and fillrandom.
+    #[arg(long, default_value_t = 1_000_000)]
+    num: u64,
+    /// Operations of fillsync and fillsync_concurrent.
+    #[arg(long, default_value_t = 20_000)]
+    sync_num: u64,
+    /// Key size in bytes.
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Durability of fillseq and fillrandom: synced, written or buffered.
+    #[arg(long, default_value = "written")]
+    durability: String,
+    /// Tasks issuing writes in fillseq and fillrandom.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Tasks issuing writes in fillsync_concurrent.
+    #[arg(long, default_value_t = 64)]
+    sync_concurrency: usize,
+    /// Print one JSON line per benchmark instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Skip fio even if it is installed.
+    #[arg(long)]
+    no_fio: bool,
+    /// Seconds fio runs per job.
+    #[arg(long, default_value_t = 5)]
+    fio_runtime_secs: u64,
+    /// Where the fio job files live.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fio-configs"))]
+    fio_configs: PathBuf,
+}
+
+struct Plan {
+    name: &'static str,
+    ops: u64,
+    tasks: usize,
+    durability: Durability,
+    random: bool,
+    fio_job: Option<&'static str>,
+}
+
+struct Outcome {
+    ops: u64,
+    elapsed: Duration,
+    latency_ns: Histogram<u64>,
+    io_ops: u64,
+}
+
+fn durability(name: &str) -> Durability {
+    match name {
+        "synced" => Durability::Synced,
+        "buffered" => Durability::Buffered,
+        "written" => Durability::Written,
+        other => panic!("--durability {other}: expected synced, written or buffered"),
+    }
+}
+
+fn make_key(n: u64, size: usize) -> Vec<u8> {
+    let mut key = format!("{n:016}").into_bytes();
+    key.resize(size.max(1), b'0');
+    if size < 16 {
+        key = key[16 - size..].to_vec();
+    }
+    key
+}
+
+fn options() -> Options {
+    // Until tables exist (next issue) the whole data set lives in memtables:
+    // let frozen memtables accumulate instead of stalling for a flush.
+    Options { max_immutable_memtables: 4096, ..Options::default() }
+}
+
+async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+    let next = Arc::new(AtomicU64::new(0));
+    let write_options = WriteOptions::with_durability(plan.durability);
+    let io_before = db.io_stats().ops_submitted;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..plan.tasks)
+        .map(|task| {
+            let (db, next, progress) = (db.clone(), next.clone(), progress.clone());
+            let (ops, random, key_size, value_size) = (plan.ops, plan.random, args.key_size, args.value_size);
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(task as u64 + 1);
+                let value: Vec<u8> = (0..value_size).map(|_| rng.r#gen()).collect();
+                let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= ops {
+                        break;
+                    }
+                    let key = make_key(if random { rng.gen_range(0..ops) } else { n }, key_size);
+                    let mut batch = WriteBatch::new();
+                    batch.put(&key, &value);
+                    let issued = Instant::now();
+                    db.write(batch, write_options).await.expect("write");
+                    let _ = histogram.record(issued.elapsed().as_nanos() as u64);
+                    if n % 1024 == 0 {
+                        progress.set_position(n);
+                    }
+                }
+                histogram
+            })
+        })
+        .collect();
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    for task in tasks {
+        latency_ns.add(task.await.expect("task")).expect("merge");
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    Outcome { ops: plan.ops, elapsed, latency_ns, io_ops: db.io_stats().ops_submitted - io_before }
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let temp;
+    let base = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+            std::fs::create_dir_all(&target).expect("create target/");
+            temp = tempfile::Builder::new().prefix("db_bench.").tempdir_in(target).expect("temp dir");
+            temp.path().to_path_buf()
+        }
+    };
+    let with_fio = !args.no_fio && fio::fio_available();
+    let jobs = fio::load_jobs(&args.fio_configs).unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let bulk = durability(&args.durability);
+    let plans: Vec<Plan> = args
+        .benchmarks
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| match name {
+            "fillseq" => Plan { name: "fillseq", ops: args.num, tasks: args.concurrency.max(1), durability: bulk, random: false, fio_job: None },
+            "fillrandom" => Plan { name: "fillrandom", ops: args.num, tasks: args.concurrency.max(1), durability: bulk, random: true, fio_job: None },
+            "fillsync" => Plan { name: "fillsync", ops: args.sync_num, tasks: 1, durability: Durability::Synced, random: true, fio_job: Some("wal_append_sync_4k") },
+            "fillsync_concurrent" => Plan {
+                name: "fillsync_concurrent",
+                ops: args.sync_num,
+                tasks: args.sync_concurrency.max(1),
+                durability: Durability::Synced,
+                random: true,
+                fio_job: Some("wal_append_sync_64k"),
+            },
+            other => panic!("unknown benchmark {other:?}"),
+        })
+        .collect();
+    if !args.json {
+        println!(
+            "db_bench: dir {} | keys {} B, values {} B | fio: {}",
+            base.display(),
+            args.key_size,
+            args.value_size,
+            if with_fio { "yes" } else { "not run (install fio to compare)" }
+        );
+        println!(
+            "{:<20} {:>9} {:>5} {:>9} | {:>11} {:>8} {:>9} {:>9} {:>9} {:>8} | {:>10} {:>6}",
+            "benchmark", "ops", "tasks", "mode", "ops/s", "MB/s", "p50 us", "p99 us", "p99.9 us", "ops/io", "fio IOPS", "ratio"
+        );
+    }
+    for plan in &plans {
+        let dir = base.join(plan.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let progress = if args.json { ProgressBar::hidden() } else { ProgressBar::new(plan.ops) };
+        progress.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} {per_sec}").expect("style"));
+        progress.set_message(plan.name);
+        let outcome = runtime.block_on(async {
+            let db = Db::open(&dir, options()).await.expect("open");
+            let outcome = run(&db, plan, &args, &progress).await;
+            db.close().await.expect("close");
+            outcome
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let fio = plan.fio_job.filter(|_| with_fio).and_then(|name| jobs.iter().find(|j| j.name == name)).map(|job| {
+            std::fs::create_dir_all(&dir).expect("fio dir");
+            let figures = fio::run_fio(job, &dir, Duration::from_secs(args.fio_runtime_secs));
+            let _ = std::fs::remove_dir_all(&dir);
+            figures
+        });
+        let secs = outcome.elapsed.as_secs_f64();
+        let ops_per_sec = outcome.ops as f64 / secs;
+        let mb_per_sec = outcome.ops as f64 * (args.key_size + args.value_size) as f64 / secs / 1e6;
+        let us = |q: f64| outcome.latency_ns.value_at_quantile(q) as f64 / 1000.0;
+        let ops_per_io = outcome.ops as f64 / outcome.io_ops.max(1) as f64;
+        let mode = format!("{:?}", plan.durability).to_lowercase();
+        let (fio_iops, ratio) = match &fio {
+            Some(Ok(f)) => (Some(f.iops), Some(ops_per_sec / f.iops)),
+            Some(Err(e)) => {
+                eprintln!("{}: {e}", plan.name);
+                (None, None)
+            }
+            None => (None, None),
+        };
+        if args.json {
+            let line = serde_json::json!({
+                "benchmark": plan.name, "ops": outcome.ops, "tasks": plan.tasks, "durability": mode,
+                "ops_per_sec": ops_per_sec, "mb_per_sec": mb_per_sec,
+                "p50_us": us(0.5), "p99_us": us(0.99), "p999_us": us(0.999),
+                "ops_per_log_io": ops_per_io, "fio_job": plan.fio_job, "fio_iops": fio_iops, "ratio_to_fio": ratio,
+            });
+            println!("{line}");
+        } else {
+            let fio_cols = match (fio_iops, ratio) {
+                (Some(iops), Some(ratio)) => format!("{iops:>10.0} {ratio:>6.2}"),
+                _ => format!("{:>10} {:>6}", "-", "-"),
+            };
+            println!(
+                "{:<20} {:>9} {:>5} {:>9} | {:>11.0} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>8.1} | {fio_cols}",
+                plan.name, outcome.ops, plan.tasks, mode, ops_per_sec, mb_per_sec, us(0.5), us(0.99), us(0.999), ops_per_io
+            );
+        }
+    }
+}
