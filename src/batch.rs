@@ -137,8 +137,8 @@ pub(crate) fn decode_batches<'a>(
     let mut last = None;
     while reader.remaining() > 0 {
         let at = reader.position();
-        let first_seq = SeqNo(reader.u64().ok_or(format!("truncated batch header at {at}"))?);
-        let count = reader.u32().ok_or(format!("truncated batch header at {at}"))?;
+        let first_seq = SeqNo(reader.u64().ok_or_else(|| format!("truncated batch header at {at}"))?);
+        let count = reader.u32().ok_or_else(|| format!("truncated batch header at {at}"))?;
         if count == 0 {
             return Err(format!("empty batch at {at}"));
         }
@@ -148,16 +148,16 @@ pub(crate) fn decode_batches<'a>(
             return Err(format!("batch at {at} starts at sequence {first_seq}, expected {expected}"));
         }
         let last_seq = first_seq.0.checked_add(u64::from(count) - 1).filter(|s| *s <= SeqNo::MAX.0);
-        let last_seq = SeqNo(last_seq.ok_or(format!("sequence numbers of the batch at {at} overflow"))?);
+        let last_seq = SeqNo(last_seq.ok_or_else(|| format!("sequence numbers of the batch at {at} overflow"))?);
         for i in 0..u64::from(count) {
             let at = reader.position();
-            let kind = reader.u8().and_then(ValueKind::from_u8).ok_or(format!("bad entry kind at {at}"))?;
-            let key = reader.length_prefixed().ok_or(format!("truncated key at {at}"))?;
+            let kind = reader.u8().and_then(ValueKind::from_u8).ok_or_else(|| format!("bad entry kind at {at}"))?;
+            let key = reader.length_prefixed().ok_or_else(|| format!("truncated key at {at}"))?;
             if key.is_empty() || key.len() > MAX_KEY_BYTES {
                 return Err(format!("key of {} bytes at {at}", key.len()));
             }
             let value = match kind {
-                ValueKind::Put => reader.length_prefixed().ok_or(format!("truncated value at {at}"))?,
+                ValueKind::Put => reader.length_prefixed().ok_or_else(|| format!("truncated value at {at}"))?,
                 ValueKind::Delete => &[],
             };
             apply(BatchEntry { seq: SeqNo(first_seq.0 + i), kind, key, value });

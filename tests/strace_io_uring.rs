@@ -1,6 +1,7 @@
-//! Proof that file data moves through io_uring: the workload runs in a child
-//! process under `strace -f`, and no read/write/pread64/pwrite64 (or vectored
-//! variant) may name the data file's descriptor. The same check run on the
+//! Proof that file data moves through io_uring: the workload (a DirectFile, and
+//! a database writing its log and recovering it) runs in a child process under
+//! `strace -f -y`, and no read/write/pread64/pwrite64 (or vectored variant) may
+//! name the data file or a `.wal` file. The same check run on the
 //! portable backend must find its pwrite64/pread64 calls, which proves the
 //! check can fail.
 //!
@@ -9,7 +10,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 
@@ -42,10 +42,25 @@ fn strace_child_workload() {
             let buf = file.read_exact_at(file.alloc_buf(block), i * block as u64, block).await.unwrap();
             assert_eq!(&buf[..], &pattern(block, i, 0)[..]);
         }
+        // The database's log: appends, syncs, and the recovery reads of a reopen.
+        let db_dir = Path::new(&dir).join("db");
+        let options = || ringdb::Options { wal_preallocate_bytes: 1 << 20, ..ringdb::Options::default() };
+        let db = ringdb::Db::open(&db_dir, options()).await.unwrap();
+        for i in 0..100u32 {
+            let mut batch = ringdb::WriteBatch::new();
+            batch.put(i.to_be_bytes(), [1u8; 100]);
+            let durability = [ringdb::Durability::Synced, ringdb::Durability::Written][i as usize % 2];
+            db.write(batch, ringdb::WriteOptions::with_durability(durability)).await.unwrap();
+        }
+        db.close().await.unwrap();
+        let db = ringdb::Db::open(&db_dir, options()).await.unwrap();
+        assert!(db.get(99u32.to_be_bytes()).await.unwrap().is_some());
     });
 }
 
 struct Trace {
+    data_opens: usize,
+    wal_opens: usize,
     data_fd_transfers: Vec<String>,
     uring_enters: usize,
     uring_setups: usize,
@@ -60,7 +75,7 @@ fn trace_child(backend: &str) -> Option<Trace> {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("strace.log");
     let output = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
+        .args(["-f", "-qq", "-y", "-o"])
         .arg(&log)
         .arg("-e")
         .arg("trace=openat,close,read,write,pread64,pwrite64,readv,writev,preadv,pwritev,preadv2,pwritev2,io_uring_setup,io_uring_enter")
@@ -77,29 +92,25 @@ fn trace_child(backend: &str) -> Option<Trace> {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    let mut data_fds: HashSet<String> = HashSet::new();
-    let mut trace = Trace { data_fd_transfers: Vec::new(), uring_enters: 0, uring_setups: 0 };
+    // With -y strace prints the path behind every descriptor argument, so a
+    // transfer on the data file names it on its own line, even when the call
+    // is split into "<unfinished ...>" and "resumed" halves by other threads.
+    let mut trace =
+        Trace { data_fd_transfers: Vec::new(), uring_enters: 0, uring_setups: 0, data_opens: 0, wal_opens: 0 };
     for line in text.lines() {
-        // "<pid> name(args..." ; resumed halves ("<... name resumed>") carry no arguments we need.
         let Some(call) = line.split_once(' ').map(|(_, rest)| rest.trim_start()) else { continue };
         let Some((name, args)) = call.split_once('(') else { continue };
-        let first_arg = args.split([',', ')', ' ']).next().unwrap_or("");
         match name {
-            "openat" if call.contains(DATA_NAME) => {
-                if let Some(fd) = call.rsplit("= ").next().map(str::trim).filter(|fd| fd.parse::<i32>().is_ok()) {
-                    data_fds.insert(fd.to_string());
-                }
-            }
-            "close" => {
-                data_fds.remove(first_arg);
-            }
+            "openat" if args.contains(DATA_NAME) => trace.data_opens += 1,
+            "openat" if args.contains(".wal") => trace.wal_opens += 1,
             "io_uring_enter" => trace.uring_enters += 1,
             "io_uring_setup" => trace.uring_setups += 1,
             "read" | "write" | "pread64" | "pwrite64" | "readv" | "writev" | "preadv" | "pwritev" | "preadv2"
-            | "pwritev2"
-                if data_fds.contains(first_arg) =>
-            {
-                trace.data_fd_transfers.push(line.chars().take(120).collect());
+            | "pwritev2" => {
+                let first_arg = args.split(',').next().unwrap_or("");
+                if first_arg.contains(DATA_NAME) || first_arg.contains(".wal") {
+                    trace.data_fd_transfers.push(line.chars().take(120).collect());
+                }
             }
             _ => {}
         }
@@ -111,6 +122,8 @@ fn trace_child(backend: &str) -> Option<Trace> {
 #[test]
 fn file_data_moves_only_through_io_uring() {
     let Some(trace) = trace_child("io_uring") else { return };
+    assert!(trace.data_opens >= 1, "the trace does not show the data file being opened");
+    assert!(trace.wal_opens >= 2, "the trace does not show the database's log being opened");
     assert!(trace.uring_setups >= 1, "no io_uring_setup in the trace");
     assert!(trace.uring_enters >= 2, "no io_uring_enter in the trace");
     assert!(
@@ -123,6 +136,7 @@ fn file_data_moves_only_through_io_uring() {
 #[test]
 fn the_strace_check_catches_plain_syscalls() {
     let Some(trace) = trace_child("posix") else { return };
+    assert!(trace.data_opens >= 1, "the trace does not show the data file being opened");
     assert_eq!(trace.uring_setups, 0, "the portable backend must not set up a ring");
     assert!(
         trace.data_fd_transfers.iter().any(|l| l.contains("pwrite64"))

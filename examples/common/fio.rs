@@ -117,7 +117,6 @@ pub fn run_fio(job: &Job, dir: &Path, runtime: Duration) -> Result<Figures, Stri
     })
 }
 
-
 /// The jobs of a fio-configs directory, sorted by name.
 pub fn load_jobs(dir: &Path) -> Result<Vec<Job>, String> {
     let mut jobs = std::fs::read_dir(dir)

@@ -137,6 +137,7 @@ impl Db {
             poisoned: None,
             closing: false,
             next_file_number: log_number + 1,
+            spare_payloads: Vec::new(),
         };
         let shared = Arc::new(LogShared {
             state: Mutex::new(state),

@@ -23,10 +23,10 @@ pub struct Options {
     /// With [`Durability::Buffered`], the log buffer is written as soon as it
     /// holds this many bytes. Default: 1 MiB.
     pub wal_buffer_size_bytes: usize,
-    /// How long the log writer may wait for the writers of its previous group
-    /// to come back before writing a smaller group, in microseconds. It waits
-    /// only while fewer writers are queued than were in the previous group, so
-    /// a lone writer never waits. Default: 200.
+    /// How long the log writer may wait for the writers of its previous synced
+    /// group to come back before writing a smaller group, in microseconds. It
+    /// waits only after a synced group and only while fewer writers are queued
+    /// than were in that group, so a lone writer never waits. Default: 200.
     pub group_commit_wait_us: u64,
     /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
     pub recovery_mode: RecoveryMode,
