@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, env = "RINGDB_BENCH_DIR")]
     dir: Option<PathBuf>,
     /// Operations of fillseq and fillrandom.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 200_000)]
     num: u64,
     /// Operations of fillsync and fillsync_concurrent.
     #[arg(long, default_value_t = 20_000)]
@@ -61,6 +61,9 @@ struct Args {
     /// Tasks issuing writes in fillsync_concurrent.
     #[arg(long, default_value_t = 64)]
     sync_concurrency: usize,
+    /// IoOptions::ring_poll_us of the database's I/O backend.
+    #[arg(long, default_value_t = ringdb::io::IoOptions::default().ring_poll_us)]
+    ring_poll_us: u64,
     /// Options::group_commit_wait_us.
     #[arg(long, default_value_t = Options::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
@@ -120,7 +123,13 @@ fn make_key(n: u64, size: usize) -> Vec<u8> {
 fn options(args: &Args) -> Options {
     // Until tables exist (next issue) the whole data set lives in memtables:
     // let frozen memtables accumulate instead of stalling for a flush.
-    Options { max_immutable_memtables: 4096, group_commit_wait_us: args.group_commit_wait_us, ..Options::default() }
+    let mut options = Options {
+        max_immutable_memtables: 4096,
+        group_commit_wait_us: args.group_commit_wait_us,
+        ..Options::default()
+    };
+    options.io.ring_poll_us = args.ring_poll_us;
+    options
 }
 
 async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {

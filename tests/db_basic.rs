@@ -231,3 +231,24 @@ fn buffered_writes_reach_the_log_by_flush_wal_or_the_interval() {
         assert_eq!(db.get("b").await.unwrap().as_deref(), Some(&b"2"[..]), "flushed by the interval");
     });
 }
+
+#[test]
+fn db_and_snapshot_are_send_sync_clone_and_futures_are_send() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send_sync_clone::<Db>();
+    assert_send_sync_clone::<ringdb::Snapshot>();
+    let dir = tempfile::tempdir().unwrap();
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), small_options()).await.unwrap();
+        let put = db.put("k", "v");
+        assert_send(&put);
+        put.await.unwrap();
+        let get = db.get("k");
+        assert_send(&get);
+        assert!(get.await.unwrap().is_some());
+        let write = db.write(WriteBatch::new(), WriteOptions::default());
+        assert_send(&write);
+        write.await.unwrap();
+    });
+}
