@@ -153,7 +153,7 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
     let mut last_group_writers = 0usize;
     let mut last_group_synced = false;
     loop {
-        let (segments, flushes) = {
+        let (segments, flushes, poisoned) = {
             let mut state = shared.lock();
             loop {
                 match due(&state, &shared) {
@@ -178,15 +178,18 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                 break;
             }
             state.pending_bytes = 0;
-            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests))
+            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests), state.poisoned.clone())
         };
         let sync_all = flushes.iter().any(|(sync, _)| *sync);
-        let mut failure: Option<Error> = None;
+        // Once poisoned, nothing more reaches the log: a later group written at
+        // the failed group's offset would leave a sequence gap behind an
+        // acknowledged write (or expose the failed write to readers).
+        let mut failure: Option<String> = poisoned;
         let mut wrote_any = false;
         let mut spent = Vec::new();
         for mut segment in segments {
             let result = match &failure {
-                Some(e) => Err(Error::Poisoned(e.to_string())),
+                Some(reason) => Err(Error::Poisoned(reason.clone())),
                 None => futures_executor::block_on(write_segment(&shared, &io, &mut wal, &segment, sync_all)),
             };
             match result {
@@ -196,13 +199,8 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                     complete(&shared, std::mem::take(&mut segment.waiters), || Ok(()));
                 }
                 Err(e) => {
-                    if failure.is_none() {
-                        tracing::error!(error = %e, "write-ahead log write failed: the database refuses further writes");
-                        shared.lock().poisoned = Some(e.to_string());
-                        failure = Some(e);
-                    }
-                    let message = failure.as_ref().map(|f| f.to_string()).unwrap_or_default();
-                    complete(&shared, std::mem::take(&mut segment.waiters), || Err(Error::Poisoned(message.clone())));
+                    let reason = failure.get_or_insert_with(|| poison(&shared, &e)).clone();
+                    complete(&shared, std::mem::take(&mut segment.waiters), || Err(Error::Poisoned(reason.clone())));
                 }
             }
             segment.payload.clear();
@@ -213,19 +211,31 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
             let keep = 4usize.saturating_sub(state.spare_payloads.len());
             state.spare_payloads.extend(spent.into_iter().take(keep));
         }
-        // A flush with nothing left to write still owes its fdatasync.
+        // A flush with nothing left to write still owes its fdatasync; a failed
+        // fdatasync poisons like a failed group (the data's fate is unknown).
         let flush_result = match (&failure, &wal) {
-            (Some(e), _) => Err(Error::Poisoned(e.to_string())),
-            (None, Some(wal)) if sync_all && !wrote_any => futures_executor::block_on(wal.sync()),
+            (Some(reason), _) => Err(reason.clone()),
+            (None, Some(wal)) if sync_all && !wrote_any => {
+                futures_executor::block_on(wal.sync()).map_err(|e| poison(&shared, &e))
+            }
             _ => Ok(()),
         };
         for (_, done) in flushes {
-            let _ = done.send(match &flush_result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(Error::Poisoned(e.to_string())),
-            });
+            let _ = done.send(flush_result.clone().map_err(Error::Poisoned));
         }
     }
+}
+
+/// Marks the database poisoned (first failure wins) and wakes writers waiting
+/// for room, so they see it. Returns the reason.
+fn poison(shared: &LogShared, error: &Error) -> String {
+    let reason = {
+        let mut state = shared.lock();
+        state.poisoned.get_or_insert_with(|| error.to_string()).clone()
+    };
+    tracing::error!(error = %error, "write-ahead log write failed: the database refuses further writes");
+    shared.room.notify(usize::MAX);
+    reason
 }
 
 fn waiting_writers(state: &LogState) -> usize {

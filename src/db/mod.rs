@@ -17,7 +17,7 @@ use crate::batch::{WriteBatch, decode_batches};
 use crate::io::{DirLock, Io};
 use crate::key::SeqNo;
 use crate::memtable::{Memtable, MemtableValue};
-use crate::wal::{WalWriter, read_log};
+use crate::wal::{RecoveryMode, WalWriter, read_log};
 use crate::{Error, IoOp, Result};
 use log::{LogShared, LogState, MemtableSlot, Waiter, log_path};
 
@@ -120,6 +120,8 @@ impl Db {
         }
         let lock = DirLock::acquire(dir.join("LOCK"))?;
         let io = Io::new(options.io.clone())?;
+        // The directory's own entry must be durable before anything in it is.
+        io.sync_dir(crate::io::parent_dir(&dir)).await?;
         let recovered = recover(&io, &dir, &options).await?;
         let log_number = recovered.next_file_number;
         let wal =
@@ -331,25 +333,44 @@ impl Db {
     /// Writes out everything buffered in the log ([`Durability::Buffered`]
     /// writes) and, with `sync`, fdatasyncs it.
     pub async fn flush_wal(&self, sync: bool) -> Result<()> {
+        self.request_flush(sync, false)?.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Queues a flush request; with `close`, also stops the database in the
+    /// same critical section, so the flush covers every write that got in.
+    fn request_flush(&self, sync: bool, close: bool) -> Result<oneshot::Receiver<Result<()>>> {
         let receiver = {
             let mut state = self.inner.log.lock();
             if let Some(reason) = &state.poisoned {
                 return Err(Error::Poisoned(reason.clone()));
             }
+            if state.closing {
+                return Err(Error::Closed);
+            }
             let (done, receiver) = oneshot::channel();
             state.flush_requests.push((sync, done));
+            state.closing |= close;
             receiver
         };
         self.inner.log.work.notify_one();
-        receiver.await.unwrap_or(Err(Error::Closed))
+        Ok(receiver)
     }
 
     /// Writes out and syncs everything buffered, stops the log writer and
-    /// waits for it. Other handles to the database get [`Error::Closed`] on writes.
+    /// waits for it. Other handles to the database then get [`Error::Closed`]
+    /// on writes. A poisoned database reports [`Error::Poisoned`] here.
     pub async fn close(self) -> Result<()> {
-        let flushed = if self.inner.log.lock().poisoned.is_none() { self.flush_wal(true).await } else { Ok(()) };
-        self.inner.log.lock().closing = true;
+        let flushed = match self.request_flush(true, true) {
+            Ok(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
+            Err(Error::Closed) => Ok(()),
+            Err(other) => {
+                self.inner.log.lock().closing = true;
+                Err(other)
+            }
+        };
         self.inner.log.work.notify_all();
+        // Writers waiting for room must see `closing`.
+        self.inner.log.room.notify(usize::MAX);
         let thread = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread {
             // The thread exits right after the flush above; waiting here is brief.
@@ -362,6 +383,13 @@ impl Db {
         }
         flushed
     }
+}
+
+/// Keeps a log that recovery chose not to replay, under a name that is never read again.
+async fn set_aside(io: &Io, path: &Path) -> Result<()> {
+    let mut dropped = path.as_os_str().to_owned();
+    dropped.push(".dropped");
+    io.rename(path, PathBuf::from(dropped)).await
 }
 
 struct Recovered {
@@ -386,30 +414,62 @@ async fn recover(io: &Io, dir: &Path, options: &Options) -> Result<Recovered> {
     let memtable = Memtable::new();
     let mut last_seq = SeqNo::ZERO;
     let mut kept = Vec::new();
+    // Set once the tolerant mode dropped something: later logs continue after
+    // the dropped writes, so replaying them would leave a gap.
+    let mut stop_replay = false;
     for &log_number in &logs {
         let path = log_path(dir, log_number);
+        if stop_replay {
+            set_aside(io, &path).await?;
+            continue;
+        }
         let contents = read_log(io, &path, log_number, options.recovery_mode).await?;
         if let Some(at) = contents.torn_tail_at {
             tracing::info!(log = %path.display(), offset = at, "dropped the torn tail of a write-ahead log (a group whose write did not complete)");
         }
         if let Some((at, reason)) = &contents.dropped_at {
-            tracing::warn!(log = %path.display(), offset = at, %reason, "recovery mode dropped damaged log contents");
+            tracing::warn!(log = %path.display(), offset = at, %reason, "recovery mode dropped damaged log contents and every later log");
+            stop_replay = true;
         }
         let mut expected = last_seq.checked_next();
-        for payload in contents.payloads() {
-            let last = decode_batches(payload, expected, |entry| {
+        for (payload, range) in contents.payloads().zip(&contents.groups) {
+            let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
+            let replayed = decode_batches(payload, expected, |entry| {
                 memtable.insert(entry.key, entry.seq, entry.kind, entry.value);
-            })
-            .map_err(|reason| Error::Corruption { file: path.clone(), offset: 0, reason })?;
-            last_seq = last;
-            expected = last.checked_next();
+            });
+            match replayed {
+                Ok(last) => {
+                    last_seq = last;
+                    expected = last.checked_next();
+                }
+                // A gap between logs: writes are missing in between.
+                Err(reason) if options.recovery_mode == RecoveryMode::KeepPrefixDropRest => {
+                    tracing::warn!(log = %path.display(), offset = record_offset, %reason, "recovery mode dropped a log that does not continue the previous one, and every later log");
+                    stop_replay = true;
+                    break;
+                }
+                Err(reason) => return Err(Error::Corruption { file: path.clone(), offset: record_offset, reason }),
+            }
         }
-        if contents.groups.is_empty() {
-            // Nothing acknowledged lives here: the log can go.
+        if contents.groups.is_empty() && contents.dropped_at.is_none() {
+            // Nothing acknowledged lives here (at most a torn, unacknowledged group): the log can go.
             io.remove_file(&path).await?;
+        } else if stop_replay && contents.groups.is_empty() {
+            set_aside(io, &path).await?;
         } else {
+            let file = crate::io::DirectFile::open(io, &path).await?;
+            if let Some((at, _)) = &contents.dropped_at {
+                // Make the drop permanent, or the next open would find the
+                // damage again and set aside the logs written after this one.
+                file.set_len(*at).await?;
+            }
+            // Written (not synced) groups of an earlier run may still sit in the
+            // device cache: make them durable before new synced writes can
+            // depend on them.
+            file.sync_data().await?;
             kept.push(log_number);
         }
     }
+    io.sync_dir(dir).await?;
     Ok(Recovered { memtable, last_seq, log_numbers: kept, next_file_number: logs.last().map_or(1, |n| n + 1) })
 }

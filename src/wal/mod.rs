@@ -5,6 +5,7 @@ mod format;
 mod reader;
 mod writer;
 
+pub(crate) use format::RECORD_HEADER_BYTES;
 pub use reader::RecoveryMode;
 // Used by the Db's write path and recovery (next step of issue 3).
 #[allow(unused_imports)]

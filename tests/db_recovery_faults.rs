@@ -1,0 +1,148 @@
+//! Recovery from damaged logs at the database level, and the log writer's
+//! behaviour after failures: no write is acknowledged after the database is
+//! poisoned, flushes and closes never hang, a failed flush sync poisons.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
+use ringdb::{Db, Durability, Error, IoOp, Options, RecoveryMode, WriteBatch, WriteOptions};
+
+fn options() -> Options {
+    Options { wal_preallocate_bytes: 256 * 1024, ..Options::default() }
+}
+
+fn wal_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_group_nothing_more_is_acknowledged_and_reopen_keeps_every_ack() {
+    for round in 0..5u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultInjector::new();
+        let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+        let db = Db::open(dir.path(), opts.clone()).await.unwrap();
+        faults.add(
+            FaultRule::new(FaultAction::Error(libc::EIO))
+                .op(IoOp::Write)
+                .path_contains(".wal")
+                .skip(20 + round * 7)
+                .times(1),
+        );
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..32u32)
+            .map(|task| {
+                let (db, acked, refused) = (db.clone(), acked.clone(), refused.clone());
+                tokio::spawn(async move {
+                    for n in 0..50u32 {
+                        let key = format!("{task}-{n}");
+                        match db.put(&key, "v").await {
+                            Ok(()) => acked.lock().unwrap().push(key),
+                            Err(Error::Poisoned(_)) => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(other) => panic!("unexpected {other}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(refused.load(Ordering::Relaxed) > 0, "round {round}: the fault fired and poisoned the database");
+        drop(db);
+        faults.clear();
+        let db = Db::open(dir.path(), opts).await.unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        for key in acked.lock().unwrap().iter() {
+            assert!(db.get(key).await.unwrap().is_some(), "round {round}: acknowledged {key} was lost");
+        }
+    }
+}
+
+#[test]
+fn flush_and_close_after_close_return_closed_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options()).await.unwrap();
+        let other = db.clone();
+        db.close().await.unwrap();
+        assert!(matches!(other.flush_wal(true).await, Err(Error::Closed)));
+        assert!(matches!(other.put("k", "v").await, Err(Error::Closed)));
+        other.clone().close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_failed_flush_sync_poisons_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        db.put("k", "v").await.unwrap();
+        faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains(".wal").times(1));
+        assert!(matches!(db.flush_wal(true).await, Err(Error::Poisoned(_))));
+        assert!(matches!(db.put("k2", "v").await, Err(Error::Poisoned(_))), "a failed fdatasync poisons");
+        assert!(matches!(db.close().await, Err(Error::Poisoned(_))));
+    });
+}
+
+/// Writes `n` synced puts per log into `logs` logs (small memtables force a new log each time).
+async fn fill_logs(dir: &std::path::Path, logs: usize) {
+    let opts = Options { write_buffer_size_bytes: 8 * 1024, max_immutable_memtables: 64, ..options() };
+    let db = Db::open(dir, opts).await.unwrap();
+    let mut n = 0u32;
+    while wal_files(dir).len() < logs + 1 {
+        let mut batch = WriteBatch::new();
+        batch.put(format!("key-{n:06}"), [7u8; 200]);
+        db.write(batch, WriteOptions::with_durability(Durability::Synced)).await.unwrap();
+        n += 1;
+    }
+    db.close().await.unwrap();
+}
+
+#[test]
+fn mid_log_damage_is_corruption_by_default_and_a_prefix_in_the_tolerant_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    futures::executor::block_on(async {
+        fill_logs(dir.path(), 3).await;
+        let logs = wal_files(dir.path());
+        // Damage the second group of the first log (groups start at 4096, one sector each here).
+        let first = &logs[0];
+        let mut bytes = std::fs::read(first).unwrap();
+        bytes[8192 + 30] ^= 0xff;
+        std::fs::write(first, &bytes).unwrap();
+        match Db::open(dir.path(), options()).await {
+            Err(Error::Corruption { file, offset, .. }) => {
+                assert_eq!(&file, first);
+                assert_eq!(offset, 8192);
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let tolerant = Options { recovery_mode: RecoveryMode::KeepPrefixDropRest, ..options() };
+        let db = Db::open(dir.path(), tolerant).await.unwrap();
+        assert!(db.get("key-000000").await.unwrap().is_some(), "the prefix before the damage is kept");
+        assert!(db.get("key-000001").await.unwrap().is_none(), "the damaged group is dropped");
+        assert!(db.get("key-000100").await.unwrap().is_none(), "later logs are dropped with it");
+        db.put("after", "1").await.unwrap();
+        db.close().await.unwrap();
+        // The drop is permanent: a strict reopen now succeeds and keeps the new write.
+        let db = Db::open(dir.path(), options()).await.unwrap();
+        assert!(db.get("after").await.unwrap().is_some());
+        assert!(db.get("key-000000").await.unwrap().is_some());
+        let set_aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().to_string_lossy().ends_with(".dropped"))
+            .count();
+        assert!(set_aside >= 2, "later logs are kept aside, not deleted");
+    });
+}
