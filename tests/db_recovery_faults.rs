@@ -62,7 +62,8 @@ async fn after_a_failed_group_nothing_more_is_acknowledged_and_reopen_keeps_ever
         drop(db);
         faults.clear();
         let db = Db::open(dir.path(), opts).await.unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
-        for key in acked.lock().unwrap().iter() {
+        let acked: Vec<String> = acked.lock().unwrap().clone();
+        for key in &acked {
             assert!(db.get(key).await.unwrap().is_some(), "round {round}: acknowledged {key} was lost");
         }
     }
