@@ -141,7 +141,34 @@ fn due(state: &LogState, shared: &LogShared) -> Option<Duration> {
 }
 
 /// The body of the `ringdb-wal` thread.
+/// If the writer thread dies on a broken invariant, nobody may wait for it:
+/// poison the database and fail everything queued.
+struct PanicGuard<'a>(&'a LogShared);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (pending, flushes) = {
+            let mut state = self.0.lock();
+            state.poisoned.get_or_insert_with(|| "the log writer thread panicked".into());
+            state.closing = true;
+            state.waiting_writes = 0;
+            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests))
+        };
+        for waiter in pending.into_iter().flat_map(|segment| segment.waiters) {
+            let _ = waiter.done.send(Err(Error::Poisoned("the log writer thread panicked".into())));
+        }
+        for (_, done) in flushes {
+            let _ = done.send(Err(Error::Poisoned("the log writer thread panicked".into())));
+        }
+        self.0.room.notify(usize::MAX);
+    }
+}
+
 pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalWriter>) {
+    let _guard = PanicGuard(&shared);
     // Writers in the last group. While fewer are waiting than that, the writers
     // of the last group are probably still on their way back (woken, about to
     // write again): waiting up to `group_commit_wait` for them lets one log
@@ -213,7 +240,7 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
         }
         // A flush with nothing left to write still owes its fdatasync; a failed
         // fdatasync poisons like a failed group (the data's fate is unknown).
-        let flush_result = match (&failure, &wal) {
+        let flush_result = match (&failure, &mut wal) {
             (Some(reason), _) => Err(reason.clone()),
             (None, Some(wal)) if sync_all && !wrote_any => {
                 futures_executor::block_on(wal.sync()).map_err(|e| poison(&shared, &e))
@@ -260,7 +287,7 @@ async fn write_segment(
     force_sync: bool,
 ) -> Result<()> {
     if wal.as_ref().is_none_or(|w| w.log_number() != segment.log_number) {
-        if let Some(old) = wal.take() {
+        if let Some(mut old) = wal.take() {
             // Everything buffered for the old log was written with its groups;
             // sync it so a synced write in the new log cannot outlive it.
             old.sync().await?;

@@ -11,7 +11,7 @@ pub(crate) const SECTOR_BYTES: usize = 4096;
 /// Bytes of the file header that carry data (the rest of the sector is zero).
 pub(crate) const FILE_HEADER_BYTES: usize = 40;
 /// Bytes of a group record header.
-pub(crate) const RECORD_HEADER_BYTES: usize = 20;
+pub(crate) const RECORD_HEADER_BYTES: usize = 28;
 /// Record type of a group of write batches. 0 is never a type: all-zero means unwritten.
 pub(crate) const RECORD_TYPE_GROUP: u8 = 1;
 
@@ -55,13 +55,16 @@ pub(crate) fn decode_file_header(bytes: &[u8]) -> Result<(u64, usize), String> {
 }
 
 /// Writes a record header for `payload` into `out[..RECORD_HEADER_BYTES]`.
-pub(crate) fn encode_record_header(out: &mut [u8], log_number: u64, payload: &[u8]) {
+/// `synced_through` is the file offset below which every group was durable
+/// (its fdatasync completed) when this record was built.
+pub(crate) fn encode_record_header(out: &mut [u8], log_number: u64, synced_through: u64, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("group payloads are bounded far below 4 GiB");
     let mut header = Vec::with_capacity(RECORD_HEADER_BYTES);
     put_u32(&mut header, 0); // crc, filled below
     put_u32(&mut header, len);
     header.extend_from_slice(&[RECORD_TYPE_GROUP, 0, 0, 0]);
     put_u64(&mut header, log_number);
+    put_u64(&mut header, synced_through);
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[4..]);
     hasher.update(payload);
@@ -74,14 +77,19 @@ pub(crate) fn encode_record_header(out: &mut [u8], log_number: u64, payload: &[u
 pub(crate) enum RecordAt<'a> {
     /// All-zero header: nothing was written here.
     Unwritten,
-    /// A record that checks out; its payload.
-    Valid(&'a [u8]),
+    /// A record that checks out.
+    Valid {
+        /// The encoded batches.
+        payload: &'a [u8],
+        /// Every group below this offset was durable when the record was built.
+        synced_through: u64,
+    },
     /// Anything else, with the reason.
     Invalid(String),
 }
 
-/// Examines the record starting at `bytes[0]` (which runs to the end of the file).
-pub(crate) fn record_at(bytes: &[u8], log_number: u64) -> RecordAt<'_> {
+/// Examines the record at file offset `offset`, starting at `bytes[0]` (which runs to the end of the file).
+pub(crate) fn record_at(bytes: &[u8], offset: usize, log_number: u64) -> RecordAt<'_> {
     let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
         return if bytes.iter().all(|&b| b == 0) {
             RecordAt::Unwritten
@@ -93,10 +101,11 @@ pub(crate) fn record_at(bytes: &[u8], log_number: u64) -> RecordAt<'_> {
         return RecordAt::Unwritten;
     }
     let mut reader = Reader::new(header);
-    let crc = reader.u32().expect("20 bytes");
-    let len = reader.u32().expect("20 bytes") as usize;
-    let kind = reader.take(4).expect("20 bytes");
-    let record_log = reader.u64().expect("20 bytes");
+    let crc = reader.u32().expect("28 bytes");
+    let len = reader.u32().expect("28 bytes") as usize;
+    let kind = reader.take(4).expect("28 bytes");
+    let record_log = reader.u64().expect("28 bytes");
+    let synced_through = reader.u64().expect("28 bytes");
     if kind != [RECORD_TYPE_GROUP, 0, 0, 0] {
         return RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}"));
     }
@@ -115,7 +124,10 @@ pub(crate) fn record_at(bytes: &[u8], log_number: u64) -> RecordAt<'_> {
     if hasher.finalize() != crc {
         return RecordAt::Invalid("record checksum mismatch".into());
     }
-    RecordAt::Valid(payload)
+    if synced_through > offset as u64 {
+        return RecordAt::Invalid(format!("synced_through {synced_through} lies past the record itself"));
+    }
+    RecordAt::Valid { payload, synced_through }
 }
 
 /// The offset of the sector after a record of `payload_len` bytes starting at `offset`.
@@ -139,16 +151,17 @@ mod tests {
         // put("k", "v") as sequence 1.
         let payload = [1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, b'k', 1, b'v'];
         let mut record = vec![0u8; RECORD_HEADER_BYTES];
-        encode_record_header(&mut record, 7, &payload);
+        encode_record_header(&mut record, 7, 4096, &payload);
         record.extend_from_slice(&payload);
-        assert_eq!(
-            hex(&record),
-            "1c dc ec c9 11 00 00 00 01 00 00 00 07 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 01 01 6b 01 76"
-        );
-        assert_eq!(record_at(&record, 7), RecordAt::Valid(&payload[..]));
-        assert!(matches!(record_at(&record, 8), RecordAt::Invalid(m) if m.contains("stale")));
+        assert_eq!(hex(&record), WORKED_EXAMPLE_RECORD);
+        assert_eq!(record_at(&record, 4096, 7), RecordAt::Valid { payload: &payload[..], synced_through: 4096 });
+        assert!(matches!(record_at(&record, 4096, 8), RecordAt::Invalid(m) if m.contains("stale")));
+        assert!(matches!(record_at(&record, 0, 7), RecordAt::Invalid(m) if m.contains("synced_through")));
         assert_eq!(next_record_offset(4096, payload.len()), 8192);
     }
+
+    /// The record of the format doc's worked example, byte for byte.
+    const WORKED_EXAMPLE_RECORD: &str = "b4 e2 d3 52 11 00 00 00 01 00 00 00 07 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 00 00 01 01 6b 01 76";
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
@@ -176,16 +189,16 @@ mod tests {
     fn record_examination_never_trusts_a_damaged_length() {
         let payload = vec![9u8; 100];
         let mut record = vec![0u8; RECORD_HEADER_BYTES];
-        encode_record_header(&mut record, 1, &payload);
+        encode_record_header(&mut record, 1, 0, &payload);
         record.extend_from_slice(&payload);
         for cut in 1..record.len() {
-            assert!(matches!(record_at(&record[..cut], 1), RecordAt::Invalid(_)), "cut {cut}");
+            assert!(matches!(record_at(&record[..cut], 4096, 1), RecordAt::Invalid(_)), "cut {cut}");
         }
         for byte in 0..record.len() {
             let mut flipped = record.clone();
             flipped[byte] ^= 0x10;
-            assert!(matches!(record_at(&flipped, 1), RecordAt::Invalid(_)), "flip in byte {byte}");
+            assert!(matches!(record_at(&flipped, 4096, 1), RecordAt::Invalid(_)), "flip in byte {byte}");
         }
-        assert_eq!(record_at(&[0u8; 7], 1), RecordAt::Unwritten);
+        assert_eq!(record_at(&[0u8; 7], 4096, 1), RecordAt::Unwritten);
     }
 }

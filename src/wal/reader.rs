@@ -3,7 +3,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::format::{RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at};
+use super::format::{RECORD_HEADER_BYTES, RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at};
 use crate::batch::decode_batches;
 use crate::io::{DirectFile, Io};
 use crate::key::SeqNo;
@@ -90,9 +90,9 @@ pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: Recov
     };
     let mut offset = SECTOR_BYTES;
     loop {
-        let problem = match record_at(data.get(offset..).unwrap_or(&[]), log_number) {
+        let problem = match record_at(data.get(offset..).unwrap_or(&[]), offset, log_number) {
             RecordAt::Unwritten => None,
-            RecordAt::Valid(payload) => {
+            RecordAt::Valid { payload, .. } => {
                 let expected = contents.last_seq.map(|s| s.checked_next().ok_or("sequence numbers overflow"));
                 let decoded = match expected {
                     Some(Err(reason)) => Err(reason.to_string()),
@@ -101,7 +101,7 @@ pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: Recov
                 };
                 match decoded {
                     Ok(last) => {
-                        let start = offset + super::format::RECORD_HEADER_BYTES;
+                        let start = offset + RECORD_HEADER_BYTES;
                         contents.groups.push(start..start + payload.len());
                         contents.last_seq = Some(last);
                         offset = next_record_offset(offset, payload.len());
@@ -114,39 +114,36 @@ pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: Recov
         };
         // The log ends here: cleanly, at a torn tail, or at damage.
         contents.end_offset = offset as u64;
-        if let Some(reason) = problem {
-            match later_valid_record(&data, offset + SECTOR_BYTES, log_number) {
-                None => contents.torn_tail_at = Some(offset as u64),
-                Some(later) => match mode {
-                    RecoveryMode::KeepAllOrFail => {
-                        return Err(corruption(
-                            offset as u64,
-                            format!(
-                                "{reason}, and a valid group follows at offset {later}: damage in the middle of the log"
-                            ),
-                        ));
-                    }
-                    RecoveryMode::KeepPrefixDropRest => {
-                        contents.dropped_at = Some((offset as u64, reason));
-                        // New writes must not land before the dropped groups, or a
-                        // later recovery would find them again.
-                        contents.end_offset = data.len().next_multiple_of(SECTOR_BYTES) as u64;
-                    }
-                },
+        let later = later_valid_records(&data, offset + SECTOR_BYTES, log_number);
+        let Some((first_later, watermark)) = later else {
+            if problem.is_some() {
+                contents.torn_tail_at = Some(offset as u64);
             }
-        } else if let Some(later) = later_valid_record(&data, offset + SECTOR_BYTES, log_number) {
-            // A zeroed sector (a lost write) with acknowledged groups after it.
-            match mode {
-                RecoveryMode::KeepAllOrFail => {
-                    return Err(corruption(
-                        offset as u64,
-                        format!("unwritten sector, but a valid group follows at offset {later}"),
-                    ));
-                }
-                RecoveryMode::KeepPrefixDropRest => {
-                    contents.dropped_at = Some((offset as u64, "unwritten sector inside the log".into()));
-                    contents.end_offset = data.len().next_multiple_of(SECTOR_BYTES) as u64;
-                }
+            break;
+        };
+        if watermark <= offset as u64 {
+            // Valid groups follow, but none of them was built after a sync that
+            // covered this offset: a power loss can lose unsynced groups in any
+            // order, so this is still the tail of what was durable.
+            contents.torn_tail_at = Some(offset as u64);
+            break;
+        }
+        let reason = problem.unwrap_or_else(|| "unwritten sector".into());
+        match mode {
+            RecoveryMode::KeepAllOrFail => {
+                return Err(corruption(
+                    offset as u64,
+                    format!(
+                        "{reason}, but a later group (at offset {first_later}) says everything below offset \
+                         {watermark} was synced: damage in the middle of the log"
+                    ),
+                ));
+            }
+            RecoveryMode::KeepPrefixDropRest => {
+                contents.dropped_at = Some((offset as u64, reason));
+                // New writes must not land before the dropped groups, or a
+                // later recovery would find them again.
+                contents.end_offset = data.len().next_multiple_of(SECTOR_BYTES) as u64;
             }
         }
         break;
@@ -155,22 +152,35 @@ pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: Recov
     Ok(contents)
 }
 
-/// The offset of the first sector at or after `from` that holds a valid record of this log.
-fn later_valid_record(data: &[u8], from: usize, log_number: u64) -> Option<usize> {
-    (from..data.len())
-        .step_by(SECTOR_BYTES)
-        .find(|&offset| matches!(record_at(&data[offset..], log_number), RecordAt::Valid(_)))
+/// The first valid record of this log at a sector boundary at or after `from`,
+/// and the highest `synced_through` of all valid records from there on.
+fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Option<(usize, u64)> {
+    let mut found: Option<(usize, u64)> = None;
+    for offset in (from..data.len()).step_by(SECTOR_BYTES) {
+        if let RecordAt::Valid { synced_through, .. } = record_at(&data[offset..], offset, log_number) {
+            let (first, watermark) = found.get_or_insert((offset, 0));
+            let _ = first;
+            *watermark = (*watermark).max(synced_through);
+        }
+    }
+    found
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::format::{RECORD_HEADER_BYTES, encode_file_header, encode_record_header};
+    use super::super::format::{encode_file_header, encode_record_header};
     use super::*;
     use crate::batch::WriteBatch;
     use proptest::prelude::*;
 
-    /// A log image with one group per batch of `sizes[i]` puts, numbered from 1.
+    /// A log image with one group per batch of `sizes[i]` puts, numbered from 1,
+    /// every group synced (each record's watermark is its own offset).
     fn image(log_number: u64, sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
+        image_with(log_number, sizes, |start| start)
+    }
+
+    /// Like [`image`], with each record's `synced_through` chosen from its offset.
+    fn image_with(log_number: u64, sizes: &[usize], watermark: impl Fn(u64) -> u64) -> (Vec<u8>, Vec<usize>) {
         let mut data = vec![0u8; SECTOR_BYTES];
         encode_file_header(&mut data, log_number);
         let mut seq = 1;
@@ -186,7 +196,7 @@ mod tests {
             let start = data.len();
             starts.push(start);
             let mut header = [0u8; RECORD_HEADER_BYTES];
-            encode_record_header(&mut header, log_number, &payload);
+            encode_record_header(&mut header, log_number, watermark(start as u64), &payload);
             data.extend_from_slice(&header);
             data.extend_from_slice(&payload);
             data.resize(data.len().next_multiple_of(SECTOR_BYTES), 0);
@@ -238,6 +248,20 @@ mod tests {
         assert_eq!(contents.groups.len(), 1);
         assert_eq!(contents.dropped_at.as_ref().map(|d| d.0), Some(starts[1] as u64));
         assert!(contents.end_offset as usize > starts[2], "new groups go after the dropped ones");
+    }
+
+    #[test]
+    fn losing_unsynced_groups_in_any_order_is_a_tail_not_corruption() {
+        // Nothing was ever synced after the header: a power loss may keep group 3 and lose group 2.
+        let (mut data, starts) = image_with(5, &[2, 2, 2], |_| SECTOR_BYTES as u64);
+        data[starts[1]..starts[1] + SECTOR_BYTES].fill(0);
+        let contents = parse(data.clone(), RecoveryMode::KeepAllOrFail).unwrap();
+        assert_eq!(contents.groups.len(), 1);
+        assert_eq!(contents.torn_tail_at, Some(starts[1] as u64));
+        // Group 2 was synced (group 3's watermark is past it): losing it is corruption.
+        let (mut synced, starts) = image_with(5, &[2, 2, 2], |start| if start > 8192 { start } else { 4096 });
+        synced[starts[1] + 40] ^= 1;
+        assert!(matches!(parse(synced, RecoveryMode::KeepAllOrFail), Err(Error::Corruption { .. })));
     }
 
     #[test]

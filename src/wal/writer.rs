@@ -19,6 +19,10 @@ pub(crate) struct WalWriter {
     next_offset: u64,
     /// Bytes written as zeroes up front; appends below this are overwrites.
     preallocated_bytes: u64,
+    /// Every group below this offset is durable (its fdatasync, or a later one,
+    /// completed). Stored in each record so recovery can tell damage to durable
+    /// groups from unsynced groups lost in a power failure.
+    synced_through: u64,
     /// Reused between groups; grows to the largest group seen.
     buf: Option<AlignedBuf>,
 }
@@ -53,7 +57,8 @@ impl WalWriter {
         drop(file);
         io.rename(&temp, path).await?;
         let file = DirectFile::open(io, path).await?;
-        Ok(WalWriter { file, log_number, next_offset: SECTOR_BYTES as u64, preallocated_bytes, buf: None })
+        let first = SECTOR_BYTES as u64;
+        Ok(WalWriter { file, log_number, next_offset: first, preallocated_bytes, synced_through: first, buf: None })
     }
 
     /// Continues an existing log at `next_offset` (from recovery's `end_offset`).
@@ -63,7 +68,8 @@ impl WalWriter {
         }
         let file = DirectFile::open(io, path).await?;
         let preallocated_bytes = file.len()?;
-        Ok(WalWriter { file, log_number, next_offset, preallocated_bytes, buf: None })
+        // Recovery made everything before `next_offset` durable before handing it over.
+        Ok(WalWriter { file, log_number, next_offset, preallocated_bytes, synced_through: next_offset, buf: None })
     }
 
     /// The log's file number.
@@ -98,7 +104,7 @@ impl WalWriter {
         };
         {
             let bytes = buf.as_full_mut_slice();
-            encode_record_header(&mut bytes[..RECORD_HEADER_BYTES], self.log_number, payload);
+            encode_record_header(&mut bytes[..RECORD_HEADER_BYTES], self.log_number, self.synced_through, payload);
             bytes[RECORD_HEADER_BYTES..record_bytes].copy_from_slice(payload);
             bytes[record_bytes..padded].fill(0);
         }
@@ -109,12 +115,17 @@ impl WalWriter {
         let buf = written?;
         self.buf = Some(buf);
         self.next_offset = offset + padded as u64;
+        if sync {
+            self.synced_through = self.next_offset;
+        }
         Ok(())
     }
 
     /// fdatasync of everything appended so far.
-    pub(crate) async fn sync(&self) -> Result<()> {
-        self.file.sync_data().await
+    pub(crate) async fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().await?;
+        self.synced_through = self.next_offset;
+        Ok(())
     }
 }
 
