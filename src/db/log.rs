@@ -66,6 +66,8 @@ pub(crate) struct LogState {
     /// regrown to a megabyte for every group costs reallocations and, past
     /// malloc's mmap threshold, page faults on every write.
     pub(crate) spare_payloads: Vec<Vec<u8>>,
+    /// The number of the log being prepared for the next memtable switch.
+    pub(crate) spare_log: Option<u64>,
 }
 
 /// What the write path and the writer thread share.
@@ -167,8 +169,41 @@ impl Drop for PanicGuard<'_> {
     }
 }
 
+/// A log created ahead of time on a helper thread, so that a memtable switch
+/// does not stall every writer while 64 MiB of zeroes are written.
+struct SpareLog {
+    log_number: u64,
+    creating: std::thread::JoinHandle<Result<WalWriter>>,
+}
+
+impl SpareLog {
+    fn start(shared: &LogShared, io: &Io) -> Option<SpareLog> {
+        let log_number = {
+            let mut state = shared.lock();
+            if state.closing || state.poisoned.is_some() || state.spare_log.is_some() {
+                return None;
+            }
+            let number = state.next_file_number;
+            state.next_file_number += 1;
+            state.spare_log = Some(number);
+            number
+        };
+        let (io, path, bytes) = (io.clone(), log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
+        let creating = std::thread::Builder::new()
+            .name("ringdb-wal-spare".into())
+            .spawn(move || futures_executor::block_on(WalWriter::create(&io, &path, log_number, bytes)))
+            .ok()?;
+        Some(SpareLog { log_number, creating })
+    }
+
+    fn finish(self) -> Result<WalWriter> {
+        self.creating.join().unwrap_or_else(|_| Err(Error::Poisoned("creating the next log panicked".into())))
+    }
+}
+
 pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalWriter>) {
     let _guard = PanicGuard(&shared);
+    let mut spare = SpareLog::start(&shared, &io);
     // Writers in the last group. While fewer are waiting than that, the writers
     // of the last group are probably still on their way back (woken, about to
     // write again): waiting up to `group_commit_wait` for them lets one log
@@ -202,6 +237,16 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
             last_group_writers = waiting_writers(&state);
             last_group_synced = state.pending.iter().any(|segment| segment.sync);
             if state.closing && state.pending.is_empty() && state.flush_requests.is_empty() {
+                let unclaimed = state.spare_log.take();
+                drop(state);
+                // An unused spare log never held a write; nothing may touch the
+                // directory after the database is closed, so wait for it too.
+                if let Some(spare) = spare.take() {
+                    let number = spare.log_number;
+                    if spare.finish().is_ok() && unclaimed == Some(number) {
+                        let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
+                    }
+                }
                 break;
             }
             state.pending_bytes = 0;
@@ -217,7 +262,9 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
         for mut segment in segments {
             let result = match &failure {
                 Some(reason) => Err(Error::Poisoned(reason.clone())),
-                None => futures_executor::block_on(write_segment(&shared, &io, &mut wal, &segment, sync_all)),
+                None => {
+                    futures_executor::block_on(write_segment(&shared, &io, &mut wal, &mut spare, &segment, sync_all))
+                }
             };
             match result {
                 Ok(()) => {
@@ -283,6 +330,7 @@ async fn write_segment(
     shared: &LogShared,
     io: &Io,
     wal: &mut Option<WalWriter>,
+    spare: &mut Option<SpareLog>,
     segment: &Segment,
     force_sync: bool,
 ) -> Result<()> {
@@ -292,8 +340,18 @@ async fn write_segment(
             // sync it so a synced write in the new log cannot outlive it.
             old.sync().await?;
         }
-        let path = log_path(&shared.dir, segment.log_number);
-        *wal = Some(WalWriter::create(io, &path, segment.log_number, shared.wal_preallocate_bytes).await?);
+        let next = match spare.take() {
+            Some(ready) if ready.log_number == segment.log_number => ready.finish()?,
+            other => {
+                *spare = other;
+                let path = log_path(&shared.dir, segment.log_number);
+                WalWriter::create(io, &path, segment.log_number, shared.wal_preallocate_bytes).await?
+            }
+        };
+        *wal = Some(next);
+        if spare.is_none() {
+            *spare = SpareLog::start(shared, io);
+        }
     }
     let writer = wal.as_mut().expect("set above");
     writer.append_group(&segment.payload, segment.sync || force_sync).await

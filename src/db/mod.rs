@@ -140,6 +140,7 @@ impl Db {
             closing: false,
             next_file_number: log_number + 1,
             spare_payloads: Vec::new(),
+            spare_log: None,
         };
         let shared = Arc::new(LogShared {
             state: Mutex::new(state),
@@ -241,8 +242,11 @@ impl Db {
         if state.immutables.len() >= self.inner.options.max_immutable_memtables {
             return false;
         }
-        let log_number = state.next_file_number;
-        state.next_file_number += 1;
+        // The log writer prepares the next log ahead of time; use its number.
+        let log_number = state.spare_log.take().unwrap_or_else(|| {
+            state.next_file_number += 1;
+            state.next_file_number - 1
+        });
         let fresh = MemtableSlot { memtable: Arc::new(Memtable::new()), log_numbers: vec![log_number] };
         let frozen = std::mem::replace(&mut state.active, fresh);
         state.immutables.push(frozen);
