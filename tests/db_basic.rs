@@ -183,7 +183,7 @@ fn a_failed_log_write_poisons_the_database_but_reads_and_reopen_work() {
             let mut batch = WriteBatch::new();
             batch.put("acked", "1");
             db.write(batch, synced).await.unwrap();
-            faults.add(FaultRule::new(action).op(op).path_contains(".wal").times(1));
+            faults.add(FaultRule::new(action).op(op).path_contains("000001.wal").times(1));
             let mut batch = WriteBatch::new();
             batch.put("failed", "2");
             let err = db.write(batch, synced).await.unwrap_err();

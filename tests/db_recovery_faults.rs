@@ -32,7 +32,7 @@ async fn after_a_failed_group_nothing_more_is_acknowledged_and_reopen_keeps_ever
         faults.add(
             FaultRule::new(FaultAction::Error(libc::EIO))
                 .op(IoOp::Write)
-                .path_contains(".wal")
+                .path_contains("000001.wal")
                 .skip(20 + round * 7)
                 .times(1),
         );
@@ -90,7 +90,7 @@ fn a_failed_flush_sync_poisons_the_database() {
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();
         db.put("k", "v").await.unwrap();
-        faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains(".wal").times(1));
+        faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains("000001.wal").times(1));
         assert!(matches!(db.flush_wal(true).await, Err(Error::Poisoned(_))));
         assert!(matches!(db.put("k2", "v").await, Err(Error::Poisoned(_))), "a failed fdatasync poisons");
         assert!(matches!(db.close().await, Err(Error::Poisoned(_))));
