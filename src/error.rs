@@ -84,6 +84,10 @@ pub enum Error {
     /// dirty data and report the next fsync as a success.)
     #[error("poisoned: a write-ahead log write failed earlier ({0}); reopen the database")]
     Poisoned(String),
+    /// The database directory is open elsewhere (another process, or another
+    /// `Db` in this one); its `LOCK` file is held.
+    #[error("{} is locked: the database is open in another process or handle", .0.display())]
+    Locked(PathBuf),
     /// The database or I/O driver has been shut down.
     #[error("closed")]
     Closed,

@@ -99,7 +99,8 @@ fn a_second_open_of_the_same_directory_is_refused() {
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), small_options()).await.unwrap();
         let err = Db::open(dir.path(), small_options()).await.unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("locked")), "{err}");
+        assert!(matches!(&err, Error::Locked(_)), "{err}");
+        assert!(err.to_string().contains("locked"));
         db.close().await.unwrap();
         Db::open(dir.path(), small_options()).await.unwrap();
     });
@@ -115,6 +116,11 @@ fn limits_are_invalid_arguments() {
         assert!(matches!(db.put(&long_key, "v").await, Err(Error::InvalidArgument(m)) if m.contains("MAX_KEY_BYTES")));
         assert!(matches!(db.get(&long_key).await, Err(Error::InvalidArgument(_))));
         assert!(matches!(db.get("").await, Err(Error::InvalidArgument(_))));
+        let long_value = vec![0u8; ringdb::MAX_VALUE_BYTES + 1];
+        assert!(
+            matches!(db.put("k", &long_value).await, Err(Error::InvalidArgument(m)) if m.contains("MAX_VALUE_BYTES"))
+        );
+        drop(long_value);
         let missing = dir.path().join("missing");
         let options = Options { create_if_missing: false, ..small_options() };
         assert!(matches!(Db::open(&missing, options).await, Err(Error::InvalidArgument(_))));
@@ -250,5 +256,43 @@ fn db_and_snapshot_are_send_sync_clone_and_futures_are_send() {
         let write = db.write(WriteBatch::new(), WriteOptions::default());
         assert_send(&write);
         write.await.unwrap();
+    });
+}
+
+const LOCK_CHILD_ENV: &str = "RINGDB_LOCK_CHILD_DIR";
+
+/// Child of the cross-process lock test: holds the database open until stdin closes.
+#[test]
+fn lock_child_holds_the_database() {
+    let Some(dir) = std::env::var_os(LOCK_CHILD_ENV) else { return };
+    futures::executor::block_on(async {
+        let _db = Db::open(&dir, small_options()).await.unwrap();
+        println!("open");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    });
+}
+
+#[test]
+fn another_process_gets_a_locked_error() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["lock_child_holds_the_database", "--exact", "--nocapture", "--test-threads=1"])
+        .env(LOCK_CHILD_ENV, dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("open"))), "the child opened the database");
+    futures::executor::block_on(async {
+        let err = Db::open(dir.path(), small_options()).await.unwrap_err();
+        assert!(matches!(err, Error::Locked(_)), "{err}");
+    });
+    drop(child.stdin.take()); // the child closes the database and exits
+    child.wait().unwrap();
+    futures::executor::block_on(async {
+        Db::open(dir.path(), small_options()).await.unwrap();
     });
 }

@@ -462,6 +462,10 @@ async fn recover(io: &Io, dir: &Path, options: &Options) -> Result<Recovered> {
             set_aside(io, &path).await?;
         } else {
             let file = crate::io::DirectFile::open(io, &path).await?;
+            if let Some(at) = contents.torn_tail_at {
+                // Cut the torn group off for good (this log is never appended to again).
+                file.set_len(at).await?;
+            }
             if let Some((at, _)) = &contents.dropped_at {
                 // Make the drop permanent, or the next open would find the
                 // damage again and set aside the logs written after this one.

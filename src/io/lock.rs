@@ -16,7 +16,7 @@ pub struct DirLock {
 
 impl DirLock {
     /// Takes the lock without waiting; a lock held by another process (or
-    /// another open handle in this one) is an [`Error::InvalidArgument`] that says so.
+    /// another open handle in this one) is [`Error::Locked`].
     pub fn acquire(path: impl AsRef<Path>) -> Result<DirLock> {
         let path = path.as_ref().to_path_buf();
         let file = OpenOptions::new()
@@ -31,10 +31,7 @@ impl DirLock {
         if rc != 0 {
             let source = std::io::Error::last_os_error();
             if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is locked: the database is open in another process or handle",
-                    path.display()
-                )));
+                return Err(Error::Locked(path));
             }
             return Err(Error::Io { op: IoOp::Open, path, offset: None, source });
         }
@@ -56,7 +53,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = DirLock::acquire(dir.path().join("LOCK")).unwrap();
         let err = DirLock::acquire(dir.path().join("LOCK")).unwrap_err();
-        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("locked")), "{err}");
+        assert!(matches!(&err, Error::Locked(p) if p.ends_with("LOCK")), "{err}");
         drop(first);
         DirLock::acquire(dir.path().join("LOCK")).unwrap();
     }
