@@ -17,6 +17,8 @@ mod key;
 #[allow(dead_code)]
 mod memtable;
 #[allow(dead_code)]
+mod sst;
+#[allow(dead_code)]
 mod wal;
 
 pub use batch::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, WriteBatch};

@@ -1,0 +1,449 @@
+//! Blocks of an SST file (`docs/format/sst.md`): the prefix-compressed entry
+//! encoding shared by data, index and metaindex blocks, block trailers, block
+//! handles and the footer.
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::coding::{Reader, put_u32, put_varint};
+use crate::{Error, Result};
+
+/// Bytes after every block: type (1) + crc (4).
+pub(crate) const TRAILER_BYTES: usize = 5;
+/// Block type of an uncompressed block, the only one of version 1.
+pub(crate) const BLOCK_TYPE_PLAIN: u8 = 0;
+/// Size of the footer at the end of a table.
+pub(crate) const FOOTER_BYTES: usize = 48;
+/// `RINGSST1` as it appears on disk.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RINGSST1");
+/// The table format this code writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Builds one block. Keys must be added in increasing order (the caller's order:
+/// internal keys in data blocks, separators in the index, names in the metaindex).
+#[derive(Debug)]
+pub(crate) struct BlockBuilder {
+    buf: Vec<u8>,
+    restarts: Vec<u32>,
+    restart_interval: usize,
+    since_restart: usize,
+    last_key: Vec<u8>,
+    entries: usize,
+}
+
+impl BlockBuilder {
+    /// A builder with a restart point every `restart_interval` entries (>= 1).
+    pub(crate) fn new(restart_interval: usize) -> BlockBuilder {
+        assert!(restart_interval >= 1, "restart interval must be positive");
+        BlockBuilder {
+            buf: Vec::new(),
+            restarts: vec![0],
+            restart_interval,
+            since_restart: 0,
+            last_key: Vec::new(),
+            entries: 0,
+        }
+    }
+
+    /// Appends an entry; `key` must sort after the previous key.
+    pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
+        let shared = if self.since_restart == self.restart_interval {
+            self.restarts.push(u32::try_from(self.buf.len()).expect("blocks stay far below 4 GiB"));
+            self.since_restart = 0;
+            0
+        } else if self.entries == 0 {
+            0
+        } else {
+            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+        };
+        put_varint(&mut self.buf, shared as u64);
+        put_varint(&mut self.buf, (key.len() - shared) as u64);
+        put_varint(&mut self.buf, value.len() as u64);
+        self.buf.extend_from_slice(&key[shared..]);
+        self.buf.extend_from_slice(value);
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        self.since_restart += 1;
+        self.entries += 1;
+    }
+
+    /// Entries added since the last reset.
+    pub(crate) fn len(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether nothing was added since the last reset.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Size of the block if finished now, trailer excluded.
+    pub(crate) fn estimated_size_bytes(&self) -> usize {
+        self.buf.len() + 4 * self.restarts.len() + 4
+    }
+
+    /// The last key added.
+    pub(crate) fn last_key(&self) -> &[u8] {
+        &self.last_key
+    }
+
+    /// Appends the finished block (contents and trailer) to `out`, and resets the builder.
+    pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.buf);
+        for restart in &self.restarts {
+            put_u32(out, *restart);
+        }
+        put_u32(out, self.restarts.len() as u32);
+        append_trailer(out, start);
+        self.buf.clear();
+        self.restarts.clear();
+        self.restarts.push(0);
+        self.since_restart = 0;
+        self.last_key.clear();
+        self.entries = 0;
+    }
+}
+
+/// Appends the trailer of the block contents `out[start..]`.
+pub(crate) fn append_trailer(out: &mut Vec<u8>, start: usize) {
+    out.push(BLOCK_TYPE_PLAIN);
+    let crc = crc32fast::hash(&out[start..]);
+    put_u32(out, crc);
+}
+
+/// Checks the trailer of `block` (contents + trailer, read from `file` at
+/// `offset`) and returns the contents.
+pub(crate) fn verify_trailer(mut block: Bytes, file: &Path, offset: u64) -> Result<Bytes> {
+    let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+    if block.len() < TRAILER_BYTES {
+        return Err(corrupt(format!("block of {} bytes has no room for its trailer", block.len())));
+    }
+    let contents_len = block.len() - TRAILER_BYTES;
+    let trailer = block.split_off(contents_len);
+    let stored = u32::from_le_bytes(trailer[1..5].try_into().expect("5-byte trailer"));
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&block);
+    hasher.update(&trailer[..1]);
+    if hasher.finalize() != stored {
+        return Err(corrupt("block checksum mismatch".into()));
+    }
+    if trailer[0] != BLOCK_TYPE_PLAIN {
+        return Err(corrupt(format!("unknown block type {}", trailer[0])));
+    }
+    Ok(block)
+}
+
+/// Where a block is: offset and size of its contents (trailer excluded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct BlockHandle {
+    pub(crate) offset: u64,
+    pub(crate) size: u64,
+}
+
+impl BlockHandle {
+    pub(crate) fn encode_to(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.offset);
+        put_varint(out, self.size);
+    }
+
+    pub(crate) fn decode_from(reader: &mut Reader<'_>) -> Option<BlockHandle> {
+        Some(BlockHandle { offset: reader.varint()?, size: reader.varint()? })
+    }
+}
+
+/// The last 48 bytes of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    pub(crate) metaindex: BlockHandle,
+    pub(crate) index: BlockHandle,
+}
+
+impl Footer {
+    pub(crate) fn encode(&self) -> [u8; FOOTER_BYTES] {
+        let mut out = Vec::with_capacity(FOOTER_BYTES);
+        self.metaindex.encode_to(&mut out);
+        self.index.encode_to(&mut out);
+        out.resize(36, 0);
+        put_u32(&mut out, FORMAT_VERSION);
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.try_into().expect("48 bytes")
+    }
+
+    /// Parses the footer of a table of `file_len` bytes whose last 48 bytes are `bytes`.
+    pub(crate) fn decode(bytes: &[u8], file: &Path, file_len: u64) -> Result<Footer> {
+        let offset = file_len.saturating_sub(FOOTER_BYTES as u64);
+        let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+        if bytes.len() != FOOTER_BYTES || file_len < FOOTER_BYTES as u64 {
+            return Err(corrupt(format!("file of {file_len} bytes is too short for a table footer")));
+        }
+        let magic = u64::from_le_bytes(bytes[40..48].try_into().expect("8 bytes"));
+        if magic != MAGIC {
+            return Err(corrupt(format!("bad magic {magic:#018x}: not a ringdb table")));
+        }
+        let version = u32::from_le_bytes(bytes[36..40].try_into().expect("4 bytes"));
+        if version != FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "table format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        let mut reader = Reader::new(&bytes[..36]);
+        let handles = BlockHandle::decode_from(&mut reader).zip(BlockHandle::decode_from(&mut reader));
+        let (metaindex, index) = handles.ok_or_else(|| corrupt("malformed block handles in the footer".into()))?;
+        for handle in [metaindex, index] {
+            let end = handle.offset.checked_add(handle.size).and_then(|e| e.checked_add(TRAILER_BYTES as u64));
+            if end.is_none_or(|end| end > offset) {
+                return Err(corrupt(format!("footer handle {handle:?} points outside the table")));
+            }
+        }
+        Ok(Footer { metaindex, index })
+    }
+}
+
+/// A verified block's contents, ready to search.
+#[derive(Debug, Clone)]
+pub(crate) struct Block {
+    data: Bytes,
+    /// Where the restart array starts (= end of the entries).
+    restarts_at: usize,
+    num_restarts: usize,
+}
+
+impl Block {
+    /// Checks the restart array of `contents` (already trailer-verified).
+    pub(crate) fn new(contents: Bytes, file: &Path, offset: u64) -> Result<Block> {
+        let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+        if contents.len() < 4 {
+            return Err(corrupt("block too short for its restart count".into()));
+        }
+        let count_at = contents.len() - 4;
+        let num_restarts = u32::from_le_bytes(contents[count_at..].try_into().expect("4 bytes")) as usize;
+        let restarts_len = num_restarts.checked_mul(4).filter(|len| *len <= count_at);
+        let Some(restarts_len) = restarts_len.filter(|_| num_restarts >= 1) else {
+            return Err(corrupt(format!(
+                "{num_restarts} restart points do not fit in a {}-byte block",
+                contents.len()
+            )));
+        };
+        let block = Block { restarts_at: count_at - restarts_len, num_restarts, data: contents };
+        for i in 0..num_restarts {
+            let restart = block.restart(i);
+            // An empty block has one restart point, at 0; otherwise each points at an entry.
+            let valid = restart < block.restarts_at || (restart == 0 && block.restarts_at == 0);
+            if !valid {
+                return Err(corrupt(format!("restart point {restart} outside the entries")));
+            }
+            if i > 0 && restart <= block.restart(i - 1) {
+                return Err(corrupt("restart points are not ascending".into()));
+            }
+        }
+        Ok(block)
+    }
+
+    fn restart(&self, i: usize) -> usize {
+        let at = self.restarts_at + 4 * i;
+        u32::from_le_bytes(self.data[at..at + 4].try_into().expect("checked in new")) as usize
+    }
+
+    /// An iterator from the first entry.
+    pub(crate) fn iter(&self) -> BlockIter<'_> {
+        BlockIter { block: self, pos: 0, key: Vec::new() }
+    }
+
+    /// The first entry whose key is `>= target` under `cmp`, or `None` if every key is smaller.
+    pub(crate) fn seek(
+        &self,
+        target: &[u8],
+        cmp: impl Fn(&[u8], &[u8]) -> Ordering,
+        file: &Path,
+        offset: u64,
+    ) -> Result<Option<(Vec<u8>, Bytes)>> {
+        // Binary search for the last restart point whose key is < target.
+        let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let mut iter = BlockIter { block: self, pos: self.restart(mid), key: Vec::new() };
+            match iter.next_entry(file, offset)? {
+                Some((key, _)) if cmp(&key, target) == Ordering::Less => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        let mut iter = BlockIter { block: self, pos: self.restart(lo), key: Vec::new() };
+        while let Some((key, value)) = iter.next_entry(file, offset)? {
+            if cmp(&key, target) != Ordering::Less {
+                return Ok(Some((key, value)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Walks a block's entries in order.
+#[derive(Debug)]
+pub(crate) struct BlockIter<'a> {
+    block: &'a Block,
+    pos: usize,
+    key: Vec<u8>,
+}
+
+impl BlockIter<'_> {
+    /// The next entry (full key, value), `None` at the end, or corruption.
+    pub(crate) fn next_entry(&mut self, file: &Path, offset: u64) -> Result<Option<(Vec<u8>, Bytes)>> {
+        if self.pos >= self.block.restarts_at {
+            return Ok(None);
+        }
+        let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+        let entries = &self.block.data[..self.block.restarts_at];
+        let mut reader = Reader::new(&entries[self.pos..]);
+        let at = self.pos;
+        let header = (reader.varint(), reader.varint(), reader.varint());
+        let (Some(shared), Some(unshared), Some(value_len)) = header else {
+            return Err(corrupt(format!("truncated entry header at block offset {at}")));
+        };
+        let (shared, unshared, value_len) = (shared as usize, unshared as usize, value_len as usize);
+        if shared > self.key.len() {
+            return Err(corrupt(format!("entry at {at} shares {shared} bytes of a {}-byte key", self.key.len())));
+        }
+        let delta =
+            reader.take(unshared).ok_or_else(|| corrupt(format!("key of the entry at {at} runs past the block")))?;
+        let value_start = self.pos + reader.position();
+        reader.take(value_len).ok_or_else(|| corrupt(format!("value of the entry at {at} runs past the block")))?;
+        self.key.truncate(shared);
+        self.key.extend_from_slice(delta);
+        self.pos += reader.position();
+        Ok(Some((self.key.clone(), self.block.data.slice(value_start..value_start + value_len))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{SeqNo, ValueKind, compare_internal_keys, encode_internal_key};
+    use proptest::prelude::*;
+
+    fn path() -> &'static Path {
+        Path::new("000009.sst")
+    }
+
+    fn build(entries: &[(Vec<u8>, Vec<u8>)], interval: usize) -> Vec<u8> {
+        let mut builder = BlockBuilder::new(interval);
+        for (k, v) in entries {
+            builder.add(k, v);
+        }
+        let mut out = Vec::new();
+        builder.finish_into(&mut out);
+        out
+    }
+
+    fn open(raw: Vec<u8>) -> Result<Block> {
+        let contents = verify_trailer(Bytes::from(raw), path(), 0)?;
+        Block::new(contents, path(), 0)
+    }
+
+    fn all(block: &Block) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut iter = block.iter();
+        let mut out = Vec::new();
+        while let Some((k, v)) = iter.next_entry(path(), 0).unwrap() {
+            out.push((k, v.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn worked_example_of_the_format_doc() {
+        let entries = vec![
+            (encode_internal_key(b"apple", SeqNo(2), ValueKind::Put), b"red".to_vec()),
+            (encode_internal_key(b"apricot", SeqNo(1), ValueKind::Put), b"orange".to_vec()),
+        ];
+        let raw = build(&entries, 16);
+        let hex: Vec<String> = raw.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex.join(" "),
+            "00 0d 03 61 70 70 6c 65 01 02 00 00 00 00 00 00 72 65 64 02 0d 06 72 69 63 6f 74 01 01 00 00 00 00 00 00 6f 72 61 6e 67 65 00 00 00 00 01 00 00 00 00 32 d6 3a d5"
+        );
+        assert_eq!(all(&open(raw).unwrap()), entries);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_and_seek_for_any_sorted_entries(
+            keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..40), 1..200),
+            interval in 1usize..20,
+            value_len in 0usize..300,
+        ) {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> =
+                keys.iter().map(|k| (k.clone(), vec![k[0]; value_len % (k.len() + 7)])).collect();
+            let block = open(build(&entries, interval)).unwrap();
+            prop_assert_eq!(all(&block), entries.clone());
+            for (i, (key, value)) in entries.iter().enumerate() {
+                let found = block.seek(key, |a, b| a.cmp(b), path(), 0).unwrap();
+                prop_assert_eq!(found, Some((key.clone(), Bytes::from(value.clone()))), "entry {}", i);
+            }
+            let past = vec![0xffu8; 41];
+            prop_assert_eq!(block.seek(&past, |a, b| a.cmp(b), path(), 0).unwrap(), None);
+        }
+
+        #[test]
+        fn damaged_blocks_are_corruption_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+            cut in any::<usize>(),
+        ) {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> =
+                (0..50u32).map(|i| (format!("key-{i:04}").into_bytes(), vec![i as u8; (i % 9) as usize])).collect();
+            let mut raw = build(&entries, 4);
+            for (at, byte) in flips {
+                let at = at % raw.len();
+                raw[at] ^= byte | 1;
+            }
+            prop_assert!(matches!(open(raw.clone()), Err(Error::Corruption { .. })), "the checksum catches every change");
+            // Contents that pass (recomputed) checksums but are garbage: no panic either.
+            let len = raw.len() - TRAILER_BYTES;
+            let mut contents = raw[..len].to_vec();
+            contents.truncate(cut % (len + 1));
+            let start = 0;
+            append_trailer(&mut contents, start);
+            if let Ok(block) = open(contents) {
+                let mut iter = block.iter();
+                while let Ok(Some(_)) = iter.next_entry(path(), 0) {}
+                let _ = block.seek(b"key-0025", |a, b| a.cmp(b), path(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn internal_key_blocks_seek_by_the_internal_comparator() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (encode_internal_key(b"k", SeqNo(9), ValueKind::Put), b"new".to_vec()),
+            (encode_internal_key(b"k", SeqNo(3), ValueKind::Put), b"old".to_vec()),
+            (encode_internal_key(b"m", SeqNo(5), ValueKind::Delete), Vec::new()),
+        ];
+        let block = open(build(&entries, 1)).unwrap();
+        let at_5 = encode_internal_key(b"k", SeqNo(5), ValueKind::Put);
+        let found = block.seek(&at_5, compare_internal_keys, path(), 0).unwrap().unwrap();
+        assert_eq!(&found.1[..], b"old", "snapshot 5 sees seq 3, not seq 9");
+    }
+
+    #[test]
+    fn footer_round_trips_and_rejects_damage() {
+        let footer = Footer {
+            metaindex: BlockHandle { offset: 1000, size: 40 },
+            index: BlockHandle { offset: 1045, size: 300 },
+        };
+        let bytes = footer.encode();
+        assert_eq!(&bytes[40..], b"RINGSST1");
+        let file_len = 1045 + 300 + 5 + 48;
+        assert_eq!(Footer::decode(&bytes, path(), file_len).unwrap(), footer);
+        let mut wrong_magic = bytes;
+        wrong_magic[47] ^= 1;
+        assert!(Footer::decode(&wrong_magic, path(), file_len).is_err());
+        let mut newer = bytes;
+        newer[36] = 2;
+        assert!(
+            matches!(Footer::decode(&newer, path(), file_len), Err(Error::Corruption { reason, .. }) if reason.contains("version 2"))
+        );
+        assert!(Footer::decode(&bytes, path(), 1000).is_err(), "handles past the end of the file");
+        assert!(Footer::decode(&bytes[..47], path(), 47).is_err());
+    }
+}

@@ -1,0 +1,377 @@
+//! The SST filter block: one bloom filter over the *user* keys of a whole table
+//! (`docs/format/sst.md`, "Filter block").
+//!
+//! # Why
+//!
+//! A table's filter is pinned in memory and consulted before any data block is read, so a
+//! get for a key the table does not hold usually costs no device read. A bloom filter can
+//! answer "definitely absent" or "may contain"; it never loses a key (no false negatives),
+//! and at the default 10 bits per key with 7 probes about 0.8% of absent keys still get
+//! "may contain" and pay for the read. The filter is over user keys, not internal keys,
+//! because a get asks "does this table hold *any* version of `k`?"; the sequence number is
+//! resolved in the data block.
+//!
+//! # Encoding
+//!
+//! ```text
+//! bits[m / 8] | num_probes u8
+//! ```
+//!
+//! - `m = max(64, n * bits_per_key)` rounded up to a multiple of 8, where `n` is the number
+//!   of keys added.
+//! - `num_probes = round(bits_per_key * ln 2)` clamped to `1..=30` (7 for 10 bits per key):
+//!   the number of probes that minimises the false-positive rate for that many bits per key.
+//! - Bit `b` is bit `b % 8` (least significant first) of byte `b / 8`.
+//! - Key `k` sets, for `i` in `0..num_probes`, bit `(h1 + i * h2) mod m`, where
+//!   `h = xxh3_64(k)` (seed 0), `h1 = h as u32`, `h2 = (h >> 32) as u32 | 1`, and
+//!   `h1 + i * h2` is computed in wrapping `u32` arithmetic before the `mod m` (in `u64`).
+//!   This is double hashing (Kirsch and Mitzenmacher): one 64-bit hash stands in for
+//!   `num_probes` independent ones at no measurable cost in false positives. `h2` is odd so
+//!   it is never 0, which would put every probe on the same bit.
+//!
+//! The formula lives once, in `probe_bits`, shared by [`BloomBuilder`] and [`BloomFilter`]:
+//! a writer and a reader that disagree on one detail would give false negatives, which a
+//! filter must never do.
+//!
+//! Worked example: one key `apple` at 10 bits per key. `n * 10 = 10 < 64`, so `m = 64` and
+//! 7 probes; they set bits 0, 1, 13, 14, 26, 39 and 52, and the block is 9 bytes:
+//!
+//! ```text
+//! 03 60 00 04 80 00 10 00   07
+//! bits[8]                   num_probes
+//! ```
+//!
+//! # Reading untrusted bytes
+//!
+//! [`BloomFilter::from_block`] never fails. The block's CRC trailer is what detects damage,
+//! and it is checked before the contents get here. What is left is a filter the reader does
+//! not understand: an empty block, no bits, or a `num_probes` of 0 or above 30 (the format
+//! doc reserves those for a newer writer's encoding). Such a filter answers "may contain"
+//! to every key: a filter may only ever cost a read, never hide a key, so the safe answer
+//! to "I cannot tell" is always "may contain", and the table stays readable.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Largest `num_probes` a writer emits and a reader accepts.
+const MAX_PROBES: u8 = 30;
+
+/// Fewest bits in a filter, so that a table with very few keys still gets a useful filter.
+const MIN_BITS: usize = 64;
+
+/// The hash every probe of a key derives from.
+fn key_hash(user_key: &[u8]) -> u64 {
+    xxh3_64(user_key)
+}
+
+/// The bit positions, each `< m`, that the key with hash `h` sets (writer) or tests
+/// (reader). The one definition of the probe sequence: see the module doc.
+///
+/// `m` must be non-zero. Every position is below `2^32` whatever `m` is, because the
+/// probe is formed in `u32`; at 10 bits per key that limits the useful size of one filter
+/// to about 430 million keys, far above what one table holds.
+fn probe_bits(h: u64, num_probes: u8, m: u64) -> impl Iterator<Item = u64> {
+    debug_assert!(m > 0);
+    let h1 = h as u32;
+    let h2 = (h >> 32) as u32 | 1;
+    (0..u32::from(num_probes)).map(move |i| u64::from(h1.wrapping_add(i.wrapping_mul(h2))) % m)
+}
+
+/// `round(bits_per_key * ln 2)` clamped to `1..=30`.
+fn num_probes_for(bits_per_key: usize) -> u8 {
+    let k = (bits_per_key as f64 * std::f64::consts::LN_2).round();
+    k.clamp(1.0, f64::from(MAX_PROBES)) as u8
+}
+
+/// Collects the user keys of a table and encodes its filter block.
+///
+/// The builder keeps only the 8-byte hash of each key, so the table builder can feed it
+/// every user key as it streams data blocks and call [`finish`](Self::finish) at the end,
+/// when `n` (and so the filter's size) is known.
+#[derive(Debug)]
+pub(crate) struct BloomBuilder {
+    bits_per_key: usize,
+    hashes: Vec<u64>,
+}
+
+impl BloomBuilder {
+    /// A builder that will spend `bits_per_key` bits per added key (the format's default
+    /// is 10, for a false-positive rate near 0.8%).
+    pub(crate) fn new(bits_per_key: usize) -> BloomBuilder {
+        BloomBuilder { bits_per_key, hashes: Vec::new() }
+    }
+
+    /// Adds a user key (without the internal-key trailer).
+    ///
+    /// Adding a key twice is harmless for correctness, but every call counts towards `n`
+    /// and so grows the filter by `bits_per_key` bits without making it any more selective.
+    /// The format sizes the filter per *distinct* key, so a table builder that sees several
+    /// versions of one user key (they are adjacent in a table) should add it once.
+    pub(crate) fn add_key(&mut self, user_key: &[u8]) {
+        self.hashes.push(key_hash(user_key));
+    }
+
+    /// Encodes the filter block: `bits[m / 8] | num_probes u8`.
+    ///
+    /// With no keys added this is a 64-bit filter of zero bits, which answers "absent" to
+    /// every key: correct for a table with no keys.
+    pub(crate) fn finish(self) -> Vec<u8> {
+        let num_probes = num_probes_for(self.bits_per_key);
+        let m = self.hashes.len().saturating_mul(self.bits_per_key).max(MIN_BITS).next_multiple_of(8);
+        let mut block = vec![0u8; m / 8 + 1];
+        for &h in &self.hashes {
+            for bit in probe_bits(h, num_probes, m as u64) {
+                block[(bit / 8) as usize] |= 1 << (bit % 8);
+            }
+        }
+        block[m / 8] = num_probes;
+        block
+    }
+}
+
+/// A read-only view of a filter block.
+///
+/// It borrows the block rather than owning a `bytes::Bytes`: building the view is a length
+/// check and one byte read, so the table reader keeps the pinned block (in whatever buffer
+/// it was read into) and makes a view per lookup, and the filter code does not care who
+/// owns the memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BloomFilter<'a> {
+    /// The filter's bits, `m = bits.len() * 8`; empty when `num_probes` is 0.
+    bits: &'a [u8],
+    /// `1..=30`, or 0 for a filter this reader does not understand ("may contain" to all).
+    num_probes: u8,
+}
+
+impl<'a> BloomFilter<'a> {
+    /// Views the contents of a filter block (trailer already verified and stripped).
+    ///
+    /// Never fails, by design of the format: an empty block, a block with no bits, or a
+    /// `num_probes` of 0 or above 30 gives a filter that answers "may contain" to every
+    /// key. The last two are how a newer writer's encoding looks to this reader, and a
+    /// filter that cannot tell must not hide keys (see the module doc).
+    pub(crate) fn from_block(block: &'a [u8]) -> BloomFilter<'a> {
+        match block.split_last() {
+            Some((&num_probes, bits)) if (1..=MAX_PROBES).contains(&num_probes) && !bits.is_empty() => {
+                BloomFilter { bits, num_probes }
+            }
+            _ => BloomFilter { bits: &[], num_probes: 0 },
+        }
+    }
+
+    /// `false` if `user_key` was certainly not added to the filter; `true` if it may have
+    /// been (always `true` for a filter this reader does not understand).
+    pub(crate) fn may_contain(&self, user_key: &[u8]) -> bool {
+        if self.num_probes == 0 {
+            return true;
+        }
+        let m = self.bits.len() as u64 * 8;
+        probe_bits(key_hash(user_key), self.num_probes, m)
+            .all(|bit| self.bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// `count` distinct random keys of 8 to 24 bytes whose first byte is `tag`, so that key
+    /// sets with different tags are disjoint.
+    fn random_keys(rng: &mut StdRng, tag: u8, count: usize) -> Vec<Vec<u8>> {
+        let mut keys = std::collections::HashSet::with_capacity(count);
+        while keys.len() < count {
+            let len = rng.gen_range(8..=24);
+            let mut key = vec![tag; len];
+            rng.fill(&mut key[1..]);
+            keys.insert(key);
+        }
+        keys.into_iter().collect()
+    }
+
+    fn build(bits_per_key: usize, keys: &[Vec<u8>]) -> Vec<u8> {
+        let mut builder = BloomBuilder::new(bits_per_key);
+        for key in keys {
+            builder.add_key(key);
+        }
+        builder.finish()
+    }
+
+    #[test]
+    fn hash_is_xxh3_64_with_seed_0() {
+        // The published XXH3_64bits value for empty input: pins the hash (not xxh64, no seed).
+        assert_eq!(key_hash(b""), 0x2D06_8005_38D3_94C2);
+    }
+
+    #[test]
+    fn no_false_negatives() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let keys = random_keys(&mut rng, 0, 10_000);
+        let block = build(10, &keys);
+        let filter = BloomFilter::from_block(&block);
+        assert_eq!(filter.num_probes, 7);
+        for key in &keys {
+            assert!(filter.may_contain(key), "false negative for {key:02x?}");
+        }
+    }
+
+    #[test]
+    fn false_positive_rate_at_10_bits_per_key() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let present = random_keys(&mut rng, 0, 10_000);
+        let absent = random_keys(&mut rng, 1, 100_000);
+        let block = build(10, &present);
+        let filter = BloomFilter::from_block(&block);
+        let false_positives = absent.iter().filter(|key| filter.may_contain(key)).count();
+        let rate = false_positives as f64 / absent.len() as f64;
+        // Theory for m/n = 10, k = 7: (1 - e^(-7/10))^7 = 0.82%.
+        eprintln!(
+            "bloom false-positive rate at 10 bits/key, 7 probes: {false_positives}/{} = {:.3}% (theory 0.82%)",
+            absent.len(),
+            rate * 100.0
+        );
+        assert!((0.003..=0.02).contains(&rate), "false-positive rate {rate}");
+    }
+
+    #[test]
+    fn num_probes_and_size() {
+        assert_eq!(num_probes_for(10), 7);
+        assert_eq!(num_probes_for(0), 1);
+        assert_eq!(num_probes_for(1), 1);
+        assert_eq!(num_probes_for(5), 3); // 3.47
+        assert_eq!(num_probes_for(20), 14); // 13.86
+        assert_eq!(num_probes_for(43), 30); // 29.8
+        assert_eq!(num_probes_for(1000), 30);
+
+        let keys: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        // n * bits_per_key, at least 64, rounded up to a multiple of 8; plus the probes byte.
+        for (n, bits_per_key, block_len) in
+            [(0, 10, 9), (1, 10, 9), (6, 10, 9), (7, 10, 10), (8, 10, 11), (100, 10, 126), (100, 1, 14), (3, 0, 9)]
+        {
+            let block = build(bits_per_key, &keys[..n]);
+            assert_eq!(block.len(), block_len, "n {n}, bits_per_key {bits_per_key}");
+            assert_eq!(*block.last().unwrap(), num_probes_for(bits_per_key));
+        }
+    }
+
+    /// The bytes the format doc's formula gives, computed here without `probe_bits` so a
+    /// change to the shared helper cannot change the test's idea of the format with it.
+    fn spec_block(bits_per_key: usize, keys: &[&[u8]]) -> Vec<u8> {
+        let num_probes = num_probes_for(bits_per_key) as u64;
+        let m = (keys.len() * bits_per_key).max(64).div_ceil(8) * 8;
+        let mut block = vec![0u8; m / 8];
+        for key in keys {
+            let h = xxh3_64(key);
+            let (h1, h2) = (h & 0xffff_ffff, (h >> 32) | 1);
+            for i in 0..num_probes {
+                let bit = ((h1 + i * h2) % (1 << 32)) as usize % m;
+                block[bit / 8] |= 1 << (bit % 8);
+            }
+        }
+        block.push(num_probes as u8);
+        block
+    }
+
+    #[test]
+    fn encoding_matches_the_format_doc() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (n, bits_per_key) in [(1, 10), (5, 10), (50, 10), (50, 3), (200, 16), (30, 60)] {
+            let keys = random_keys(&mut rng, 0, n);
+            let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            let mut builder = BloomBuilder::new(bits_per_key);
+            for key in &keys {
+                builder.add_key(key);
+            }
+            assert_eq!(builder.finish(), spec_block(bits_per_key, &keys), "n {n}, bits_per_key {bits_per_key}");
+        }
+    }
+
+    #[test]
+    fn apple_worked_example() {
+        let mut builder = BloomBuilder::new(10);
+        builder.add_key(b"apple");
+        let block = builder.finish();
+        assert_eq!(block, spec_block(10, &[b"apple"]));
+        // Pinned bytes: a change here is a change to the on-disk format.
+        assert_eq!(block, APPLE_BLOCK, "got {block:02x?}");
+        let filter = BloomFilter::from_block(&block);
+        assert!(filter.may_contain(b"apple"));
+    }
+
+    const APPLE_BLOCK: [u8; 9] = [0x03, 0x60, 0x00, 0x04, 0x80, 0x00, 0x10, 0x00, 0x07];
+
+    #[test]
+    fn empty_builder_is_a_valid_filter_that_contains_nothing() {
+        let block = BloomBuilder::new(10).finish();
+        assert_eq!(block, [0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        let filter = BloomFilter::from_block(&block);
+        assert_eq!(filter.num_probes, 7);
+        let mut rng = StdRng::seed_from_u64(4);
+        let rejected = random_keys(&mut rng, 0, 1000).iter().filter(|key| !filter.may_contain(key)).count();
+        assert!(rejected >= 990, "only {rejected} of 1000 rejected");
+    }
+
+    #[test]
+    fn duplicates_cost_bits_but_are_found() {
+        let mut builder = BloomBuilder::new(10);
+        for _ in 0..10 {
+            builder.add_key(b"same");
+        }
+        let block = builder.finish();
+        assert_eq!(block.len(), 104 / 8 + 1, "10 adds of one key size the filter like 10 keys");
+        assert!(BloomFilter::from_block(&block).may_contain(b"same"));
+    }
+
+    #[test]
+    fn unreadable_filters_may_contain_everything() {
+        let key = b"any key";
+        assert!(BloomFilter::from_block(&[]).may_contain(key));
+        // A probes byte but no bits: m would be 0.
+        assert!(BloomFilter::from_block(&[7]).may_contain(key));
+        for num_probes in [0, 31, 255] {
+            let mut block = vec![0u8; 8];
+            block.push(num_probes);
+            assert!(BloomFilter::from_block(&block).may_contain(key), "num_probes {num_probes}");
+        }
+        // The boundary: 30 is read as a real filter, and all-zero bits reject.
+        let mut block = vec![0u8; 8];
+        block.push(30);
+        assert!(!BloomFilter::from_block(&block).may_contain(key));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_blocks_never_panic(
+            block in proptest::collection::vec(any::<u8>(), 0..200),
+            keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..10),
+        ) {
+            let filter = BloomFilter::from_block(&block);
+            for key in &keys {
+                let _ = filter.may_contain(key);
+            }
+        }
+
+        #[test]
+        fn unknown_num_probes_may_contain_everything(
+            bits in proptest::collection::vec(any::<u8>(), 0..200),
+            num_probes in prop_oneof![Just(0u8), 31u8..=255],
+            key in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let mut block = bits;
+            block.push(num_probes);
+            prop_assert!(BloomFilter::from_block(&block).may_contain(&key));
+        }
+
+        #[test]
+        fn any_keys_any_bits_per_key_no_false_negatives(
+            keys in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..200),
+            bits_per_key in 0usize..50,
+        ) {
+            let block = build(bits_per_key, &keys);
+            let filter = BloomFilter::from_block(&block);
+            for key in &keys {
+                prop_assert!(filter.may_contain(key));
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Sorted string tables (`docs/format/sst.md`). This first part holds the
+//! block and filter codecs; the table writer (pipelined flush) and reader come next.
+
+pub(crate) mod block;
+pub(crate) mod filter;
