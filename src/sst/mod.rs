@@ -3,3 +3,4 @@
 
 pub(crate) mod block;
 pub(crate) mod filter;
+pub(crate) mod table;

@@ -1,0 +1,509 @@
+//! Writing and reading whole tables (`docs/format/sst.md`).
+//!
+//! The writer encodes blocks into a byte stream and hands every full staging
+//! buffer (aligned, `staging_buffer_bytes`) to the I/O layer as an O_DIRECT
+//! write while it goes on encoding; at most `max_writes_in_flight` buffers
+//! are in flight, then it waits for the oldest. The last buffer is padded to
+//! the alignment, and `set_len` cuts the file back to the table's exact length.
+//!
+//! The reader keeps the index and the filter in memory, so a point lookup
+//! reads at most one data block (the aligned range around it) from the device.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use super::block::{Block, BlockBuilder, BlockHandle, FOOTER_BYTES, Footer, TRAILER_BYTES, verify_trailer};
+use super::filter::{BloomBuilder, BloomFilter};
+use crate::coding::Reader;
+use crate::io::{AlignedBuf, DirectFile, Io};
+use crate::key::{InternalKey, ParsedInternalKey, SeqNo, ValueKind, compare_internal_keys};
+use crate::memtable::MemtableValue;
+use crate::{Error, Result};
+
+/// Name of the filter block in the metaindex.
+const FILTER_NAME: &[u8] = b"filter.bloom";
+
+/// How tables are built.
+#[derive(Debug, Clone)]
+pub(crate) struct TableOptions {
+    pub(crate) block_size_bytes: usize,
+    pub(crate) block_restart_interval: usize,
+    pub(crate) bloom_bits_per_key: usize,
+    pub(crate) staging_buffer_bytes: usize,
+    pub(crate) max_writes_in_flight: usize,
+}
+
+impl Default for TableOptions {
+    fn default() -> TableOptions {
+        TableOptions {
+            block_size_bytes: 4096,
+            block_restart_interval: 16,
+            bloom_bits_per_key: 10,
+            staging_buffer_bytes: 256 * 1024,
+            max_writes_in_flight: 4,
+        }
+    }
+}
+
+/// What a finished table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableInfo {
+    pub(crate) size_bytes: u64,
+    pub(crate) entries: u64,
+    pub(crate) data_blocks: u64,
+}
+
+type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<AlignedBuf>> + Send + 'a>>;
+
+/// Builds one table file. Entries must be added in internal-key order.
+pub(crate) struct TableWriter<'f> {
+    file: &'f DirectFile,
+    options: TableOptions,
+    data: BlockBuilder,
+    index: BlockBuilder,
+    filter: BloomBuilder,
+    last_user_key: Option<Vec<u8>>,
+    /// Encoded bytes not yet in a staging buffer.
+    stream: Vec<u8>,
+    /// Table bytes produced so far (the offset of the next block).
+    table_len: u64,
+    /// File offset of the next staging buffer.
+    written_len: u64,
+    in_flight: VecDeque<WriteFuture<'f>>,
+    entries: u64,
+    data_blocks: u64,
+}
+
+impl<'f> TableWriter<'f> {
+    /// A writer into `file` (new and empty).
+    pub(crate) fn new(file: &'f DirectFile, options: TableOptions) -> TableWriter<'f> {
+        assert!(options.staging_buffer_bytes % file.alignment() == 0, "staging buffers are whole sectors");
+        TableWriter {
+            file,
+            data: BlockBuilder::new(options.block_restart_interval),
+            index: BlockBuilder::new(1),
+            filter: BloomBuilder::new(options.bloom_bits_per_key),
+            options,
+            last_user_key: None,
+            stream: Vec::new(),
+            table_len: 0,
+            written_len: 0,
+            in_flight: VecDeque::new(),
+            entries: 0,
+            data_blocks: 0,
+        }
+    }
+
+    /// Adds an entry (internal key, value).
+    pub(crate) async fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
+        let parsed = ParsedInternalKey::parse(internal_key).expect("tables are built from valid internal keys");
+        debug_assert!(
+            self.data.is_empty() || compare_internal_keys(self.data.last_key(), internal_key).is_lt(),
+            "entries must be added in order"
+        );
+        if self.last_user_key.as_deref() != Some(parsed.user_key) {
+            self.filter.add_key(parsed.user_key);
+            self.last_user_key = Some(parsed.user_key.to_vec());
+        }
+        self.data.add(internal_key, value);
+        self.entries += 1;
+        if self.data.estimated_size_bytes() >= self.options.block_size_bytes {
+            self.finish_data_block();
+            self.stage().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current data block and indexes it by its last key.
+    fn finish_data_block(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
+        let separator = self.data.last_key().to_vec();
+        let handle = self.append_block(|data, out| data.finish_into(out));
+        let mut encoded = Vec::new();
+        handle.encode_to(&mut encoded);
+        self.index.add(&separator, &encoded);
+        self.data_blocks += 1;
+    }
+
+    /// Appends a block produced by `emit` to the stream; returns its handle.
+    fn append_block(&mut self, emit: impl FnOnce(&mut BlockBuilder, &mut Vec<u8>)) -> BlockHandle {
+        let before = self.stream.len();
+        emit(&mut self.data, &mut self.stream);
+        self.block_handle(before)
+    }
+
+    fn block_handle(&mut self, before: usize) -> BlockHandle {
+        let block_len = (self.stream.len() - before) as u64;
+        let handle = BlockHandle { offset: self.table_len, size: block_len - TRAILER_BYTES as u64 };
+        self.table_len += block_len;
+        handle
+    }
+
+    /// Hands every full staging buffer to the kernel, waiting for the oldest write
+    /// when `max_writes_in_flight` are out.
+    async fn stage(&mut self) -> Result<()> {
+        let size = self.options.staging_buffer_bytes;
+        while self.stream.len() >= size {
+            let mut buf = self.file.alloc_buf(size);
+            buf.extend_from_slice(&self.stream[..size]);
+            self.stream.drain(..size);
+            self.submit(buf).await?;
+        }
+        Ok(())
+    }
+
+    async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
+        if self.in_flight.len() >= self.options.max_writes_in_flight.max(1) {
+            let oldest = self.in_flight.pop_front().expect("non-empty");
+            oldest.await?;
+        }
+        let offset = self.written_len;
+        self.written_len += buf.len() as u64;
+        let mut write: WriteFuture<'f> = Box::pin(self.file.write_at(buf, offset));
+        // Poll once so the write is submitted now and runs while we keep encoding.
+        if let Some(done) = futures_util_poll_once(&mut write) {
+            done?;
+        } else {
+            self.in_flight.push_back(write);
+        }
+        Ok(())
+    }
+
+    /// Writes the filter, metaindex, index and footer, waits for every write,
+    /// restores the exact length and fdatasyncs the file.
+    pub(crate) async fn finish(mut self) -> Result<TableInfo> {
+        self.finish_data_block();
+        let filter = std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish();
+        let before = self.stream.len();
+        self.stream.extend_from_slice(&filter);
+        super::block::append_trailer(&mut self.stream, before);
+        let filter_handle = self.block_handle(before);
+
+        let mut metaindex = BlockBuilder::new(1);
+        let mut encoded = Vec::new();
+        filter_handle.encode_to(&mut encoded);
+        metaindex.add(FILTER_NAME, &encoded);
+        let before = self.stream.len();
+        metaindex.finish_into(&mut self.stream);
+        let metaindex_handle = self.block_handle(before);
+
+        let before = self.stream.len();
+        let mut index = std::mem::replace(&mut self.index, BlockBuilder::new(1));
+        index.finish_into(&mut self.stream);
+        let index_handle = self.block_handle(before);
+
+        let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
+        self.stream.extend_from_slice(&footer);
+        self.table_len += FOOTER_BYTES as u64;
+        self.stage().await?;
+        if !self.stream.is_empty() {
+            let mut buf = self.file.alloc_buf(self.stream.len());
+            buf.extend_from_slice(&self.stream);
+            buf.pad_to_alignment();
+            self.stream.clear();
+            self.submit(buf).await?;
+        }
+        while let Some(write) = self.in_flight.pop_front() {
+            write.await?;
+        }
+        // The last write was padded to the alignment: cut the padding off.
+        self.file.set_len(self.table_len).await?;
+        self.file.sync_data().await?;
+        Ok(TableInfo { size_bytes: self.table_len, entries: self.entries, data_blocks: self.data_blocks })
+    }
+}
+
+/// Polls a future once with a no-op waker; `Some` if it finished.
+fn futures_util_poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(value) => Some(value),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// An open table: index and filter pinned in memory.
+pub(crate) struct TableReader {
+    file: DirectFile,
+    path: PathBuf,
+    size_bytes: u64,
+    index: Block,
+    filter: Bytes,
+}
+
+impl TableReader {
+    /// Opens a table, reading and verifying its footer, metaindex, filter and index.
+    pub(crate) async fn open(io: &Io, path: &Path) -> Result<TableReader> {
+        let file = DirectFile::open_read_only(io, path).await?;
+        let size_bytes = file.len()?;
+        let corrupt = |offset: u64, reason: String| Error::Corruption { file: path.to_path_buf(), offset, reason };
+        if size_bytes < FOOTER_BYTES as u64 {
+            return Err(corrupt(0, format!("file of {size_bytes} bytes is too short for a table")));
+        }
+        let footer_bytes = read_range(&file, size_bytes - FOOTER_BYTES as u64, FOOTER_BYTES).await?;
+        let footer = Footer::decode(&footer_bytes, path, size_bytes)?;
+        let source = BlockSource { file: &file, path, size_bytes };
+        let metaindex = source.read_block(footer.metaindex).await?;
+        let mut filter_handle = None;
+        let mut iter = metaindex.iter();
+        while let Some((name, value)) = iter.next_entry(path, footer.metaindex.offset)? {
+            if name == FILTER_NAME {
+                let handle = BlockHandle::decode_from(&mut Reader::new(&value))
+                    .ok_or_else(|| corrupt(footer.metaindex.offset, "malformed filter handle".into()))?;
+                filter_handle = Some(handle);
+            }
+        }
+        // A table without a filter is readable; every lookup then reads a block.
+        let filter = match filter_handle {
+            Some(handle) => source.read_block_bytes(handle).await?,
+            None => Bytes::new(),
+        };
+        let index = source.read_block(footer.index).await?;
+        Ok(TableReader { path: path.to_path_buf(), size_bytes, index, filter, file })
+    }
+
+    /// The table's size in bytes.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn source(&self) -> BlockSource<'_> {
+        BlockSource { file: &self.file, path: &self.path, size_bytes: self.size_bytes }
+    }
+
+    /// The newest entry for `user_key` visible at `snapshot`, if this table has one.
+    pub(crate) async fn get(&self, user_key: &[u8], snapshot: SeqNo) -> Result<Option<MemtableValue>> {
+        if !BloomFilter::from_block(&self.filter).may_contain(user_key) {
+            return Ok(None);
+        }
+        let lookup = InternalKey::lookup(user_key, snapshot);
+        let Some((_, handle_bytes)) = self.index.seek(lookup.encoded(), compare_internal_keys, &self.path, 0)? else {
+            return Ok(None);
+        };
+        let handle = BlockHandle::decode_from(&mut Reader::new(&handle_bytes)).ok_or_else(|| Error::Corruption {
+            file: self.path.clone(),
+            offset: 0,
+            reason: "malformed block handle in the index".into(),
+        })?;
+        let block = self.source().read_block(handle).await?;
+        let Some((key, value)) = block.seek(lookup.encoded(), compare_internal_keys, &self.path, handle.offset)? else {
+            return Ok(None);
+        };
+        let parsed = ParsedInternalKey::parse(&key).ok_or_else(|| Error::Corruption {
+            file: self.path.clone(),
+            offset: handle.offset,
+            reason: "malformed internal key in a data block".into(),
+        })?;
+        if parsed.user_key != user_key {
+            return Ok(None);
+        }
+        Ok(Some(match parsed.kind {
+            ValueKind::Put => MemtableValue::Put(value),
+            ValueKind::Delete => MemtableValue::Deleted,
+        }))
+    }
+}
+
+/// Reads verified blocks of one table file.
+struct BlockSource<'a> {
+    file: &'a DirectFile,
+    path: &'a Path,
+    size_bytes: u64,
+}
+
+impl BlockSource<'_> {
+    async fn read_block_bytes(&self, handle: BlockHandle) -> Result<Bytes> {
+        let end = handle.offset.checked_add(handle.size).and_then(|end| end.checked_add(TRAILER_BYTES as u64));
+        let Some(end) = end.filter(|end| *end <= self.size_bytes) else {
+            return Err(Error::Corruption {
+                file: self.path.to_path_buf(),
+                offset: handle.offset,
+                reason: format!("block handle {handle:?} points outside the {}-byte table", self.size_bytes),
+            });
+        };
+        let raw = read_range(self.file, handle.offset, (end - handle.offset) as usize).await?;
+        verify_trailer(raw, self.path, handle.offset)
+    }
+
+    async fn read_block(&self, handle: BlockHandle) -> Result<Block> {
+        let contents = self.read_block_bytes(handle).await?;
+        Block::new(contents, self.path, handle.offset)
+    }
+}
+
+/// Reads `len` bytes at `offset` through an aligned read of the range around them.
+async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<Bytes> {
+    let align = file.alignment() as u64;
+    let start = offset / align * align;
+    let end = (offset + len as u64).next_multiple_of(align);
+    let span = (end - start) as usize;
+    let buf = file.read_at(file.alloc_buf(span), start, span).await?;
+    let skip = (offset - start) as usize;
+    if buf.len() < skip + len {
+        return Err(Error::Corruption {
+            file: file.path().to_path_buf(),
+            offset,
+            reason: format!("wanted {len} bytes, the file ends first"),
+        });
+    }
+    Ok(buf.into_bytes().slice(skip..skip + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::IoOptions;
+    use crate::key::encode_internal_key;
+    use std::collections::BTreeMap;
+
+    /// (user key, seq) -> Some(value) for puts, None for deletes.
+    type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), Option<Vec<u8>>>;
+
+    fn model(n: usize, seed: u64) -> Model {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut model = Model::new();
+        for seq in 1..=n as u64 {
+            let key = format!("key-{:05}", rng.gen_range(0..n / 2 + 1)).into_bytes();
+            let value = if rng.gen_bool(0.85) {
+                Some((0..rng.gen_range(0..120)).map(|_| rng.r#gen::<u8>()).collect())
+            } else {
+                None
+            };
+            model.insert((key, std::cmp::Reverse(seq)), value);
+        }
+        model
+    }
+
+    async fn write_table(io: &Io, path: &Path, model: &Model, options: TableOptions) -> TableInfo {
+        let file = DirectFile::create(io, path).await.unwrap();
+        let mut writer = TableWriter::new(&file, options);
+        for ((key, seq), value) in model {
+            let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+            let ikey = encode_internal_key(key, SeqNo(seq.0), kind);
+            writer.add(&ikey, value.as_deref().unwrap_or(&[])).await.unwrap();
+        }
+        writer.finish().await.unwrap()
+    }
+
+    fn expected(model: &Model, key: &[u8], snapshot: u64) -> Option<Option<Vec<u8>>> {
+        model
+            .range((key.to_vec(), std::cmp::Reverse(snapshot))..)
+            .next()
+            .filter(|((k, _), _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn tables_round_trip_for_every_block_size_and_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            for (i, (block, interval)) in
+                [(256usize, 1usize), (4096, 16), (16384, 3), (1 << 20, 64)].into_iter().enumerate()
+            {
+                let model = model(3000, i as u64);
+                let path = dir.path().join(format!("{i:06}.sst"));
+                let options = TableOptions {
+                    block_size_bytes: block,
+                    block_restart_interval: interval,
+                    staging_buffer_bytes: 64 * 1024,
+                    ..TableOptions::default()
+                };
+                let info = write_table(&io, &path, &model, options).await;
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), info.size_bytes, "exact length restored");
+                assert_eq!(info.entries, 3000);
+                let table = TableReader::open(&io, &path).await.unwrap();
+                for n in (0..1501).step_by(7) {
+                    let key = format!("key-{n:05}").into_bytes();
+                    for snapshot in [0u64, 500, 1500, 3000, SeqNo::MAX.0] {
+                        let got = table.get(&key, SeqNo(snapshot)).await.unwrap();
+                        let want = expected(&model, &key, snapshot).map(|v| match v {
+                            Some(v) => MemtableValue::Put(Bytes::from(v)),
+                            None => MemtableValue::Deleted,
+                        });
+                        assert_eq!(got, want, "block {block}: key {n} at {snapshot}");
+                    }
+                }
+                assert_eq!(table.get(b"absent", SeqNo::MAX).await.unwrap(), None);
+            }
+        });
+    }
+
+    #[test]
+    fn large_values_and_tiny_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            let mut model = Model::new();
+            model.insert((b"a".to_vec(), std::cmp::Reverse(1)), Some(vec![7u8; 100_000]));
+            model.insert((b"b".to_vec(), std::cmp::Reverse(2)), Some(Vec::new()));
+            model.insert((vec![b'c'; 2000], std::cmp::Reverse(3)), Some(b"x".to_vec()));
+            let path = dir.path().join("big.sst");
+            write_table(&io, &path, &model, TableOptions::default()).await;
+            let table = TableReader::open(&io, &path).await.unwrap();
+            assert_eq!(
+                table.get(b"a", SeqNo::MAX).await.unwrap(),
+                Some(MemtableValue::Put(Bytes::from(vec![7u8; 100_000])))
+            );
+            assert_eq!(table.get(b"b", SeqNo::MAX).await.unwrap(), Some(MemtableValue::Put(Bytes::new())));
+            assert_eq!(
+                table.get(&[b'c'; 2000], SeqNo::MAX).await.unwrap(),
+                Some(MemtableValue::Put(Bytes::from_static(b"x")))
+            );
+        });
+    }
+
+    #[test]
+    fn damaged_tables_are_corruption_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            let model = model(500, 9);
+            let path = dir.path().join("good.sst");
+            let info =
+                write_table(&io, &path, &model, TableOptions { block_size_bytes: 512, ..TableOptions::default() })
+                    .await;
+            let good = std::fs::read(&path).unwrap();
+            let bad = dir.path().join("bad.sst");
+            let mut rng = 0x1234_5678u64;
+            for round in 0..300 {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let mut bytes = good.clone();
+                match round % 3 {
+                    0 => bytes.truncate((rng % info.size_bytes) as usize),
+                    1 => {
+                        let at = (rng % info.size_bytes) as usize;
+                        bytes[at] ^= 1 << (rng % 8);
+                    }
+                    _ => {
+                        let at = (rng % info.size_bytes) as usize;
+                        let end = (at + 64).min(bytes.len());
+                        bytes[at..end].fill(0);
+                    }
+                }
+                std::fs::write(&bad, &bytes).unwrap();
+                let table = match TableReader::open(&io, &bad).await {
+                    Ok(table) => table,
+                    Err(Error::Corruption { .. }) => continue,
+                    Err(other) => panic!("round {round}: unexpected {other}"),
+                };
+                for n in (0..251).step_by(5) {
+                    match table.get(format!("key-{n:05}").as_bytes(), SeqNo::MAX).await {
+                        Ok(_) | Err(Error::Corruption { .. }) => {}
+                        Err(other) => panic!("round {round}: unexpected {other}"),
+                    }
+                }
+            }
+        });
+    }
+}
