@@ -124,20 +124,17 @@ impl<'f> TableWriter<'f> {
             return;
         }
         let separator = self.data.last_key().to_vec();
-        let handle = self.append_block(|data, out| data.finish_into(out));
+        let before = self.stream.len();
+        self.data.finish_into(&mut self.stream);
+        let handle = self.block_handle(before);
         let mut encoded = Vec::new();
         handle.encode_to(&mut encoded);
         self.index.add(&separator, &encoded);
         self.data_blocks += 1;
     }
 
-    /// Appends a block produced by `emit` to the stream; returns its handle.
-    fn append_block(&mut self, emit: impl FnOnce(&mut BlockBuilder, &mut Vec<u8>)) -> BlockHandle {
-        let before = self.stream.len();
-        emit(&mut self.data, &mut self.stream);
-        self.block_handle(before)
-    }
-
+    /// The handle of the block appended to the stream since `before`, which
+    /// also advances the table length past it.
     fn block_handle(&mut self, before: usize) -> BlockHandle {
         let block_len = (self.stream.len() - before) as u64;
         let handle = BlockHandle { offset: self.table_len, size: block_len - TRAILER_BYTES as u64 };
@@ -167,7 +164,7 @@ impl<'f> TableWriter<'f> {
         self.written_len += buf.len() as u64;
         let mut write: WriteFuture<'f> = Box::pin(self.file.write_at(buf, offset));
         // Poll once so the write is submitted now and runs while we keep encoding.
-        if let Some(done) = futures_util_poll_once(&mut write) {
+        if let Some(done) = poll_once(&mut write) {
             done?;
         } else {
             self.in_flight.push_back(write);
@@ -194,8 +191,7 @@ impl<'f> TableWriter<'f> {
         let metaindex_handle = self.block_handle(before);
 
         let before = self.stream.len();
-        let mut index = std::mem::replace(&mut self.index, BlockBuilder::new(1));
-        index.finish_into(&mut self.stream);
+        self.index.finish_into(&mut self.stream);
         let index_handle = self.block_handle(before);
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
@@ -220,7 +216,7 @@ impl<'f> TableWriter<'f> {
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
-fn futures_util_poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
+fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match future.as_mut().poll(&mut cx) {
