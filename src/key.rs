@@ -169,6 +169,7 @@ impl<'a> ParsedInternalKey<'a> {
     }
 
     /// Encodes it back (appending to `out`).
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     pub(crate) fn encode_to(&self, out: &mut Vec<u8>) {
         encode_internal_key_to(out, self.user_key, self.seq, self.kind);
     }
@@ -273,6 +274,7 @@ impl InternalKey {
 
     /// Wraps encoded bytes (for example a key read from a block) after checking that they parse.
     /// `None` means corruption.
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     pub(crate) fn from_encoded(encoded: Bytes) -> Option<InternalKey> {
         ParsedInternalKey::parse(&encoded)?;
         Some(InternalKey(KeyRepr::Shared(encoded)))
@@ -289,12 +291,14 @@ impl InternalKey {
     }
 
     /// The user key, borrowed.
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     pub(crate) fn user_key(&self) -> &[u8] {
         &self.encoded()[..self.user_key_len()]
     }
 
     /// The user key as [`Bytes`]: a zero-copy slice for shared keys, a copy of
     /// (at most 30) bytes for inline ones.
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     pub(crate) fn user_key_bytes(&self) -> Bytes {
         match &self.0 {
             KeyRepr::Shared(bytes) => bytes.slice(..self.user_key_len()),
@@ -308,10 +312,12 @@ impl InternalKey {
     }
 
     /// The entry's kind.
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     pub(crate) fn kind(&self) -> ValueKind {
         self.parsed().kind
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // range scans and compaction (issue 5)
     fn user_key_len(&self) -> usize {
         // Cannot underflow: the invariant guarantees at least TRAILER_LEN bytes.
         self.encoded().len() - TRAILER_LEN

@@ -127,33 +127,54 @@ fn limits_are_invalid_arguments() {
     });
 }
 
+fn files_with_extension(dir: &std::path::Path, extension: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == extension))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_memtables_are_frozen_and_stay_readable() {
+async fn full_memtables_are_flushed_to_tables_and_their_logs_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { write_buffer_size_bytes: 64 * 1024, max_immutable_memtables: 8, ..small_options() };
+    let options = Options { write_buffer_size_bytes: 64 * 1024, max_immutable_memtables: 2, ..small_options() };
     let db = Db::open(dir.path(), options.clone()).await.unwrap();
     for i in 0..2000u32 {
         db.put(i.to_be_bytes(), [7u8; 100]).await.unwrap();
     }
-    let logs = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
-        .count();
-    assert!(logs >= 4, "each frozen memtable got its own log, found {logs}");
-    for i in (0..2000u32).step_by(97) {
-        assert!(db.get(i.to_be_bytes()).await.unwrap().is_some());
+    db.flush().await.unwrap();
+    let stats = db.stats();
+    assert!(stats.flush.flushes >= 4, "{stats:?}");
+    assert_eq!(stats.level0_tables as u64, stats.flush.flushes);
+    assert_eq!(files_with_extension(dir.path(), "sst"), stats.level0_tables);
+    // Left: the active memtable's log and the spare prepared for the next one.
+    assert!(files_with_extension(dir.path(), "wal") <= 2, "flushed logs are deleted");
+    for i in (0..2000u32).step_by(7) {
+        assert_eq!(db.get(i.to_be_bytes()).await.unwrap().as_deref(), Some(&[7u8; 100][..]), "key {i}");
     }
+    assert!(db.stats().block_cache.misses > 0, "reads went to the tables");
+    db.delete(5u32.to_be_bytes()).await.unwrap();
     db.close().await.unwrap();
     let db = Db::open(dir.path(), options).await.unwrap();
-    for i in (0..2000u32).step_by(89) {
-        assert!(db.get(i.to_be_bytes()).await.unwrap().is_some(), "key {i} after reopen");
+    for i in (0..2000u32).step_by(7) {
+        assert_eq!(db.get(i.to_be_bytes()).await.unwrap().is_some(), i != 5, "key {i} after reopen");
     }
+    db.flush().await.unwrap();
+    assert_eq!(db.get(5u32.to_be_bytes()).await.unwrap(), None, "the tombstone shadows the table's value");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_when_the_immutable_memtables_are_at_their_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { write_buffer_size_bytes: 16 * 1024, max_immutable_memtables: 1, ..small_options() };
+    let faults = FaultInjector::new();
+    let options = Options {
+        write_buffer_size_bytes: 16 * 1024,
+        max_immutable_memtables: 1,
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..small_options()
+    };
+    // A slow device for tables only: flushes take 200 ms per write.
+    faults.add(FaultRule::new(FaultAction::DelayMs(200)).op(IoOp::Write).path_contains(".sst"));
     let db = Db::open(dir.path(), options).await.unwrap();
     let writer = {
         let db = db.clone();
@@ -163,13 +184,22 @@ async fn writes_wait_when_the_immutable_memtables_are_at_their_bound() {
             }
         })
     };
-    // Without table flushes (next issue) nothing makes room: the writer must stall, not fail or grow.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!writer.is_finished(), "writes past the bound must wait");
-    let stalled_at =
-        (0..1000u32).rev().find(|i| futures::executor::block_on(db.get(i.to_be_bytes())).unwrap().is_some());
-    assert!(stalled_at.is_some_and(|i| i < 999));
-    writer.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!writer.is_finished(), "writes past the bound must wait for the flush");
+    let stalled_at = futures::future::join_all((0..1000u32).map(|i| {
+        let db = db.clone();
+        async move { db.get(i.to_be_bytes()).await.unwrap().is_some() }
+    }))
+    .await
+    .iter()
+    .rposition(|found| *found);
+    assert!(stalled_at.is_some_and(|i| i < 999), "{stalled_at:?}");
+    faults.clear();
+    tokio::time::timeout(Duration::from_secs(60), writer).await.expect("flushes make room").unwrap();
+    assert!(db.stats().flush.flushes > 0);
+    for i in (0..1000u32).step_by(13) {
+        assert!(db.get(i.to_be_bytes()).await.unwrap().is_some(), "key {i}");
+    }
 }
 
 #[test]
@@ -189,7 +219,7 @@ fn a_failed_log_write_poisons_the_database_but_reads_and_reopen_work() {
             let mut batch = WriteBatch::new();
             batch.put("acked", "1");
             db.write(batch, synced).await.unwrap();
-            faults.add(FaultRule::new(action).op(op).path_contains("000001.wal").times(1));
+            faults.add(FaultRule::new(action).op(op).path_contains("000002.wal").times(1));
             let mut batch = WriteBatch::new();
             batch.put("failed", "2");
             let err = db.write(batch, synced).await.unwrap_err();

@@ -17,10 +17,12 @@ fn ops_per_phase() -> usize {
 }
 
 fn options() -> Options {
-    // Small memtables so freezing and multi-log recovery happen often.
+    // Small memtables so that freezes and flushes to tables happen many times
+    // per phase, and reads and snapshots cross memtables and tables.
     Options {
-        write_buffer_size_bytes: 256 * 1024,
-        max_immutable_memtables: 64,
+        write_buffer_size_bytes: 64 * 1024,
+        max_immutable_memtables: 2,
+        block_size_bytes: 1024,
         wal_preallocate_bytes: 128 * 1024,
         wal_buffer_size_bytes: 16 * 1024,
         ..Options::default()
@@ -141,6 +143,13 @@ async fn random_operations_match_a_btreemap_across_reopens() {
             models.push(task.await.unwrap());
         }
         check_all(&db, &models, &format!("end of phase {phase}")).await;
+        let stats = db.stats();
+        assert!(stats.flush.flushes > 0 && stats.level0_tables > 0, "phase {phase} flushed tables: {stats:?}");
+        if phase == 1 {
+            // Everything in tables, nothing in memtables: reads come from tables alone.
+            db.flush().await.unwrap();
+            check_all(&db, &models, "after a full flush").await;
+        }
         if phase % 2 == 0 {
             db.close().await.unwrap();
         } else {

@@ -22,6 +22,7 @@ use super::options::Durability;
 use crate::io::Io;
 use crate::key::SeqNo;
 use crate::memtable::Memtable;
+use crate::version::Version;
 use crate::wal::WalWriter;
 use crate::{Error, Result};
 
@@ -68,15 +69,24 @@ pub(crate) struct LogState {
     pub(crate) spare_payloads: Vec<Vec<u8>>,
     /// The number of the log being prepared for the next memtable switch.
     pub(crate) spare_log: Option<u64>,
+    /// The live tables; replaced (never modified) by flushes.
+    pub(crate) version: Arc<Version>,
+    /// Memtables frozen since open (the recovered one included) and flushed
+    /// since open: `Db::flush` waits until the second reaches the first.
+    pub(crate) frozen_memtables: u64,
+    pub(crate) flushed_memtables: u64,
 }
 
 /// What the write path and the writer thread share.
 pub(crate) struct LogShared {
     pub(crate) state: Mutex<LogState>,
     pub(crate) work: Condvar,
+    /// Wakes the flush thread (a memtable froze, or the database closes).
+    pub(crate) flush_work: Condvar,
     /// Every write with a sequence number <= this is readable.
     pub(crate) visible_seq: AtomicU64,
-    /// Wakes writers waiting for room (a flushed immutable memtable).
+    /// Wakes writers waiting for room and `Db::flush` callers (a flushed
+    /// immutable memtable, or a failure).
     pub(crate) room: event_listener::Event,
     pub(crate) dir: PathBuf,
     pub(crate) wal_preallocate_bytes: u64,
@@ -166,6 +176,7 @@ impl Drop for PanicGuard<'_> {
             let _ = done.send(Err(Error::Poisoned("the log writer thread panicked".into())));
         }
         self.0.room.notify(usize::MAX);
+        self.0.flush_work.notify_all();
     }
 }
 
@@ -309,6 +320,7 @@ fn poison(shared: &LogShared, error: &Error) -> String {
     };
     tracing::error!(error = %error, "write-ahead log write failed: the database refuses further writes");
     shared.room.notify(usize::MAX);
+    shared.flush_work.notify_all();
     reason
 }
 

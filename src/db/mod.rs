@@ -1,7 +1,9 @@
 //! The database: open and recovery, the write path, reads and snapshots.
 
+mod flush;
 mod log;
 mod options;
+mod recovery;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -11,14 +13,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+pub use flush::FlushStats;
 pub use options::{Durability, Options, WriteOptions};
 
 use crate::batch::{WriteBatch, decode_batches};
 use crate::io::{DirLock, Io};
 use crate::key::SeqNo;
 use crate::memtable::{Memtable, MemtableValue};
-use crate::wal::{RecoveryMode, WalWriter, read_log};
+use crate::sst::cache::{BlockCache, BlockCacheStats};
+use crate::version::{ManifestWriter, Version};
+use crate::wal::WalWriter;
 use crate::{Error, IoOp, Result};
+use flush::{FlushCounters, Flusher};
 use log::{LogShared, LogState, MemtableSlot, Waiter, log_path};
 
 /// An open database. Cheap to clone (`Arc` inside); `Send + Sync`; every method
@@ -45,7 +51,10 @@ pub struct Db {
 struct DbInner {
     log: Arc<LogShared>,
     options: Options,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The log writer and the flush thread.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    cache: Option<Arc<BlockCache>>,
+    flush_counters: Arc<FlushCounters>,
     io: Io,
     _lock: DirLock,
     path: PathBuf,
@@ -58,7 +67,8 @@ impl Drop for DbInner {
         // thread of this handle can touch the log any more.
         self.log.lock().closing = true;
         self.log.work.notify_all();
-        if let Some(thread) = self.writer_thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        self.log.flush_work.notify_all();
+        for thread in self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = thread.join();
         }
     }
@@ -75,7 +85,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The value of `key` as of the snapshot.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.db.get_at(key.as_ref(), self.seq)
+        self.db.get_at(key.as_ref(), self.seq).await
     }
 
     /// The sequence number the snapshot reads at.
@@ -102,11 +112,7 @@ impl Db {
     /// another process, fails with an error saying it is locked.
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = path.as_ref().to_path_buf();
-        if options.write_buffer_size_bytes == 0 || options.max_immutable_memtables == 0 {
-            return Err(Error::InvalidArgument(
-                "write_buffer_size_bytes and max_immutable_memtables must be positive".into(),
-            ));
-        }
+        options.validate()?;
         if !dir.exists() {
             if !options.create_if_missing {
                 return Err(Error::InvalidArgument(format!("{} does not exist", dir.display())));
@@ -122,16 +128,31 @@ impl Db {
         let io = Io::new(options.io.clone())?;
         // The directory's own entry must be durable before anything in it is.
         io.sync_dir(crate::io::parent_dir(&dir)).await?;
-        let recovered = recover(&io, &dir, &options).await?;
-        let log_number = recovered.next_file_number;
+        let cache =
+            (options.block_cache_size_bytes > 0).then(|| Arc::new(BlockCache::new(options.block_cache_size_bytes)));
+        let recovered = recovery::recover(&io, &dir, &options, cache.clone()).await?;
+        // Every open starts a new MANIFEST holding the recovered state, and a new log.
+        let manifest_number = recovered.next_file_number;
+        let log_number = manifest_number + 1;
+        let mut manifest_state = recovered.manifest;
+        manifest_state.next_file_number = log_number + 1;
+        let manifest =
+            ManifestWriter::create(&io, &dir, manifest_number, &manifest_state, recovered.manifest_number).await?;
         let wal =
             WalWriter::create(&io, &log_path(&dir, log_number), log_number, options.wal_preallocate_bytes).await?;
-        let mut log_numbers = recovered.log_numbers;
-        log_numbers.push(log_number);
+        // Replayed writes go straight to the flush queue, so their logs do not
+        // pile up across reopens.
+        let mut immutables = Vec::new();
+        if !recovered.memtable.is_empty() {
+            immutables
+                .push(MemtableSlot { memtable: Arc::new(recovered.memtable), log_numbers: recovered.log_numbers });
+        }
         let state = LogState {
             next_seq: recovered.last_seq.next(),
-            active: MemtableSlot { memtable: Arc::new(recovered.memtable), log_numbers },
-            immutables: Vec::new(),
+            active: MemtableSlot { memtable: Arc::new(Memtable::new()), log_numbers: vec![log_number] },
+            frozen_memtables: immutables.len() as u64,
+            flushed_memtables: 0,
+            immutables,
             pending: Default::default(),
             pending_bytes: 0,
             waiting_writes: 0,
@@ -141,10 +162,12 @@ impl Db {
             next_file_number: log_number + 1,
             spare_payloads: Vec::new(),
             spare_log: None,
+            version: Arc::new(Version::new(recovered.tables)),
         };
         let shared = Arc::new(LogShared {
             state: Mutex::new(state),
             work: Condvar::new(),
+            flush_work: Condvar::new(),
             visible_seq: AtomicU64::new(recovered.last_seq.0),
             room: event_listener::Event::new(),
             dir: dir.clone(),
@@ -153,24 +176,42 @@ impl Db {
             wal_buffer_size_bytes: options.wal_buffer_size_bytes,
             group_commit_wait: Duration::from_micros(options.group_commit_wait_us),
         });
-        let thread_shared = Arc::clone(&shared);
+        let spawn_error = |source| Error::Io { op: IoOp::Setup, path: dir.clone(), offset: None, source };
         let writer = std::thread::Builder::new()
             .name("ringdb-wal".into())
             .spawn({
-                let io = io.clone();
-                move || log::writer_thread(thread_shared, io, Some(wal))
+                let (shared, io) = (Arc::clone(&shared), io.clone());
+                move || log::writer_thread(shared, io, Some(wal))
             })
-            .map_err(|source| Error::Io { op: IoOp::Setup, path: dir.clone(), offset: None, source })?;
-        Ok(Db {
+            .map_err(spawn_error)?;
+        let flush_counters = Arc::new(FlushCounters::default());
+        let flusher = Flusher {
+            shared: Arc::clone(&shared),
+            io: io.clone(),
+            manifest,
+            manifest_state,
+            table_options: options.table_options(),
+            cache: cache.clone(),
+            counters: Arc::clone(&flush_counters),
+        };
+        let flush_thread =
+            std::thread::Builder::new().name("ringdb-flush".into()).spawn(move || flush::flush_thread(flusher));
+        let db = Db {
             inner: Arc::new(DbInner {
                 log: shared,
                 options,
-                writer_thread: Mutex::new(Some(writer)),
+                threads: Mutex::new(vec![writer]),
+                cache,
+                flush_counters,
                 io,
                 _lock: lock,
-                path: dir,
+                path: dir.clone(),
             }),
-        })
+        };
+        // On failure `db` drops here, which stops the log writer.
+        let flush_thread = flush_thread.map_err(spawn_error)?;
+        db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(flush_thread);
+        Ok(db)
     }
 
     /// The database directory.
@@ -236,9 +277,13 @@ impl Db {
     /// Freezes a full active memtable if there is room for another immutable
     /// one; false if writes must wait.
     fn make_room(&self, state: &mut LogState) -> bool {
-        if state.active.memtable.approximate_size_bytes() < self.inner.options.write_buffer_size_bytes {
-            return true;
-        }
+        let full = state.active.memtable.approximate_size_bytes() >= self.inner.options.write_buffer_size_bytes;
+        !full || self.freeze(state)
+    }
+
+    /// Freezes the active memtable unless the immutable ones are at their
+    /// bound (false: the caller must wait for a flush).
+    fn freeze(&self, state: &mut LogState) -> bool {
         if state.immutables.len() >= self.inner.options.max_immutable_memtables {
             return false;
         }
@@ -250,6 +295,8 @@ impl Db {
         let fresh = MemtableSlot { memtable: Arc::new(Memtable::new()), log_numbers: vec![log_number] };
         let frozen = std::mem::replace(&mut state.active, fresh);
         state.immutables.push(frozen);
+        state.frozen_memtables += 1;
+        self.inner.log.flush_work.notify_one();
         true
     }
 
@@ -301,10 +348,10 @@ impl Db {
 
     /// The current value of `key`, or `None` if it was never set or was deleted.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.get_at(key.as_ref(), self.inner.log.visible())
+        self.get_at(key.as_ref(), self.inner.log.visible()).await
     }
 
-    fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Bytes>> {
+    async fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Bytes>> {
         if key.is_empty() || key.len() > crate::MAX_KEY_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "keys must be 1..={} bytes, got {}",
@@ -312,12 +359,15 @@ impl Db {
                 key.len()
             )));
         }
-        let memtables: Vec<Arc<Memtable>> = {
+        // Memtables and version are taken together: a flush moves data from one
+        // to the other in one step under this lock.
+        let (memtables, version): (Vec<Arc<Memtable>>, Arc<Version>) = {
             let state = self.inner.log.lock();
-            std::iter::once(&state.active)
+            let memtables = std::iter::once(&state.active)
                 .chain(state.immutables.iter().rev())
                 .map(|s| Arc::clone(&s.memtable))
-                .collect()
+                .collect();
+            (memtables, Arc::clone(&state.version))
         };
         for memtable in memtables {
             match memtable.get(key, seq) {
@@ -326,7 +376,64 @@ impl Db {
                 None => {}
             }
         }
+        for table in version.tables_for_key(key) {
+            match table.reader.get(key, seq).await? {
+                Some(MemtableValue::Put(value)) => return Ok(Some(value)),
+                Some(MemtableValue::Deleted) => return Ok(None),
+                None => {}
+            }
+        }
         Ok(None)
+    }
+
+    /// Flushes every memtable holding data (the active one included) to
+    /// tables and waits until they are recorded. Writes go on meanwhile.
+    pub async fn flush(&self) -> Result<()> {
+        let log = &self.inner.log;
+        let target = loop {
+            let listener = {
+                let mut state = log.lock();
+                if let Some(reason) = &state.poisoned {
+                    return Err(Error::Poisoned(reason.clone()));
+                }
+                if state.closing {
+                    return Err(Error::Closed);
+                }
+                if state.active.memtable.is_empty() || self.freeze(&mut state) {
+                    break state.frozen_memtables;
+                }
+                log.room.listen()
+            };
+            listener.await;
+        };
+        loop {
+            let listener = {
+                let state = log.lock();
+                if state.flushed_memtables >= target {
+                    return Ok(());
+                }
+                if let Some(reason) = &state.poisoned {
+                    return Err(Error::Poisoned(reason.clone()));
+                }
+                if state.closing {
+                    return Err(Error::Closed);
+                }
+                log.room.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Counters: flushes, the block cache, the I/O backend, the tables.
+    pub fn stats(&self) -> Stats {
+        let version = Arc::clone(&self.inner.log.lock().version);
+        Stats {
+            flush: self.inner.flush_counters.snapshot(),
+            block_cache: self.inner.cache.as_ref().map(|cache| cache.stats()).unwrap_or_default(),
+            io: self.inner.io.stats(),
+            level0_tables: version.level0.len(),
+            level0_bytes: version.size_bytes(),
+        }
     }
 
     /// A snapshot of the acknowledged writes.
@@ -373,14 +480,18 @@ impl Db {
             }
         };
         self.inner.log.work.notify_all();
+        self.inner.log.flush_work.notify_all();
         // Writers waiting for room must see `closing`.
         self.inner.log.room.notify(usize::MAX);
-        let thread = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
-            // The thread exits right after the flush above; waiting here is brief.
+        let threads: Vec<_> = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        if !threads.is_empty() {
+            // The log writer exits right after the flush above, the flush thread
+            // after the table it is writing, if any. Joined off the caller's executor.
             let (done, joined) = oneshot::channel();
             std::thread::spawn(move || {
-                let _ = thread.join();
+                for thread in threads {
+                    let _ = thread.join();
+                }
                 let _ = done.send(());
             });
             let _ = joined.await;
@@ -389,95 +500,17 @@ impl Db {
     }
 }
 
-/// Keeps a log that recovery chose not to replay, under a name that is never read again.
-async fn set_aside(io: &Io, path: &Path) -> Result<()> {
-    let mut dropped = path.as_os_str().to_owned();
-    dropped.push(".dropped");
-    io.rename(path, PathBuf::from(dropped)).await
-}
-
-struct Recovered {
-    memtable: Memtable,
-    last_seq: SeqNo,
-    log_numbers: Vec<u64>,
-    next_file_number: u64,
-}
-
-/// Replays every WAL file of the directory, oldest first, into one memtable.
-async fn recover(io: &Io, dir: &Path, options: &Options) -> Result<Recovered> {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|source| Error::Io { op: IoOp::Open, path: dir.to_path_buf(), offset: None, source })?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .collect();
-    // A log whose creation was interrupted never held a write.
-    for name in names.iter().filter(|name| name.ends_with(".wal.tmp")) {
-        io.remove_file(dir.join(name)).await?;
-    }
-    let mut logs: Vec<u64> = names.iter().filter_map(|name| name.strip_suffix(".wal")?.parse().ok()).collect();
-    logs.sort_unstable();
-    let memtable = Memtable::new();
-    let mut last_seq = SeqNo::ZERO;
-    let mut kept = Vec::new();
-    // Set once the tolerant mode dropped something: later logs continue after
-    // the dropped writes, so replaying them would leave a gap.
-    let mut stop_replay = false;
-    for &log_number in &logs {
-        let path = log_path(dir, log_number);
-        if stop_replay {
-            set_aside(io, &path).await?;
-            continue;
-        }
-        let contents = read_log(io, &path, log_number, options.recovery_mode).await?;
-        if let Some(at) = contents.torn_tail_at {
-            tracing::info!(log = %path.display(), offset = at, "dropped the torn tail of a write-ahead log (a group whose write did not complete)");
-        }
-        if let Some((at, reason)) = &contents.dropped_at {
-            tracing::warn!(log = %path.display(), offset = at, %reason, "recovery mode dropped damaged log contents and every later log");
-            stop_replay = true;
-        }
-        let mut expected = last_seq.checked_next();
-        for (payload, range) in contents.payloads().zip(&contents.groups) {
-            let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
-            let replayed = decode_batches(payload, expected, |entry| {
-                memtable.insert(entry.key, entry.seq, entry.kind, entry.value);
-            });
-            match replayed {
-                Ok(last) => {
-                    last_seq = last;
-                    expected = last.checked_next();
-                }
-                // A gap between logs: writes are missing in between.
-                Err(reason) if options.recovery_mode == RecoveryMode::KeepPrefixDropRest => {
-                    tracing::warn!(log = %path.display(), offset = record_offset, %reason, "recovery mode dropped a log that does not continue the previous one, and every later log");
-                    stop_replay = true;
-                    break;
-                }
-                Err(reason) => return Err(Error::Corruption { file: path.clone(), offset: record_offset, reason }),
-            }
-        }
-        if contents.groups.is_empty() && contents.dropped_at.is_none() {
-            // Nothing acknowledged lives here (at most a torn, unacknowledged group): the log can go.
-            io.remove_file(&path).await?;
-        } else if stop_replay && contents.groups.is_empty() {
-            set_aside(io, &path).await?;
-        } else {
-            let file = crate::io::DirectFile::open(io, &path).await?;
-            if let Some(at) = contents.torn_tail_at {
-                // Cut the torn group off for good (this log is never appended to again).
-                file.set_len(at).await?;
-            }
-            if let Some((at, _)) = &contents.dropped_at {
-                // Make the drop permanent, or the next open would find the
-                // damage again and set aside the logs written after this one.
-                file.set_len(*at).await?;
-            }
-            // Written (not synced) groups of an earlier run may still sit in the
-            // device cache: make them durable before new synced writes can
-            // depend on them.
-            file.sync_data().await?;
-            kept.push(log_number);
-        }
-    }
-    io.sync_dir(dir).await?;
-    Ok(Recovered { memtable, last_seq, log_numbers: kept, next_file_number: logs.last().map_or(1, |n| n + 1) })
+/// A summary of the database's counters, from [`Db::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The flush pipeline.
+    pub flush: FlushStats,
+    /// The block cache (all zero when it is disabled).
+    pub block_cache: BlockCacheStats,
+    /// The I/O backend.
+    pub io: crate::io::IoStats,
+    /// Tables in level 0.
+    pub level0_tables: usize,
+    /// Bytes of level-0 tables.
+    pub level0_bytes: u64,
 }

@@ -28,6 +28,18 @@ pub struct Options {
     /// waits only after a synced group and only while fewer writers are queued
     /// than were in that group, so a lone writer never waits. Default: 200.
     pub group_commit_wait_us: u64,
+    /// Target size of a table's data blocks before the checksum trailer, in
+    /// bytes (a block holds at least one entry, so large values exceed it).
+    /// Default: 4096.
+    pub block_size_bytes: usize,
+    /// Entries between full keys (restart points) in a data block. Default: 16.
+    pub block_restart_interval: usize,
+    /// Bloom filter bits per key in each table (at most 64). Default: 10,
+    /// about 0.8% false positives.
+    pub bloom_bits_per_key: usize,
+    /// Memory for cached data blocks of tables, in bytes (0: no caching).
+    /// Index and filter blocks are pinned outside it. Default: 64 MiB.
+    pub block_cache_size_bytes: u64,
     /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
     pub recovery_mode: RecoveryMode,
     /// Create the directory if it does not exist. Default: true.
@@ -45,9 +57,40 @@ impl Default for Options {
             wal_flush_interval_ms: 100,
             wal_buffer_size_bytes: 1 << 20,
             group_commit_wait_us: 200,
+            block_size_bytes: 4096,
+            block_restart_interval: 16,
+            bloom_bits_per_key: 10,
+            block_cache_size_bytes: 64 << 20,
             recovery_mode: RecoveryMode::default(),
             create_if_missing: true,
             io: IoOptions::default(),
+        }
+    }
+}
+
+impl Options {
+    /// Rejects settings the engine cannot work with.
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let problem = if self.write_buffer_size_bytes == 0 || self.max_immutable_memtables == 0 {
+            "write_buffer_size_bytes and max_immutable_memtables must be positive"
+        } else if self.block_size_bytes == 0 || self.block_size_bytes > 64 << 20 {
+            "block_size_bytes must be 1..=64 MiB"
+        } else if self.block_restart_interval == 0 {
+            "block_restart_interval must be positive"
+        } else if self.bloom_bits_per_key > 64 {
+            "bloom_bits_per_key must be at most 64"
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::InvalidArgument(problem.into()))
+    }
+
+    pub(crate) fn table_options(&self) -> crate::sst::table::TableOptions {
+        crate::sst::table::TableOptions {
+            block_size_bytes: self.block_size_bytes,
+            block_restart_interval: self.block_restart_interval,
+            bloom_bits_per_key: self.bloom_bits_per_key,
+            ..Default::default()
         }
     }
 }

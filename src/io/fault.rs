@@ -41,12 +41,17 @@ pub enum FaultAction {
         /// How many bytes land before the failure.
         bytes: usize,
     },
+    /// The submitting thread sleeps this long, then the operation runs
+    /// normally: a slow device as seen by whoever issued the operation (for
+    /// tests of a slow flush; it blocks the thread, so use it only on
+    /// operations of engine threads).
+    DelayMs(u64),
 }
 
 impl FaultAction {
     fn applies_to(self, op: IoOp) -> bool {
         match self {
-            FaultAction::Error(_) => true,
+            FaultAction::Error(_) | FaultAction::DelayMs(_) => true,
             FaultAction::ShortTransfer { .. } => matches!(op, IoOp::Read | IoOp::Write),
             FaultAction::TornWrite { .. } => op == IoOp::Write,
         }

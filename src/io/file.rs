@@ -342,6 +342,7 @@ impl DirectFile {
                     torn = true;
                     cut_link = linked;
                 }
+                Some(FaultAction::DelayMs(ms)) => std::thread::sleep(std::time::Duration::from_millis(ms)),
                 None => {}
             }
             if linked

@@ -69,11 +69,6 @@ impl BlockBuilder {
         self.entries += 1;
     }
 
-    /// Entries added since the last reset.
-    pub(crate) fn len(&self) -> usize {
-        self.entries
-    }
-
     /// Whether nothing was added since the last reset.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries == 0

@@ -1,6 +1,7 @@
-//! Sorted string tables (`docs/format/sst.md`). This first part holds the
-//! block and filter codecs; the table writer (pipelined flush) and reader come next.
+//! Sorted string tables (`docs/format/sst.md`): the block and filter codecs,
+//! the table writer (the pipelined flush), the table reader and the block cache.
 
 pub(crate) mod block;
+pub(crate) mod cache;
 pub(crate) mod filter;
 pub(crate) mod table;

@@ -13,10 +13,12 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::block::{Block, BlockBuilder, BlockHandle, FOOTER_BYTES, Footer, TRAILER_BYTES, verify_trailer};
+use super::cache::BlockCache;
 use super::filter::{BloomBuilder, BloomFilter};
 use crate::coding::Reader;
 use crate::io::{AlignedBuf, DirectFile, Io};
@@ -76,6 +78,8 @@ pub(crate) struct TableWriter<'f> {
     in_flight: VecDeque<WriteFuture<'f>>,
     entries: u64,
     data_blocks: u64,
+    /// Time spent waiting for a write to finish before encoding could go on.
+    write_wait: std::time::Duration,
 }
 
 impl<'f> TableWriter<'f> {
@@ -95,6 +99,7 @@ impl<'f> TableWriter<'f> {
             in_flight: VecDeque::new(),
             entries: 0,
             data_blocks: 0,
+            write_wait: std::time::Duration::ZERO,
         }
     }
 
@@ -158,7 +163,9 @@ impl<'f> TableWriter<'f> {
     async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
         if self.in_flight.len() >= self.options.max_writes_in_flight.max(1) {
             let oldest = self.in_flight.pop_front().expect("non-empty");
+            let waiting_since = std::time::Instant::now();
             oldest.await?;
+            self.write_wait += waiting_since.elapsed();
         }
         let offset = self.written_len;
         self.written_len += buf.len() as u64;
@@ -170,6 +177,12 @@ impl<'f> TableWriter<'f> {
             self.in_flight.push_back(write);
         }
         Ok(())
+    }
+
+    /// Time spent so far waiting for the oldest write because every staging
+    /// buffer was in flight (the encoder was ahead of the device).
+    pub(crate) fn write_wait_time(&self) -> std::time::Duration {
+        self.write_wait
     }
 
     /// Writes the filter, metaindex, index and footer, waits for every write,
@@ -227,6 +240,9 @@ fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Op
 
 /// An open table: index and filter pinned in memory.
 pub(crate) struct TableReader {
+    /// The table's file number: its key in the block cache.
+    id: u64,
+    cache: Option<Arc<BlockCache>>,
     file: DirectFile,
     path: PathBuf,
     size_bytes: u64,
@@ -235,18 +251,19 @@ pub(crate) struct TableReader {
 }
 
 impl TableReader {
-    /// Opens a table, reading and verifying its footer, metaindex, filter and index.
-    pub(crate) async fn open(io: &Io, path: &Path) -> Result<TableReader> {
+    /// Opens a table, reading and verifying its footer, metaindex, filter and
+    /// index. Data blocks go through `cache` (keyed by `id`) when there is one.
+    pub(crate) async fn open(io: &Io, path: &Path, id: u64, cache: Option<Arc<BlockCache>>) -> Result<TableReader> {
         let file = DirectFile::open_read_only(io, path).await?;
         let size_bytes = file.len()?;
         let corrupt = |offset: u64, reason: String| Error::Corruption { file: path.to_path_buf(), offset, reason };
         if size_bytes < FOOTER_BYTES as u64 {
             return Err(corrupt(0, format!("file of {size_bytes} bytes is too short for a table")));
         }
-        let footer_bytes = read_range(&file, size_bytes - FOOTER_BYTES as u64, FOOTER_BYTES).await?;
+        let (footer_bytes, _) = read_range(&file, size_bytes - FOOTER_BYTES as u64, FOOTER_BYTES).await?;
         let footer = Footer::decode(&footer_bytes, path, size_bytes)?;
         let source = BlockSource { file: &file, path, size_bytes };
-        let metaindex = source.read_block(footer.metaindex).await?;
+        let (metaindex, _) = source.read_block(footer.metaindex).await?;
         let mut filter_handle = None;
         let mut iter = metaindex.iter();
         while let Some((name, value)) = iter.next_entry(path, footer.metaindex.offset)? {
@@ -258,11 +275,11 @@ impl TableReader {
         }
         // A table without a filter is readable; every lookup then reads a block.
         let filter = match filter_handle {
-            Some(handle) => source.read_block_bytes(handle).await?,
+            Some(handle) => source.read_block_bytes(handle).await?.0,
             None => Bytes::new(),
         };
-        let index = source.read_block(footer.index).await?;
-        Ok(TableReader { path: path.to_path_buf(), size_bytes, index, filter, file })
+        let (index, _) = source.read_block(footer.index).await?;
+        Ok(TableReader { id, cache, path: path.to_path_buf(), size_bytes, index, filter, file })
     }
 
     /// The table's size in bytes.
@@ -288,7 +305,7 @@ impl TableReader {
             offset: 0,
             reason: "malformed block handle in the index".into(),
         })?;
-        let block = self.source().read_block(handle).await?;
+        let block = self.data_block(handle).await?;
         let Some((key, value)) = block.seek(lookup.encoded(), compare_internal_keys, &self.path, handle.offset)? else {
             return Ok(None);
         };
@@ -307,6 +324,21 @@ impl TableReader {
     }
 }
 
+impl TableReader {
+    /// A data block from the cache, or read from the device (and cached).
+    async fn data_block(&self, handle: BlockHandle) -> Result<Block> {
+        let Some(cache) = &self.cache else {
+            return self.source().read_block(handle).await.map(|(block, _)| block);
+        };
+        if let Some(block) = cache.get(self.id, handle.offset) {
+            return Ok(block);
+        }
+        let (block, charge_bytes) = self.source().read_block(handle).await?;
+        cache.insert(self.id, handle.offset, block.clone(), charge_bytes);
+        Ok(block)
+    }
+}
+
 /// Reads verified blocks of one table file.
 struct BlockSource<'a> {
     file: &'a DirectFile,
@@ -315,7 +347,8 @@ struct BlockSource<'a> {
 }
 
 impl BlockSource<'_> {
-    async fn read_block_bytes(&self, handle: BlockHandle) -> Result<Bytes> {
+    /// The verified block contents, and the bytes of the read buffer they keep alive.
+    async fn read_block_bytes(&self, handle: BlockHandle) -> Result<(Bytes, u64)> {
         let end = handle.offset.checked_add(handle.size).and_then(|end| end.checked_add(TRAILER_BYTES as u64));
         let Some(end) = end.filter(|end| *end <= self.size_bytes) else {
             return Err(Error::Corruption {
@@ -324,18 +357,19 @@ impl BlockSource<'_> {
                 reason: format!("block handle {handle:?} points outside the {}-byte table", self.size_bytes),
             });
         };
-        let raw = read_range(self.file, handle.offset, (end - handle.offset) as usize).await?;
-        verify_trailer(raw, self.path, handle.offset)
+        let (raw, charge_bytes) = read_range(self.file, handle.offset, (end - handle.offset) as usize).await?;
+        Ok((verify_trailer(raw, self.path, handle.offset)?, charge_bytes))
     }
 
-    async fn read_block(&self, handle: BlockHandle) -> Result<Block> {
-        let contents = self.read_block_bytes(handle).await?;
-        Block::new(contents, self.path, handle.offset)
+    async fn read_block(&self, handle: BlockHandle) -> Result<(Block, u64)> {
+        let (contents, charge_bytes) = self.read_block_bytes(handle).await?;
+        Ok((Block::new(contents, self.path, handle.offset)?, charge_bytes))
     }
 }
 
-/// Reads `len` bytes at `offset` through an aligned read of the range around them.
-async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<Bytes> {
+/// Reads `len` bytes at `offset` through an aligned read of the range around
+/// them; also returns the size of that aligned read (the buffer the bytes keep alive).
+async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<(Bytes, u64)> {
     let align = file.alignment() as u64;
     let start = offset / align * align;
     let end = (offset + len as u64).next_multiple_of(align);
@@ -349,7 +383,7 @@ async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<Bytes>
             reason: format!("wanted {len} bytes, the file ends first"),
         });
     }
-    Ok(buf.into_bytes().slice(skip..skip + len))
+    Ok((buf.into_bytes().slice(skip..skip + len), span as u64))
 }
 
 #[cfg(test)]
@@ -416,7 +450,8 @@ mod tests {
                 let info = write_table(&io, &path, &model, options).await;
                 assert_eq!(std::fs::metadata(&path).unwrap().len(), info.size_bytes, "exact length restored");
                 assert_eq!(info.entries, 3000);
-                let table = TableReader::open(&io, &path).await.unwrap();
+                let cache = Arc::new(BlockCache::new(64 << 20));
+                let table = TableReader::open(&io, &path, 1, Some(Arc::clone(&cache))).await.unwrap();
                 for n in (0..1501).step_by(7) {
                     let key = format!("key-{n:05}").into_bytes();
                     for snapshot in [0u64, 500, 1500, 3000, SeqNo::MAX.0] {
@@ -429,6 +464,9 @@ mod tests {
                     }
                 }
                 assert_eq!(table.get(b"absent", SeqNo::MAX).await.unwrap(), None);
+                let stats = cache.stats();
+                // Five snapshots per key: the later lookups of a key find its block cached.
+                assert!(stats.hits > stats.misses && stats.misses > 0, "{stats:?}");
             }
         });
     }
@@ -444,7 +482,7 @@ mod tests {
             model.insert((vec![b'c'; 2000], std::cmp::Reverse(3)), Some(b"x".to_vec()));
             let path = dir.path().join("big.sst");
             write_table(&io, &path, &model, TableOptions::default()).await;
-            let table = TableReader::open(&io, &path).await.unwrap();
+            let table = TableReader::open(&io, &path, 2, None).await.unwrap();
             assert_eq!(
                 table.get(b"a", SeqNo::MAX).await.unwrap(),
                 Some(MemtableValue::Put(Bytes::from(vec![7u8; 100_000])))
@@ -488,7 +526,7 @@ mod tests {
                     }
                 }
                 std::fs::write(&bad, &bytes).unwrap();
-                let table = match TableReader::open(&io, &bad).await {
+                let table = match TableReader::open(&io, &bad, 3, None).await {
                     Ok(table) => table,
                     Err(Error::Corruption { .. }) => continue,
                     Err(other) => panic!("round {round}: unexpected {other}"),

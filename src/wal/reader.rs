@@ -51,6 +51,11 @@ impl LogContents {
 
 /// Reads a whole WAL file through the I/O layer and parses it.
 pub(crate) async fn read_log(io: &Io, path: &Path, log_number: u64, mode: RecoveryMode) -> Result<LogContents> {
+    let data = read_whole_file(io, path).await?;
+    parse_log(data, path, log_number, mode)
+}
+
+async fn read_whole_file(io: &Io, path: &Path) -> Result<Vec<u8>> {
     let file = DirectFile::open_read_only(io, path).await?;
     let len = file.len()?;
     let chunk = 1 << 20;
@@ -66,11 +71,47 @@ pub(crate) async fn read_log(io: &Io, path: &Path, log_number: u64, mode: Recove
         offset += buf.len() as u64;
     }
     data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
-    parse_log(data, path, log_number, mode)
+    Ok(data)
 }
 
 /// Parses a WAL image (`docs/format/wal.md`, "Reading"). Never panics on any input.
 pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: RecoveryMode) -> Result<LogContents> {
+    let mut last_seq: Option<SeqNo> = None;
+    let mut contents = parse_records(data, path, log_number, mode, |payload| {
+        let decoded = match last_seq.map(|s| s.checked_next().ok_or("sequence numbers overflow")) {
+            Some(Err(reason)) => Err(reason.to_string()),
+            Some(Ok(next)) => decode_batches(payload, Some(next), |_| {}),
+            None => decode_batches(payload, None, |_| {}),
+        };
+        last_seq = Some(decoded?);
+        Ok(())
+    })?;
+    contents.last_seq = last_seq;
+    Ok(contents)
+}
+
+/// Reads a whole file in the WAL container format whose payloads are not
+/// write batches (the MANIFEST), checking each payload with `check`.
+pub(crate) async fn read_records(
+    io: &Io,
+    path: &Path,
+    file_number: u64,
+    mode: RecoveryMode,
+    check: impl FnMut(&[u8]) -> std::result::Result<(), String>,
+) -> Result<LogContents> {
+    let data = read_whole_file(io, path).await?;
+    parse_records(data, path, file_number, mode, check)
+}
+
+/// Parses the WAL container: records are valid when their header and
+/// checksum hold and `check` accepts the payload. `last_seq` is left unset.
+pub(crate) fn parse_records(
+    data: Vec<u8>,
+    path: &Path,
+    log_number: u64,
+    mode: RecoveryMode,
+    mut check: impl FnMut(&[u8]) -> std::result::Result<(), String>,
+) -> Result<LogContents> {
     let corruption = |offset: u64, reason: String| Error::Corruption { file: path.to_path_buf(), offset, reason };
     if data.len() < SECTOR_BYTES {
         // Our O_DIRECT writes are whole sectors: a shorter file was cut or never finished.
@@ -92,24 +133,15 @@ pub(crate) fn parse_log(data: Vec<u8>, path: &Path, log_number: u64, mode: Recov
     loop {
         let problem = match record_at(data.get(offset..).unwrap_or(&[]), offset, log_number) {
             RecordAt::Unwritten => None,
-            RecordAt::Valid { payload, .. } => {
-                let expected = contents.last_seq.map(|s| s.checked_next().ok_or("sequence numbers overflow"));
-                let decoded = match expected {
-                    Some(Err(reason)) => Err(reason.to_string()),
-                    Some(Ok(next)) => decode_batches(payload, Some(next), |_| {}),
-                    None => decode_batches(payload, None, |_| {}),
-                };
-                match decoded {
-                    Ok(last) => {
-                        let start = offset + RECORD_HEADER_BYTES;
-                        contents.groups.push(start..start + payload.len());
-                        contents.last_seq = Some(last);
-                        offset = next_record_offset(offset, payload.len());
-                        continue;
-                    }
-                    Err(reason) => Some(format!("malformed group payload: {reason}")),
+            RecordAt::Valid { payload, .. } => match check(payload) {
+                Ok(()) => {
+                    let start = offset + RECORD_HEADER_BYTES;
+                    contents.groups.push(start..start + payload.len());
+                    offset = next_record_offset(offset, payload.len());
+                    continue;
                 }
-            }
+                Err(reason) => Some(format!("malformed group payload: {reason}")),
+            },
             RecordAt::Invalid(reason) => Some(reason),
         };
         // The log ends here: cleanly, at a torn tail, or at damage.

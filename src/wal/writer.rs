@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::format::{RECORD_HEADER_BYTES, SECTOR_BYTES, encode_file_header, encode_record_header};
+use crate::Result;
 use crate::io::{AlignedBuf, DirectFile, Io};
-use crate::{Error, Result};
 
 /// Zero-fill preallocation is written in chunks of this size.
 const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
@@ -17,8 +17,6 @@ pub(crate) struct WalWriter {
     log_number: u64,
     /// Where the next group starts: a sector boundary past every acknowledged byte.
     next_offset: u64,
-    /// Bytes written as zeroes up front; appends below this are overwrites.
-    preallocated_bytes: u64,
     /// Every group below this offset is durable (its fdatasync, or a later one,
     /// completed). Stored in each record so recovery can tell damage to durable
     /// groups from unsynced groups lost in a power failure.
@@ -58,18 +56,20 @@ impl WalWriter {
         io.rename(&temp, path).await?;
         let file = DirectFile::open(io, path).await?;
         let first = SECTOR_BYTES as u64;
-        Ok(WalWriter { file, log_number, next_offset: first, preallocated_bytes, synced_through: first, buf: None })
+        Ok(WalWriter { file, log_number, next_offset: first, synced_through: first, buf: None })
     }
 
+    #[cfg(test)]
     /// Continues an existing log at `next_offset` (from recovery's `end_offset`).
     pub(crate) async fn open_for_append(io: &Io, path: &Path, log_number: u64, next_offset: u64) -> Result<WalWriter> {
         if next_offset < SECTOR_BYTES as u64 || next_offset % SECTOR_BYTES as u64 != 0 {
-            return Err(Error::InvalidArgument(format!("WAL append offset {next_offset} is not a record position")));
+            return Err(crate::Error::InvalidArgument(format!(
+                "WAL append offset {next_offset} is not a record position"
+            )));
         }
         let file = DirectFile::open(io, path).await?;
-        let preallocated_bytes = file.len()?;
         // Recovery made everything before `next_offset` durable before handing it over.
-        Ok(WalWriter { file, log_number, next_offset, preallocated_bytes, synced_through: next_offset, buf: None })
+        Ok(WalWriter { file, log_number, next_offset, synced_through: next_offset, buf: None })
     }
 
     /// The log's file number.
@@ -77,14 +77,10 @@ impl WalWriter {
         self.log_number
     }
 
+    #[cfg(test)]
     /// Bytes of the file in use (header and groups, with padding).
     pub(crate) fn size_bytes(&self) -> u64 {
         self.next_offset
-    }
-
-    /// Bytes written as zeroes up front.
-    pub(crate) fn preallocated_bytes(&self) -> u64 {
-        self.preallocated_bytes
     }
 
     /// Appends one group record holding `payload` (encoded batches), padded to

@@ -1,0 +1,230 @@
+//! Opening an existing directory: the MANIFEST, the live tables, orphan
+//! files, and the replay of the logs the tables do not cover.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::Options;
+use super::flush::table_path;
+use super::log::log_path;
+use crate::batch::decode_batches;
+use crate::io::Io;
+use crate::key::SeqNo;
+use crate::memtable::Memtable;
+use crate::sst::cache::BlockCache;
+use crate::sst::table::TableReader;
+use crate::version::manifest::{self, CURRENT_NAME, parse_manifest_name};
+use crate::version::{ManifestState, TableFile};
+use crate::wal::{RecoveryMode, read_log};
+use crate::{Error, IoOp, Result};
+
+pub(crate) struct Recovered {
+    pub(crate) memtable: Memtable,
+    pub(crate) last_seq: SeqNo,
+    /// Logs replayed into `memtable`, still needed until it is flushed.
+    pub(crate) log_numbers: Vec<u64>,
+    /// Above every file number recorded or present in the directory.
+    pub(crate) next_file_number: u64,
+    pub(crate) manifest: ManifestState,
+    /// The MANIFEST `CURRENT` named, if any.
+    pub(crate) manifest_number: Option<u64>,
+    pub(crate) tables: Vec<Arc<TableFile>>,
+}
+
+/// What a directory entry is to the database.
+enum FileKind {
+    Log(u64),
+    Table(u64),
+    Manifest(u64),
+    /// Left by an interrupted creation: never in use.
+    Temporary,
+    Other,
+}
+
+fn classify(name: &str) -> FileKind {
+    let number = |digits: &str| digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse().ok()).flatten();
+    if name.ends_with(".tmp") {
+        return FileKind::Temporary;
+    }
+    if let Some(n) = name.strip_suffix(".wal").and_then(number) {
+        return FileKind::Log(n);
+    }
+    if let Some(n) = name.strip_suffix(".sst").and_then(number) {
+        return FileKind::Table(n);
+    }
+    if let Some(n) = parse_manifest_name(name) {
+        return FileKind::Manifest(n);
+    }
+    FileKind::Other
+}
+
+/// Reads the MANIFEST, opens the live tables, deletes what no state refers
+/// to, and replays the logs at or above the MANIFEST's log number.
+pub(crate) async fn recover(
+    io: &Io,
+    dir: &Path,
+    options: &Options,
+    cache: Option<Arc<BlockCache>>,
+) -> Result<Recovered> {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|source| Error::Io { op: IoOp::Open, path: dir.to_path_buf(), offset: None, source })?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    let kinds: Vec<(String, FileKind)> = names.into_iter().map(|name| (name.clone(), classify(&name))).collect();
+    let manifest_number = manifest::read_current(io, dir).await?;
+    let state = match manifest_number {
+        Some(number) => manifest::load(io, dir, number).await?,
+        None => {
+            if kinds.iter().any(|(_, kind)| matches!(kind, FileKind::Table(_))) {
+                return Err(Error::Corruption {
+                    file: dir.join(CURRENT_NAME),
+                    offset: 0,
+                    reason: "missing, but the directory holds tables: which of them are live is unknown".into(),
+                });
+            }
+            ManifestState::default()
+        }
+    };
+
+    let mut tables = Vec::with_capacity(state.files.len());
+    for meta in state.files.values() {
+        let path = table_path(dir, meta.file_number);
+        let reader = TableReader::open(io, &path, meta.file_number, cache.clone()).await?;
+        if reader.size_bytes() != meta.size_bytes {
+            return Err(Error::Corruption {
+                file: path,
+                offset: 0,
+                reason: format!("{} bytes, the MANIFEST says {}", reader.size_bytes(), meta.size_bytes),
+            });
+        }
+        tables.push(Arc::new(TableFile { meta: meta.clone(), reader }));
+    }
+
+    let mut highest_number = state.next_file_number.saturating_sub(1);
+    let mut logs = Vec::new();
+    let live_tables: BTreeSet<u64> = state.files.keys().copied().collect();
+    for (name, kind) in &kinds {
+        let obsolete = match *kind {
+            FileKind::Temporary => true,
+            FileKind::Log(n) => {
+                highest_number = highest_number.max(n);
+                let obsolete = n < state.log_number;
+                if !obsolete {
+                    logs.push(n);
+                }
+                obsolete
+            }
+            // A table the MANIFEST never recorded: its flush did not finish.
+            FileKind::Table(n) => {
+                highest_number = highest_number.max(n);
+                !live_tables.contains(&n)
+            }
+            FileKind::Manifest(n) => {
+                highest_number = highest_number.max(n);
+                Some(n) != manifest_number
+            }
+            FileKind::Other => false,
+        };
+        if obsolete {
+            tracing::info!(file = %name, "deleting a file no live state refers to");
+            io.remove_file(dir.join(name)).await?;
+        }
+    }
+    logs.sort_unstable();
+
+    let memtable = Memtable::new();
+    let (last_seq, kept) = replay_logs(io, dir, options, &logs, state.last_sequence, &memtable).await?;
+    io.sync_dir(dir).await?;
+    Ok(Recovered {
+        memtable,
+        last_seq,
+        log_numbers: kept,
+        next_file_number: highest_number + 1,
+        manifest: state,
+        manifest_number,
+        tables,
+    })
+}
+
+/// Keeps a log that recovery chose not to replay, under a name that is never read again.
+async fn set_aside(io: &Io, path: &Path) -> Result<()> {
+    let mut dropped = path.as_os_str().to_owned();
+    dropped.push(".dropped");
+    io.rename(path, PathBuf::from(dropped)).await
+}
+
+/// Replays `logs` (ascending) into `memtable`, continuing after `flushed_seq`.
+/// Returns the last sequence number and the logs kept (those holding writes).
+async fn replay_logs(
+    io: &Io,
+    dir: &Path,
+    options: &Options,
+    logs: &[u64],
+    flushed_seq: SeqNo,
+    memtable: &Memtable,
+) -> Result<(SeqNo, Vec<u64>)> {
+    let mut last_seq = flushed_seq;
+    let mut kept = Vec::new();
+    // Set once the tolerant mode dropped something: later logs continue after
+    // the dropped writes, so replaying them would leave a gap.
+    let mut stop_replay = false;
+    for &log_number in logs {
+        let path = log_path(dir, log_number);
+        if stop_replay {
+            set_aside(io, &path).await?;
+            continue;
+        }
+        let contents = read_log(io, &path, log_number, options.recovery_mode).await?;
+        if let Some(at) = contents.torn_tail_at {
+            tracing::info!(log = %path.display(), offset = at, "dropped the torn tail of a write-ahead log (a group whose write did not complete)");
+        }
+        if let Some((at, reason)) = &contents.dropped_at {
+            tracing::warn!(log = %path.display(), offset = at, %reason, "recovery mode dropped damaged log contents and every later log");
+            stop_replay = true;
+        }
+        let mut expected = last_seq.checked_next();
+        for (payload, range) in contents.payloads().zip(&contents.groups) {
+            let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
+            let replayed = decode_batches(payload, expected, |entry| {
+                memtable.insert(entry.key, entry.seq, entry.kind, entry.value);
+            });
+            match replayed {
+                Ok(last) => {
+                    last_seq = last;
+                    expected = last.checked_next();
+                }
+                // A gap between logs: writes are missing in between.
+                Err(reason) if options.recovery_mode == RecoveryMode::KeepPrefixDropRest => {
+                    tracing::warn!(log = %path.display(), offset = record_offset, %reason, "recovery mode dropped a log that does not continue the previous one, and every later log");
+                    stop_replay = true;
+                    break;
+                }
+                Err(reason) => return Err(Error::Corruption { file: path.clone(), offset: record_offset, reason }),
+            }
+        }
+        if contents.groups.is_empty() && contents.dropped_at.is_none() {
+            // Nothing acknowledged lives here (at most a torn, unacknowledged group): the log can go.
+            io.remove_file(&path).await?;
+        } else if stop_replay && contents.groups.is_empty() {
+            set_aside(io, &path).await?;
+        } else {
+            let file = crate::io::DirectFile::open(io, &path).await?;
+            if let Some(at) = contents.torn_tail_at {
+                // Cut the torn group off for good (this log is never appended to again).
+                file.set_len(at).await?;
+            }
+            if let Some((at, _)) = &contents.dropped_at {
+                // Make the drop permanent, or the next open would find the
+                // damage again and set aside the logs written after this one.
+                file.set_len(*at).await?;
+            }
+            // Written (not synced) groups of an earlier run may still sit in the
+            // device cache: make them durable before new synced writes can
+            // depend on them.
+            file.sync_data().await?;
+            kept.push(log_number);
+        }
+    }
+    Ok((last_seq, kept))
+}
