@@ -7,6 +7,11 @@
 //! each task the surviving keys must be a prefix `0..m`:
 //! - synced and written: every acknowledged key survives (m >= acknowledged);
 //! - buffered: what survives is a prefix; only the unflushed window may be lost.
+//!
+//! The `flushing` mode uses tiny memtables so that the kill lands during
+//! table flushes and MANIFEST writes; its data accumulates over the rounds
+//! (keys carry the round), and after every reopen all earlier rounds' keys are
+//! checked again, and no orphan table, temporary file or old MANIFEST remains.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -17,9 +22,19 @@ use ringdb::{Db, Durability, Options, WriteBatch, WriteOptions};
 
 const CHILD_DIR: &str = "RINGDB_CRASH_CHILD_DIR";
 const CHILD_MODE: &str = "RINGDB_CRASH_CHILD_MODE";
+const CHILD_ROUND: &str = "RINGDB_CRASH_CHILD_ROUND";
 const TASKS: usize = 4;
 
-fn options() -> Options {
+fn options(mode: &str) -> Options {
+    if mode == "flushing" {
+        return Options {
+            wal_preallocate_bytes: 64 << 10,
+            write_buffer_size_bytes: 32 << 10,
+            max_immutable_memtables: 2,
+            block_size_bytes: 1024,
+            ..Options::default()
+        };
+    }
     Options {
         wal_preallocate_bytes: 1 << 20,
         write_buffer_size_bytes: 1 << 20,
@@ -28,10 +43,14 @@ fn options() -> Options {
     }
 }
 
+fn key(round: usize, task: usize, n: u64) -> String {
+    format!("r{round:03}-t{task}-{n:08}")
+}
+
 fn durability(name: &str) -> Durability {
     match name {
         "synced" => Durability::Synced,
-        "written" => Durability::Written,
+        "written" | "flushing" => Durability::Written,
         _ => Durability::Buffered,
     }
 }
@@ -40,16 +59,17 @@ fn durability(name: &str) -> Durability {
 #[test]
 fn crash_child_writer() {
     let (Some(dir), Ok(mode)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_MODE)) else { return };
+    let round: usize = std::env::var(CHILD_ROUND).unwrap().parse().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let db = Db::open(&dir, options()).await.unwrap();
+        let db = Db::open(&dir, options(&mode)).await.unwrap();
         let (acks, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
         for task in 0..TASKS {
             let (db, acks, mode) = (db.clone(), acks.clone(), mode.clone());
             tokio::spawn(async move {
                 for n in 0.. {
                     let mut batch = WriteBatch::new();
-                    batch.put(format!("t{task}-{n:08}"), format!("value-{task}-{n}").repeat(3));
+                    batch.put(key(round, task, n), format!("value-{task}-{n}").repeat(3));
                     db.write(batch, WriteOptions::with_durability(durability(&mode))).await.unwrap();
                     acks.send((task, n)).unwrap();
                 }
@@ -69,17 +89,21 @@ fn crash_rounds(mode: &str) {
     let rounds: usize = std::env::var("RINGDB_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(0xC4A5 ^ mode.len() as u64);
+    let accumulate = mode == "flushing";
+    // Per round and task: how many keys survived (a prefix), checked again on every later open.
+    let mut survived: Vec<[u64; TASKS]> = Vec::new();
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_child_writer", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, dir.path())
             .env(CHILD_MODE, mode)
+            .env(CHILD_ROUND, round.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let kill_after = Duration::from_millis(rng.gen_range(20..300));
+        let kill_after = Duration::from_millis(rng.gen_range(20..if accumulate { 600 } else { 300 }));
         let reader = std::thread::spawn(move || {
             let mut acked = [None::<u64>; TASKS];
             for line in BufReader::new(stdout).lines() {
@@ -100,18 +124,20 @@ fn crash_rounds(mode: &str) {
         child.wait().unwrap();
         let acked = reader.join().unwrap();
         futures::executor::block_on(async {
-            let db = Db::open(dir.path(), options())
+            let db = Db::open(dir.path(), options(mode))
                 .await
                 .unwrap_or_else(|e| panic!("{mode} round {round}: reopen failed: {e}"));
+            let mut this_round = [0u64; TASKS];
             for (task, acked) in acked.iter().enumerate() {
                 // Surviving keys form a prefix 0..m: find m.
                 let mut m = 0u64;
-                while db.get(format!("t{task}-{m:08}")).await.unwrap().is_some() {
+                while db.get(key(round, task, m)).await.unwrap().is_some() {
                     m += 1;
                 }
+                this_round[task] = m;
                 for later in m + 1..m + 50 {
                     assert!(
-                        db.get(format!("t{task}-{later:08}")).await.unwrap().is_none(),
+                        db.get(key(round, task, later)).await.unwrap().is_none(),
                         "{mode} round {round} task {task}: key {later} survived without key {m}: not a prefix"
                     );
                 }
@@ -124,13 +150,45 @@ fn crash_rounds(mode: &str) {
                     );
                 }
             }
-            // Start the next round from a clean slate of this mode's data.
+            survived.push(this_round);
+            if accumulate {
+                for (earlier, counts) in survived.iter().enumerate() {
+                    for (task, &m) in counts.iter().enumerate() {
+                        for n in (0..m).step_by(7).chain(m.checked_sub(1)) {
+                            assert!(
+                                db.get(key(earlier, task, n)).await.unwrap().is_some(),
+                                "round {round}: key {n} of round {earlier} task {task} was lost"
+                            );
+                        }
+                    }
+                }
+                check_no_orphans(dir.path(), &db, round).await;
+            }
             db.close().await.unwrap();
         });
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
-            let _ = std::fs::remove_file(entry.unwrap().path());
+        if !accumulate {
+            // Start the next round from a clean slate of this mode's data.
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let _ = std::fs::remove_file(entry.unwrap().path());
+            }
         }
     }
+}
+
+/// After an open and a full flush, the directory holds exactly the live files.
+async fn check_no_orphans(dir: &std::path::Path, db: &Db, round: usize) {
+    db.flush().await.unwrap();
+    let names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let count = |pred: &dyn Fn(&str) -> bool| names.iter().filter(|n| pred(n)).count();
+    assert_eq!(count(&|n| n.starts_with("MANIFEST-")), 1, "round {round}: one MANIFEST: {names:?}");
+    assert_eq!(count(&|n| n.ends_with(".tmp")), 0, "round {round}: no temporary files: {names:?}");
+    assert_eq!(
+        count(&|n| n.ends_with(".sst")),
+        db.stats().level0_tables,
+        "round {round}: every table file is live: {names:?}"
+    );
+    assert!(count(&|n| n.ends_with(".wal")) <= 2, "round {round}: flushed logs are gone: {names:?}");
 }
 
 #[test]
@@ -141,6 +199,11 @@ fn synced_writes_survive_sigkill() {
 #[test]
 fn written_writes_survive_sigkill() {
     crash_rounds("written");
+}
+
+#[test]
+fn sigkill_during_flushes_loses_nothing_acknowledged_and_leaves_no_orphans() {
+    crash_rounds("flushing");
 }
 
 #[test]
