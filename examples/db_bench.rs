@@ -7,10 +7,17 @@
 //! ```
 //!
 //! Each benchmark runs on a fresh database in `--dir` (default: a temporary
-//! directory under ./target). When fio is installed, the log-bound benchmarks
-//! also run the matching job of `fio-configs/` on the same directory and print
-//! the ratio: `fillsync` against 4 KiB write+fdatasync at QD1, and
-//! `fillsync_concurrent` against 64 KiB write+fdatasync (a full group).
+//! directory under ./target). When fio is installed, benchmarks bound by one
+//! I/O pattern also run the matching job of `fio-configs/` on the same
+//! directory and print the ratio:
+//! - `fillsync` against 4 KiB write+fdatasync at QD1, `fillsync_concurrent`
+//!   against 64 KiB write+fdatasync (a full group);
+//! - `readrandom` (cold gets: the block cache is smaller than the data, tables
+//!   only, after a reopen) against 4 KiB random reads at QD1, and
+//!   `readrandom_concurrent` (32 tasks) against the same at QD32;
+//! - `flush` (one large memtable written as a table by the pipelined writer)
+//!   against 256 KiB sequential writes at QD4, in MiB/s (the `fio` column is
+//!   MiB/s for `flush`, IOPS for the others).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,9 +41,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ringdb benchmarks (RocksDB db_bench style), with fio side by side")]
 struct Args {
-    /// Comma-separated benchmarks: fillseq, fillrandom, fillsync, fillsync_concurrent.
-    #[arg(long, default_value = "fillseq,fillrandom,fillsync,fillsync_concurrent")]
+    /// Comma-separated benchmarks: fillseq, fillrandom, fillsync, fillsync_concurrent, flush,
+    /// readrandom, readrandom_concurrent.
+    #[arg(
+        long,
+        default_value = "readrandom,readrandom_concurrent,fillseq,fillrandom,fillsync,fillsync_concurrent,flush"
+    )]
     benchmarks: String,
+    /// Keys loaded (then flushed) before readrandom, and written by the flush benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    load_num: u64,
+    /// Gets of readrandom and readrandom_concurrent.
+    #[arg(long, default_value_t = 100_000)]
+    reads: u64,
+    /// Tasks issuing gets in readrandom_concurrent.
+    #[arg(long, default_value_t = 32)]
+    read_concurrency: usize,
+    /// Block cache of the read benchmarks, in MiB (keep it well below the data for cold reads).
+    #[arg(long, default_value_t = 8)]
+    read_cache_mib: u64,
     /// Directory for the databases (default: a temporary directory under ./target).
     #[arg(long, env = "RINGDB_BENCH_DIR")]
     dir: Option<PathBuf>,
@@ -81,8 +104,16 @@ struct Args {
     fio_configs: PathBuf,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fill,
+    Flush,
+    Read,
+}
+
 struct Plan {
     name: &'static str,
+    kind: Kind,
     ops: u64,
     tasks: usize,
     durability: Durability,
@@ -95,6 +126,10 @@ struct Outcome {
     elapsed: Duration,
     latency_ns: Histogram<u64>,
     io_ops: u64,
+    /// Extra figures of flush and read benchmarks.
+    notes: Vec<(String, serde_json::Value)>,
+    /// Bytes per second the ratio to fio is taken on, instead of ops/s.
+    bytes_per_sec: Option<f64>,
 }
 
 fn durability(name: &str) -> Durability {
@@ -121,15 +156,119 @@ fn make_key(n: u64, size: usize) -> Vec<u8> {
 }
 
 fn options(args: &Args) -> Options {
-    // Until tables exist (next issue) the whole data set lives in memtables:
-    // let frozen memtables accumulate instead of stalling for a flush.
-    let mut options = Options {
-        max_immutable_memtables: 4096,
-        group_commit_wait_us: args.group_commit_wait_us,
-        ..Options::default()
-    };
+    let mut options = Options { group_commit_wait_us: args.group_commit_wait_us, ..Options::default() };
     options.io.ring_poll_us = args.ring_poll_us;
     options
+}
+
+/// Loads `count` sequential keys in large buffered batches (not timed).
+async fn load(db: &Db, count: u64, args: &Args) {
+    let value = vec![0x5au8; args.value_size];
+    let buffered = WriteOptions::with_durability(Durability::Buffered);
+    let mut n = 0;
+    while n < count {
+        let mut batch = WriteBatch::new();
+        for k in n..(n + 1000).min(count) {
+            batch.put(make_key(k, args.key_size), &value);
+        }
+        n = (n + 1000).min(count);
+        db.write(batch, buffered).await.expect("load");
+    }
+}
+
+/// The flush benchmark: one memtable of `--load-num` entries becomes one table.
+async fn run_flush(dir: &Path, args: &Args) -> Outcome {
+    let mut options = options(args);
+    // Everything in one memtable, so the flush is measured alone.
+    options.write_buffer_size_bytes = usize::MAX / 2;
+    let db = Db::open(dir, options).await.expect("open");
+    load(&db, args.load_num, args).await;
+    let before = db.stats().flush;
+    let start = Instant::now();
+    db.flush().await.expect("flush");
+    let elapsed = start.elapsed();
+    let after = db.stats().flush;
+    db.close().await.expect("close");
+    let bytes = after.bytes_written - before.bytes_written;
+    let build = Duration::from_micros(after.build_time_us - before.build_time_us);
+    let encode = Duration::from_micros(after.encode_time_us - before.encode_time_us);
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    let _ = latency_ns.record(build.as_nanos() as u64);
+    Outcome {
+        ops: after.entries_written - before.entries_written,
+        elapsed,
+        latency_ns,
+        io_ops: 0,
+        notes: vec![
+            ("table_bytes".into(), bytes.into()),
+            ("build_ms".into(), (build.as_secs_f64() * 1e3).into()),
+            ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
+        ],
+        bytes_per_sec: Some(bytes as f64 / build.as_secs_f64()),
+    }
+}
+
+/// readrandom: load and flush `--load-num` keys, reopen (cold cache), then random gets.
+async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+    let mut options = options(args);
+    options.block_cache_size_bytes = args.read_cache_mib << 20;
+    let db = Db::open(dir, options.clone()).await.expect("open");
+    load(&db, args.load_num, args).await;
+    db.flush().await.expect("flush");
+    db.close().await.expect("close");
+    let db = Db::open(dir, options).await.expect("reopen");
+    let stats_before = db.stats();
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..plan.tasks)
+        .map(|task| {
+            let (db, next, progress) = (db.clone(), next.clone(), progress.clone());
+            let (ops, key_space, key_size) = (plan.ops, args.load_num, args.key_size);
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(task as u64 + 7);
+                let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= ops {
+                        break;
+                    }
+                    let key = make_key(rng.gen_range(0..key_space), key_size);
+                    let issued = Instant::now();
+                    let found = db.get(&key).await.expect("get");
+                    let _ = histogram.record(issued.elapsed().as_nanos() as u64);
+                    assert!(found.is_some(), "every loaded key is found");
+                    if n % 1024 == 0 {
+                        progress.set_position(n);
+                    }
+                }
+                histogram
+            })
+        })
+        .collect();
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    for task in tasks {
+        latency_ns.add(task.await.expect("task")).expect("merge");
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    let after = db.stats();
+    db.close().await.expect("close");
+    let hits = after.block_cache.hits - stats_before.block_cache.hits;
+    let misses = after.block_cache.misses - stats_before.block_cache.misses;
+    let io_ops = after.io.ops_submitted - stats_before.io.ops_submitted;
+    Outcome {
+        ops: plan.ops,
+        elapsed,
+        latency_ns,
+        io_ops,
+        notes: vec![
+            ("table_bytes".into(), after.level0_bytes.into()),
+            ("tables".into(), after.level0_tables.into()),
+            ("cache_hit_rate".into(), (hits as f64 / (hits + misses).max(1) as f64).into()),
+            ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
+        ],
+        bytes_per_sec: None,
+    }
 }
 
 async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
@@ -170,7 +309,14 @@ async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outco
     }
     let elapsed = start.elapsed();
     progress.finish_and_clear();
-    Outcome { ops: plan.ops, elapsed, latency_ns, io_ops: db.io_stats().ops_submitted - io_before }
+    Outcome {
+        ops: plan.ops,
+        elapsed,
+        latency_ns,
+        io_ops: db.io_stats().ops_submitted - io_before,
+        notes: Vec::new(),
+        bytes_per_sec: None,
+    }
 }
 
 fn main() {
@@ -196,8 +342,36 @@ fn main() {
         .map(str::trim)
         .filter(|name| !name.is_empty())
         .map(|name| match name {
+            "flush" => Plan {
+                name: "flush",
+                kind: Kind::Flush,
+                ops: args.load_num,
+                tasks: 1,
+                durability: Durability::Buffered,
+                random: false,
+                fio_job: Some("seq_write_256k_qd4"),
+            },
+            "readrandom" => Plan {
+                name: "readrandom",
+                kind: Kind::Read,
+                ops: args.reads,
+                tasks: 1,
+                durability: bulk,
+                random: true,
+                fio_job: Some("rand_read_4k_qd1"),
+            },
+            "readrandom_concurrent" => Plan {
+                name: "readrandom_concurrent",
+                kind: Kind::Read,
+                ops: args.reads,
+                tasks: args.read_concurrency.max(1),
+                durability: bulk,
+                random: true,
+                fio_job: Some("rand_read_4k_qd32"),
+            },
             "fillseq" => Plan {
                 name: "fillseq",
+                kind: Kind::Fill,
                 ops: args.num,
                 tasks: args.concurrency.max(1),
                 durability: bulk,
@@ -206,6 +380,7 @@ fn main() {
             },
             "fillrandom" => Plan {
                 name: "fillrandom",
+                kind: Kind::Fill,
                 ops: args.num,
                 tasks: args.concurrency.max(1),
                 durability: bulk,
@@ -214,6 +389,7 @@ fn main() {
             },
             "fillsync" => Plan {
                 name: "fillsync",
+                kind: Kind::Fill,
                 ops: args.sync_num,
                 tasks: 1,
                 durability: Durability::Synced,
@@ -222,6 +398,7 @@ fn main() {
             },
             "fillsync_concurrent" => Plan {
                 name: "fillsync_concurrent",
+                kind: Kind::Fill,
                 ops: args.sync_num,
                 tasks: args.sync_concurrency.max(1),
                 durability: Durability::Synced,
@@ -251,7 +428,7 @@ fn main() {
             "p99 us",
             "p99.9 us",
             "ops/io",
-            "fio IOPS",
+            "fio",
             "ratio"
         );
     }
@@ -262,11 +439,18 @@ fn main() {
         progress.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} {per_sec}").expect("style"));
         progress.set_message(plan.name);
         let outcome = runtime.block_on(async {
-            let db = Db::open(&dir, options(&args)).await.expect("open");
-            let outcome = run(&db, plan, &args, &progress).await;
-            db.close().await.expect("close");
-            outcome
+            match plan.kind {
+                Kind::Flush => run_flush(&dir, &args).await,
+                Kind::Read => run_reads(&dir, plan, &args, &progress).await,
+                Kind::Fill => {
+                    let db = Db::open(&dir, options(&args)).await.expect("open");
+                    let outcome = run(&db, plan, &args, &progress).await;
+                    db.close().await.expect("close");
+                    outcome
+                }
+            }
         });
+        progress.finish_and_clear();
         let _ = std::fs::remove_dir_all(&dir);
         let fio = plan.fio_job.filter(|_| with_fio).and_then(|name| jobs.iter().find(|j| j.name == name)).map(|job| {
             std::fs::create_dir_all(&dir).expect("fio dir");
@@ -280,20 +464,34 @@ fn main() {
         let us = |q: f64| outcome.latency_ns.value_at_quantile(q) as f64 / 1000.0;
         let ops_per_io = outcome.ops as f64 / outcome.io_ops.max(1) as f64;
         let mode = format!("{:?}", plan.durability).to_lowercase();
-        let (fio_iops, ratio) = match &fio {
-            Some(Ok(f)) => (Some(f.iops), Some(ops_per_sec / f.iops)),
-            Some(Err(e)) => {
+        let (fio_iops, ratio) = match (&fio, outcome.bytes_per_sec) {
+            (Some(Ok(f)), Some(bytes_per_sec)) => {
+                (Some(f.mib_per_sec), Some(bytes_per_sec / (f.mib_per_sec * 1024.0 * 1024.0)))
+            }
+            (Some(Ok(f)), None) => (Some(f.iops), Some(ops_per_sec / f.iops)),
+            (Some(Err(e)), _) => {
                 eprintln!("{}: {e}", plan.name);
                 (None, None)
             }
-            None => (None, None),
+            (None, _) => (None, None),
         };
+        let mut notes = outcome.notes.clone();
+        if let (Kind::Flush, Some(Ok(f))) = (plan.kind, &fio) {
+            // The pipeline's target: no slower than the slower of its two halves run alone.
+            let table_bytes = notes[0].1.as_f64().unwrap_or(0.0);
+            let write_alone_ms = table_bytes / (f.mib_per_sec * 1024.0 * 1024.0) * 1e3;
+            let build_ms = notes[1].1.as_f64().unwrap_or(0.0);
+            let encode_ms = notes[2].1.as_f64().unwrap_or(0.0);
+            notes.push(("write_alone_at_fio_ms".into(), write_alone_ms.into()));
+            notes.push(("build_over_max_of_halves".into(), (build_ms / write_alone_ms.max(encode_ms)).into()));
+        }
         if args.json {
             let line = serde_json::json!({
                 "benchmark": plan.name, "ops": outcome.ops, "tasks": plan.tasks, "durability": mode,
                 "ops_per_sec": ops_per_sec, "mb_per_sec": mb_per_sec,
                 "p50_us": us(0.5), "p99_us": us(0.99), "p999_us": us(0.999),
-                "ops_per_log_io": ops_per_io, "fio_job": plan.fio_job, "fio_iops": fio_iops, "ratio_to_fio": ratio,
+                "ops_per_io": ops_per_io, "fio_job": plan.fio_job, "fio_figure": fio_iops, "ratio_to_fio": ratio,
+                "notes": serde_json::Value::Object(notes.iter().cloned().collect()),
             });
             println!("{line}");
         } else {
@@ -314,6 +512,16 @@ fn main() {
                 us(0.999),
                 ops_per_io
             );
+            if !notes.is_empty() {
+                let text: Vec<String> = notes
+                    .iter()
+                    .map(|(k, v)| match v.as_f64() {
+                        Some(x) if x.fract() != 0.0 => format!("{k} {x:.3}"),
+                        _ => format!("{k} {v}"),
+                    })
+                    .collect();
+                println!("{:<20} {}", "", text.join(", "));
+            }
         }
     }
 }

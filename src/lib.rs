@@ -11,6 +11,8 @@ mod batch;
 mod coding;
 mod db;
 mod error;
+#[doc(hidden)]
+pub mod internals;
 pub mod io;
 mod key;
 mod memtable;

@@ -128,8 +128,8 @@ impl Db {
         let io = Io::new(options.io.clone())?;
         // The directory's own entry must be durable before anything in it is.
         io.sync_dir(crate::io::parent_dir(&dir)).await?;
-        let cache =
-            (options.block_cache_size_bytes > 0).then(|| Arc::new(BlockCache::new(options.block_cache_size_bytes)));
+        let cache = (options.block_cache_size_bytes > 0)
+            .then(|| Arc::new(BlockCache::new(options.block_cache_size_bytes, options.block_size_bytes)));
         let recovered = recovery::recover(&io, &dir, &options, cache.clone()).await?;
         // Every open starts a new MANIFEST holding the recovered state, and a new log.
         let manifest_number = recovered.next_file_number;

@@ -237,6 +237,23 @@ impl Block {
         Ok(block)
     }
 
+    /// Walks every entry and checks that each key is a well-formed internal
+    /// key, so comparisons during seeks only ever see valid keys. Run once on
+    /// each block read from disk (before it is searched or cached).
+    pub(crate) fn validate_internal_keys(&self, file: &Path, offset: u64) -> Result<()> {
+        let mut iter = self.iter();
+        while let Some((key, _)) = iter.next_entry(file, offset)? {
+            if crate::key::ParsedInternalKey::parse(&key).is_none() {
+                return Err(Error::Corruption {
+                    file: file.to_path_buf(),
+                    offset,
+                    reason: format!("malformed internal key of {} bytes", key.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn restart(&self, i: usize) -> usize {
         let at = self.restarts_at + 4 * i;
         u32::from_le_bytes(self.data[at..at + 4].try_into().expect("checked in new")) as usize

@@ -4,6 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::block::Block;
+use crate::io::{AlignedBuf, BufPool};
+
+/// Idle read buffers kept for reuse. A fresh aligned allocation per block
+/// read cost ~25% of cold-get throughput (allocators hand back page-aligned
+/// blocks as new, faulting pages); evicted blocks return their buffers here.
+const MAX_IDLE_READ_BUFFERS: usize = 1024;
 
 /// A cached block and the memory it keeps alive.
 #[derive(Clone)]
@@ -26,6 +32,8 @@ impl quick_cache::Weighter<(u64, u64), CachedBlock> for ChargeWeighter {
 /// Blocks by (table file number, block offset).
 pub(crate) struct BlockCache {
     cache: quick_cache::sync::Cache<(u64, u64), CachedBlock, ChargeWeighter>,
+    /// Buffers for block reads of up to one typical block plus alignment slack.
+    read_buffers: BufPool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -44,12 +52,15 @@ pub struct BlockCacheStats {
 }
 
 impl BlockCache {
-    /// A cache holding up to `capacity_bytes` (0 disables caching).
-    pub(crate) fn new(capacity_bytes: u64) -> BlockCache {
+    /// A cache holding up to `capacity_bytes`; blocks of about
+    /// `block_size_bytes` are read into pooled buffers.
+    pub(crate) fn new(capacity_bytes: u64, block_size_bytes: usize) -> BlockCache {
         // The item estimate only sizes the hash tables; blocks are ~4-8 KiB.
         let estimated_items = (capacity_bytes / 4096).clamp(16, 1 << 24) as usize;
         BlockCache {
             cache: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes.max(1), ChargeWeighter),
+            // A block, its trailer and the alignment slack at both ends.
+            read_buffers: BufPool::new(block_size_bytes + 64 + 2 * 4096, 4096, MAX_IDLE_READ_BUFFERS),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -64,6 +75,13 @@ impl BlockCache {
 
     pub(crate) fn insert(&self, table: u64, offset: u64, block: Block, charge_bytes: u64) {
         self.cache.insert((table, offset), CachedBlock { block, charge_bytes });
+    }
+
+    /// A pooled buffer for a read of `span_bytes` at `alignment`, if one fits.
+    pub(crate) fn read_buf(&self, span_bytes: usize, alignment: usize) -> Option<AlignedBuf> {
+        let fits =
+            span_bytes <= self.read_buffers.buf_capacity_bytes() && self.read_buffers.alignment() % alignment == 0;
+        fits.then(|| self.read_buffers.get())
     }
 
     pub(crate) fn stats(&self) -> BlockCacheStats {
@@ -93,7 +111,7 @@ mod tests {
 
     #[test]
     fn counts_hits_and_misses_and_stays_within_its_capacity() {
-        let cache = BlockCache::new(64 * 1024);
+        let cache = BlockCache::new(64 * 1024, 4096);
         assert!(cache.get(1, 0).is_none());
         cache.insert(1, 0, block(), 4096);
         assert!(cache.get(1, 0).is_some());

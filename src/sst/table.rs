@@ -260,9 +260,9 @@ impl TableReader {
         if size_bytes < FOOTER_BYTES as u64 {
             return Err(corrupt(0, format!("file of {size_bytes} bytes is too short for a table")));
         }
-        let (footer_bytes, _) = read_range(&file, size_bytes - FOOTER_BYTES as u64, FOOTER_BYTES).await?;
+        let (footer_bytes, _) = read_range(&file, size_bytes - FOOTER_BYTES as u64, FOOTER_BYTES, None).await?;
         let footer = Footer::decode(&footer_bytes, path, size_bytes)?;
-        let source = BlockSource { file: &file, path, size_bytes };
+        let source = BlockSource { pool: None, file: &file, path, size_bytes };
         let (metaindex, _) = source.read_block(footer.metaindex).await?;
         let mut filter_handle = None;
         let mut iter = metaindex.iter();
@@ -279,6 +279,7 @@ impl TableReader {
             None => Bytes::new(),
         };
         let (index, _) = source.read_block(footer.index).await?;
+        index.validate_internal_keys(path, footer.index.offset)?;
         Ok(TableReader { id, cache, path: path.to_path_buf(), size_bytes, index, filter, file })
     }
 
@@ -288,7 +289,7 @@ impl TableReader {
     }
 
     fn source(&self) -> BlockSource<'_> {
-        BlockSource { file: &self.file, path: &self.path, size_bytes: self.size_bytes }
+        BlockSource { pool: None, file: &self.file, path: &self.path, size_bytes: self.size_bytes }
     }
 
     /// The newest entry for `user_key` visible at `snapshot`, if this table has one.
@@ -328,12 +329,16 @@ impl TableReader {
     /// A data block from the cache, or read from the device (and cached).
     async fn data_block(&self, handle: BlockHandle) -> Result<Block> {
         let Some(cache) = &self.cache else {
-            return self.source().read_block(handle).await.map(|(block, _)| block);
+            let (block, _) = self.source().read_block(handle).await?;
+            block.validate_internal_keys(&self.path, handle.offset)?;
+            return Ok(block);
         };
         if let Some(block) = cache.get(self.id, handle.offset) {
             return Ok(block);
         }
-        let (block, charge_bytes) = self.source().read_block(handle).await?;
+        let source = BlockSource { pool: Some(cache), ..self.source() };
+        let (block, charge_bytes) = source.read_block(handle).await?;
+        block.validate_internal_keys(&self.path, handle.offset)?;
         cache.insert(self.id, handle.offset, block.clone(), charge_bytes);
         Ok(block)
     }
@@ -341,6 +346,8 @@ impl TableReader {
 
 /// Reads verified blocks of one table file.
 struct BlockSource<'a> {
+    /// Where read buffers come from, when there is a cache to return them to.
+    pool: Option<&'a BlockCache>,
     file: &'a DirectFile,
     path: &'a Path,
     size_bytes: u64,
@@ -357,7 +364,8 @@ impl BlockSource<'_> {
                 reason: format!("block handle {handle:?} points outside the {}-byte table", self.size_bytes),
             });
         };
-        let (raw, charge_bytes) = read_range(self.file, handle.offset, (end - handle.offset) as usize).await?;
+        let (raw, charge_bytes) =
+            read_range(self.file, handle.offset, (end - handle.offset) as usize, self.pool).await?;
         Ok((verify_trailer(raw, self.path, handle.offset)?, charge_bytes))
     }
 
@@ -369,12 +377,14 @@ impl BlockSource<'_> {
 
 /// Reads `len` bytes at `offset` through an aligned read of the range around
 /// them; also returns the size of that aligned read (the buffer the bytes keep alive).
-async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<(Bytes, u64)> {
+async fn read_range(file: &DirectFile, offset: u64, len: usize, pool: Option<&BlockCache>) -> Result<(Bytes, u64)> {
     let align = file.alignment() as u64;
     let start = offset / align * align;
     let end = (offset + len as u64).next_multiple_of(align);
     let span = (end - start) as usize;
-    let buf = file.read_at(file.alloc_buf(span), start, span).await?;
+    let buf = pool.and_then(|pool| pool.read_buf(span, file.alignment())).unwrap_or_else(|| file.alloc_buf(span));
+    let charge_bytes = buf.capacity() as u64;
+    let buf = file.read_at(buf, start, span).await?;
     let skip = (offset - start) as usize;
     if buf.len() < skip + len {
         return Err(Error::Corruption {
@@ -383,7 +393,7 @@ async fn read_range(file: &DirectFile, offset: u64, len: usize) -> Result<(Bytes
             reason: format!("wanted {len} bytes, the file ends first"),
         });
     }
-    Ok((buf.into_bytes().slice(skip..skip + len), span as u64))
+    Ok((buf.into_bytes().slice(skip..skip + len), charge_bytes))
 }
 
 #[cfg(test)]
@@ -450,7 +460,7 @@ mod tests {
                 let info = write_table(&io, &path, &model, options).await;
                 assert_eq!(std::fs::metadata(&path).unwrap().len(), info.size_bytes, "exact length restored");
                 assert_eq!(info.entries, 3000);
-                let cache = Arc::new(BlockCache::new(64 << 20));
+                let cache = Arc::new(BlockCache::new(64 << 20, 4096));
                 let table = TableReader::open(&io, &path, 1, Some(Arc::clone(&cache))).await.unwrap();
                 for n in (0..1501).step_by(7) {
                     let key = format!("key-{n:05}").into_bytes();

@@ -30,7 +30,7 @@ pub(crate) struct Version {
 impl Version {
     /// A version of `tables` (all level 0).
     pub(crate) fn new(mut level0: Vec<Arc<TableFile>>) -> Version {
-        level0.sort_by(|a, b| b.meta.largest_seq.cmp(&a.meta.largest_seq));
+        level0.sort_by_key(|table| std::cmp::Reverse(table.meta.largest_seq));
         Version { level0 }
     }
 
