@@ -204,6 +204,15 @@ async fn build_table(
 ) -> Result<(FileMeta, std::time::Duration)> {
     let file = DirectFile::create(io, path).await?;
     let started = Instant::now();
+    // Reserve the space first: an O_DIRECT write that extends the file is
+    // completed synchronously by ext4 (io_uring hands it to a worker thread, one
+    // at a time), while writes inside the file size run as real async I/O.
+    // The memtable's charge (entries plus per-entry overhead) exceeds the table
+    // size; `finish` cuts the file to its exact length. Without this, a flush of
+    // 4 KiB values took 2.2x the slower of encoding and writing alone; see
+    // docs/format/sst.md "Writing".
+    let reserve_bytes = (job.memtable.approximate_size_bytes() as u64).next_multiple_of(file.alignment() as u64);
+    file.allocate(0, reserve_bytes).await?;
     let mut writer = TableWriter::new(&file, options.clone());
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_key = Vec::new();

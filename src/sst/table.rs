@@ -68,7 +68,7 @@ pub(crate) struct TableWriter<'f> {
     data: BlockBuilder,
     index: BlockBuilder,
     filter: BloomBuilder,
-    last_user_key: Option<Vec<u8>>,
+    last_user_key: Vec<u8>,
     /// Encoded bytes not yet in a staging buffer.
     stream: Vec<u8>,
     /// Table bytes produced so far (the offset of the next block).
@@ -92,7 +92,7 @@ impl<'f> TableWriter<'f> {
             index: BlockBuilder::new(1),
             filter: BloomBuilder::new(options.bloom_bits_per_key),
             options,
-            last_user_key: None,
+            last_user_key: Vec::new(),
             stream: Vec::new(),
             table_len: 0,
             written_len: 0,
@@ -110,9 +110,11 @@ impl<'f> TableWriter<'f> {
             self.data.is_empty() || compare_internal_keys(self.data.last_key(), internal_key).is_lt(),
             "entries must be added in order"
         );
-        if self.last_user_key.as_deref() != Some(parsed.user_key) {
+        if self.entries == 0 || self.last_user_key != parsed.user_key {
             self.filter.add_key(parsed.user_key);
-            self.last_user_key = Some(parsed.user_key.to_vec());
+            // Reused, not reallocated: this runs once per entry of a flush.
+            self.last_user_key.clear();
+            self.last_user_key.extend_from_slice(parsed.user_key);
         }
         self.data.add(internal_key, value);
         self.entries += 1;
