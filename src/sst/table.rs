@@ -80,6 +80,8 @@ pub(crate) struct TableWriter<'f> {
     data_blocks: u64,
     /// Time spent waiting for a write to finish before encoding could go on.
     write_wait: std::time::Duration,
+    /// The last key and handle of a finished data block not yet indexed.
+    pending_index: Option<(Vec<u8>, BlockHandle)>,
 }
 
 impl<'f> TableWriter<'f> {
@@ -100,6 +102,7 @@ impl<'f> TableWriter<'f> {
             entries: 0,
             data_blocks: 0,
             write_wait: std::time::Duration::ZERO,
+            pending_index: None,
         }
     }
 
@@ -116,6 +119,11 @@ impl<'f> TableWriter<'f> {
             self.last_user_key.clear();
             self.last_user_key.extend_from_slice(parsed.user_key);
         }
+        if let Some((last_key, handle)) = self.pending_index.take() {
+            // The previous block is indexed by a key between its last key and this one.
+            let separator = shortest_separator(&last_key, internal_key);
+            self.add_index_entry(&separator, handle);
+        }
         self.data.add(internal_key, value);
         self.entries += 1;
         if self.data.estimated_size_bytes() >= self.options.block_size_bytes {
@@ -125,19 +133,24 @@ impl<'f> TableWriter<'f> {
         Ok(())
     }
 
-    /// Closes the current data block and indexes it by its last key.
+    /// Closes the current data block. Its index entry waits for the next
+    /// block's first key (or the end of the table), to pick a short separator.
     fn finish_data_block(&mut self) {
         if self.data.is_empty() {
             return;
         }
-        let separator = self.data.last_key().to_vec();
+        let last_key = self.data.last_key().to_vec();
         let before = self.stream.len();
         self.data.finish_into(&mut self.stream);
         let handle = self.block_handle(before);
-        let mut encoded = Vec::new();
-        handle.encode_to(&mut encoded);
-        self.index.add(&separator, &encoded);
+        self.pending_index = Some((last_key, handle));
         self.data_blocks += 1;
+    }
+
+    fn add_index_entry(&mut self, separator: &[u8], handle: BlockHandle) {
+        let mut encoded = Vec::with_capacity(20);
+        handle.encode_to(&mut encoded);
+        self.index.add(separator, &encoded);
     }
 
     /// The handle of the block appended to the stream since `before`, which
@@ -191,6 +204,9 @@ impl<'f> TableWriter<'f> {
     /// restores the exact length and fdatasyncs the file.
     pub(crate) async fn finish(mut self) -> Result<TableInfo> {
         self.finish_data_block();
+        if let Some((last_key, handle)) = self.pending_index.take() {
+            self.add_index_entry(&last_key, handle);
+        }
         let filter = std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish();
         let before = self.stream.len();
         self.stream.extend_from_slice(&filter);
@@ -228,6 +244,31 @@ impl<'f> TableWriter<'f> {
         self.file.sync_data().await?;
         Ok(TableInfo { size_bytes: self.table_len, entries: self.entries, data_blocks: self.data_blocks })
     }
+}
+
+/// An internal key `s` with `last <= s < next` (both internal keys, `last < next`),
+/// as short as the user keys allow (LevelDB's `FindShortestSeparator`): the
+/// index holds one per data block, and short separators keep it small.
+fn shortest_separator(last: &[u8], next: &[u8]) -> Vec<u8> {
+    let (Some(a), Some(b)) = (ParsedInternalKey::parse(last), ParsedInternalKey::parse(next)) else {
+        unreachable!("table keys are valid internal keys");
+    };
+    let (a, b) = (a.user_key, b.user_key);
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    if common < a.len().min(b.len()) {
+        let byte = a[common];
+        if byte < 0xff && byte + 1 < b[common] {
+            let mut user_key = a[..=common].to_vec();
+            user_key[common] += 1;
+            // The first internal key of `user_key`: after every entry of `a`
+            // (a smaller user key), before every entry of `b` (a larger one).
+            let separator = crate::key::encode_internal_key(&user_key, SeqNo::MAX, ValueKind::MAX);
+            debug_assert!(compare_internal_keys(last, &separator).is_lt());
+            debug_assert!(compare_internal_keys(&separator, next).is_lt());
+            return separator;
+        }
+    }
+    last.to_vec()
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
@@ -404,6 +445,38 @@ mod tests {
     use crate::io::IoOptions;
     use crate::key::encode_internal_key;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn separators_are_short_and_between_their_neighbours() {
+        let key = |user: &[u8], seq: u64| encode_internal_key(user, SeqNo(seq), ValueKind::Put);
+        let sep = shortest_separator(&key(b"key-00123-suffix", 9), &key(b"key-00456", 3));
+        assert_eq!(ParsedInternalKey::parse(&sep).unwrap().user_key, b"key-002");
+        // Adjacent bytes, a prefix, equal user keys: nothing shorter fits.
+        for (a, b) in [(&b"abc"[..], &b"abd"[..]), (b"ab", b"abc"), (b"a\xff", b"b")] {
+            assert_eq!(shortest_separator(&key(a, 1), &key(b, 1)), key(a, 1));
+        }
+        assert_eq!(shortest_separator(&key(b"same", 9), &key(b"same", 2)), key(b"same", 9));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn separator_lies_between_any_ordered_pair(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..12),
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..12),
+            sa in 0u64..100, sb in 0u64..100,
+        ) {
+            let (x, y) = (encode_internal_key(&a, SeqNo(sa), ValueKind::Put), encode_internal_key(&b, SeqNo(sb), ValueKind::Delete));
+            let (last, next) = match compare_internal_keys(&x, &y) {
+                std::cmp::Ordering::Less => (x, y),
+                std::cmp::Ordering::Greater => (y, x),
+                std::cmp::Ordering::Equal => return Ok(()),
+            };
+            let sep = shortest_separator(&last, &next);
+            proptest::prop_assert!(compare_internal_keys(&last, &sep).is_le());
+            proptest::prop_assert!(compare_internal_keys(&sep, &next).is_lt());
+            proptest::prop_assert!(sep.len() <= last.len());
+        }
+    }
 
     /// (user key, seq) -> Some(value) for puts, None for deletes.
     type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), Option<Vec<u8>>>;
