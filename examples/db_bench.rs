@@ -262,8 +262,8 @@ async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
         latency_ns,
         io_ops,
         notes: vec![
-            ("table_bytes".into(), after.level0_bytes.into()),
-            ("tables".into(), after.level0_tables.into()),
+            ("table_bytes".into(), after.table_bytes().into()),
+            ("tables".into(), after.tables().into()),
             ("cache_hit_rate".into(), (hits as f64 / (hits + misses).max(1) as f64).into()),
             ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
         ],

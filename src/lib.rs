@@ -9,11 +9,13 @@
 
 mod batch;
 mod coding;
+mod compaction;
 mod db;
 mod error;
 #[doc(hidden)]
 pub mod internals;
 pub mod io;
+mod iter;
 mod key;
 mod memtable;
 mod sst;
@@ -21,7 +23,8 @@ mod version;
 mod wal;
 
 pub use batch::{MAX_BATCH_BYTES, MAX_KEY_BYTES, MAX_VALUE_BYTES, WriteBatch};
-pub use db::{Db, Durability, FlushStats, Options, Snapshot, Stats, WriteOptions};
+pub use compaction::CompactionOptions;
+pub use db::{CompactionStats, Db, Durability, FlushStats, LevelStats, Options, Snapshot, Stats, WriteOptions};
 pub use error::{Error, IoOp, Result};
 pub use sst::cache::BlockCacheStats;
 pub use wal::RecoveryMode;

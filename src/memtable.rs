@@ -115,6 +115,14 @@ impl Memtable {
         self.map.iter().map(|entry| (entry.key().clone(), entry.value().clone()))
     }
 
+    /// The first entry at or after `key` (with `inclusive`), or strictly after it:
+    /// a cursor step for iterators, which hold no borrow of the map between steps.
+    pub(crate) fn entry_from(&self, key: &InternalKey, inclusive: bool) -> Option<(InternalKey, Bytes)> {
+        let bound = if inclusive { Bound::Included(key) } else { Bound::Excluded(key) };
+        let entry = self.map.lower_bound(bound)?;
+        Some((entry.key().clone(), entry.value().clone()))
+    }
+
     /// Memory charged to this memtable: for every entry its encoded key, its value and
     /// [`ENTRY_OVERHEAD_BYTES`]. Compared against `write_buffer_size` to decide when to freeze.
     pub(crate) fn approximate_size_bytes(&self) -> usize {

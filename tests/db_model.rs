@@ -23,6 +23,13 @@ fn options() -> Options {
         write_buffer_size_bytes: 64 * 1024,
         max_immutable_memtables: 2,
         block_size_bytes: 1024,
+        // Tiny levels: compactions into levels 1 and 2 run many times per phase.
+        compaction: ringdb::CompactionOptions {
+            l0_compaction_trigger: 2,
+            level1_target_bytes: 128 << 10,
+            sst_target_size_bytes: 32 << 10,
+            ..Default::default()
+        },
         wal_preallocate_bytes: 128 * 1024,
         wal_buffer_size_bytes: 16 * 1024,
         ..Options::default()
@@ -105,7 +112,35 @@ async fn run_writer(db: Db, writer: u64, seed: u64, model: &mut Model) {
     }
 }
 
+async fn collect(
+    stream: impl futures::Stream<Item = ringdb::Result<(bytes::Bytes, bytes::Bytes)>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use futures::StreamExt;
+    stream.map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect().await
+}
+
+fn union(models: &[Model]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let all: Model = models.iter().flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone()))).collect();
+    all.into_iter().collect()
+}
+
+/// Full, prefix and bounded scans against the models.
+async fn check_scans(db: &Db, models: &[Model], context: &str) {
+    assert_eq!(collect(db.scan::<&[u8]>(..)).await, union(models), "{context}: full scan");
+    for (writer, model) in models.iter().enumerate() {
+        let prefix = format!("w{writer}-");
+        let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(collect(db.scan_prefix(&prefix)).await, want, "{context}: prefix scan of writer {writer}");
+        let (from, to) = (key(writer as u64, 100), key(writer as u64, 200));
+        let want: Vec<_> = model.range(from.clone()..to.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(collect(db.scan(from.clone()..to.clone())).await, want, "{context}: bounded scan");
+        let want: Vec<_> = model.range(from.clone()..=to.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(collect(db.scan(from..=to)).await, want, "{context}: inclusive scan");
+    }
+}
+
 async fn check_all(db: &Db, models: &[Model], context: &str) {
+    check_scans(db, models, context).await;
     for (writer, model) in models.iter().enumerate() {
         for n in 0..400u32 {
             let k = key(writer as u64, n);
@@ -128,6 +163,9 @@ async fn random_operations_match_a_btreemap_across_reopens() {
     for phase in 0..PHASES {
         let db = Db::open(dir.path(), options()).await.unwrap();
         check_all(&db, &models, &format!("after reopen {phase}")).await;
+        // Held across the whole phase: its view must survive every compaction.
+        let snapshot = db.snapshot();
+        let at_snapshot = union(&models);
         let tasks: Vec<_> = models
             .drain(..)
             .enumerate()
@@ -143,8 +181,15 @@ async fn random_operations_match_a_btreemap_across_reopens() {
             models.push(task.await.unwrap());
         }
         check_all(&db, &models, &format!("end of phase {phase}")).await;
+        assert_eq!(
+            collect(snapshot.scan::<&[u8]>(..)).await,
+            at_snapshot,
+            "phase {phase}: snapshot held across compactions"
+        );
+        drop(snapshot);
         let stats = db.stats();
-        assert!(stats.flush.flushes > 0 && stats.level0_tables > 0, "phase {phase} flushed tables: {stats:?}");
+        assert!(stats.flush.flushes > 0 && stats.tables() > 0, "phase {phase} flushed tables: {stats:?}");
+        assert!(stats.compaction.compactions > 0, "phase {phase} compacted: {stats:?}");
         if phase == 1 {
             // Everything in tables, nothing in memtables: reads come from tables alone.
             db.flush().await.unwrap();

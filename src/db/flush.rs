@@ -9,23 +9,22 @@
 //! leaves either an unrecorded table (an orphan that the next open deletes)
 //! or recorded data whose logs the next open deletes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::log::{LogShared, log_path};
+use super::versions::VersionSet;
+use crate::Result;
 use crate::io::{DirectFile, Io};
 use crate::key::SeqNo;
 use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::{TableOptions, TableReader, TableWriter};
-use crate::version::{FileMeta, ManifestState, ManifestWriter, TableFile, VersionEdit};
-use crate::{Error, Result};
+use crate::version::{FileMeta, LiveTable, TableFile, VersionEdit};
 
-pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join(format!("{number:06}.sst"))
-}
+pub(crate) use crate::compaction::job::table_path;
 
 /// Counters of the flush pipeline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,8 +68,7 @@ impl FlushCounters {
 pub(crate) struct Flusher {
     pub(crate) shared: Arc<LogShared>,
     pub(crate) io: Io,
-    pub(crate) manifest: ManifestWriter,
-    pub(crate) manifest_state: ManifestState,
+    pub(crate) versions: Arc<VersionSet>,
     pub(crate) table_options: TableOptions,
     pub(crate) cache: Option<Arc<BlockCache>>,
     pub(crate) counters: Arc<FlushCounters>,
@@ -83,7 +81,6 @@ struct Job {
     /// The first log of the next memtable: every log below it is obsolete once the job is recorded.
     next_log_number: u64,
     table_number: u64,
-    next_file_number: u64,
 }
 
 /// The body of the `ringdb-flush` thread.
@@ -94,15 +91,9 @@ pub(crate) fn flush_thread(mut flusher: Flusher) {
         }
         let result = futures_executor::block_on(flusher.flush(&job));
         match result {
-            Ok(table) => {
-                {
-                    let mut state = flusher.shared.lock();
-                    let flushed = state.immutables.remove(0);
-                    assert!(Arc::ptr_eq(&flushed.memtable, &job.memtable), "memtables are flushed in order");
-                    state.version = Arc::new(state.version.with_table(table));
-                    state.flushed_memtables += 1;
-                }
+            Ok(()) => {
                 flusher.shared.room.notify(usize::MAX);
+                flusher.shared.compact_work.notify_all();
                 for &log in &job.log_numbers {
                     let path = log_path(&flusher.shared.dir, log);
                     if let Err(e) = futures_executor::block_on(flusher.io.remove_file(&path)) {
@@ -141,7 +132,7 @@ fn next_job(shared: &LogShared) -> Option<Job> {
     let next_log_number = *next.log_numbers.first().expect("every memtable has a log");
     let table_number = state.next_file_number;
     state.next_file_number += 1;
-    Some(Job { memtable, log_numbers, next_log_number, table_number, next_file_number: state.next_file_number })
+    Some(Job { memtable, log_numbers, next_log_number, table_number })
 }
 
 /// Asks the log writer to write out everything queued so far (the frozen
@@ -163,7 +154,7 @@ fn wait_until_logged(shared: &LogShared) -> bool {
 }
 
 impl Flusher {
-    async fn flush(&mut self, job: &Job) -> Result<Arc<TableFile>> {
+    async fn flush(&mut self, job: &Job) -> Result<()> {
         let dir = self.shared.dir.clone();
         let path = table_path(&dir, job.table_number);
         let started = Instant::now();
@@ -174,23 +165,26 @@ impl Flusher {
         let edit = VersionEdit {
             new_files: vec![meta.clone()],
             log_number: Some(job.next_log_number),
-            last_sequence: Some(self.manifest_state.last_sequence.max(meta.largest_seq)),
-            next_file_number: Some(job.next_file_number),
+            last_sequence: Some(meta.largest_seq),
             ..VersionEdit::default()
         };
-        self.manifest.append(&edit).await?;
-        self.manifest_state.apply(&edit).map_err(|reason| Error::Corruption {
-            file: self.manifest.path().to_path_buf(),
-            offset: 0,
-            reason: format!("our own edit does not apply: {reason}"),
-        })?;
+        let table =
+            Arc::new(TableFile { meta: meta.clone(), reader: LiveTable::new(reader, self.versions.graveyard.clone()) });
+        // The table and the memtable swap places in one step for readers.
+        self.versions
+            .log_and_apply(&self.shared, edit, vec![table], |state| {
+                let flushed = state.immutables.remove(0);
+                assert!(Arc::ptr_eq(&flushed.memtable, &job.memtable), "memtables are flushed in order");
+                state.flushed_memtables += 1;
+            })
+            .await?;
         let counters = &self.counters;
         counters.flushes.fetch_add(1, Ordering::Relaxed);
         counters.bytes_written.fetch_add(meta.size_bytes, Ordering::Relaxed);
         counters.entries_written.fetch_add(job.memtable.len() as u64, Ordering::Relaxed);
         counters.build_time_us.fetch_add(build_time.as_micros() as u64, Ordering::Relaxed);
         counters.encode_time_us.fetch_add(encode_time.as_micros() as u64, Ordering::Relaxed);
-        Ok(Arc::new(TableFile { meta, reader }))
+        Ok(())
     }
 }
 

@@ -83,6 +83,11 @@ pub(crate) struct LogShared {
     pub(crate) work: Condvar,
     /// Wakes the flush thread (a memtable froze, or the database closes).
     pub(crate) flush_work: Condvar,
+    /// Wakes the compaction thread (a flush installed a table, or the database closes).
+    pub(crate) compact_work: Condvar,
+    /// Sequence numbers of live snapshots (with their counts): compaction
+    /// keeps every version of a key that one of them can see.
+    pub(crate) snapshots: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// Every write with a sequence number <= this is readable.
     pub(crate) visible_seq: AtomicU64,
     /// Wakes writers waiting for room and `Db::flush` callers (a flushed
@@ -102,6 +107,28 @@ impl LogShared {
 
     pub(crate) fn visible(&self) -> SeqNo {
         SeqNo(self.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// The oldest sequence number any reader may still read at: the oldest
+    /// live snapshot, else what is visible now.
+    pub(crate) fn oldest_snapshot(&self) -> SeqNo {
+        let snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let visible = self.visible();
+        snapshots.keys().next().map_or(visible, |&oldest| SeqNo(oldest).min(visible))
+    }
+
+    pub(crate) fn register_snapshot(&self, seq: SeqNo) {
+        *self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).entry(seq.0).or_insert(0) += 1;
+    }
+
+    pub(crate) fn release_snapshot(&self, seq: SeqNo) {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = snapshots.get_mut(&seq.0) {
+            *count -= 1;
+            if *count == 0 {
+                snapshots.remove(&seq.0);
+            }
+        }
     }
 
     /// Appends an encoded batch (`encode` writes it) to the pending segment of `log_number`.
@@ -177,6 +204,7 @@ impl Drop for PanicGuard<'_> {
         }
         self.0.room.notify(usize::MAX);
         self.0.flush_work.notify_all();
+        self.0.compact_work.notify_all();
     }
 }
 
@@ -311,6 +339,24 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
     }
 }
 
+/// Runs an engine thread's body; if it panics (a broken invariant of ours),
+/// the database is poisoned so that no caller waits for that thread forever.
+pub(crate) fn run_guarded(shared: &LogShared, thread: &str, body: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        let reason = format!("the {thread} thread panicked: {message}");
+        tracing::error!(%reason, "the database refuses further writes");
+        shared.lock().poisoned.get_or_insert(reason);
+        shared.room.notify(usize::MAX);
+        shared.flush_work.notify_all();
+        shared.compact_work.notify_all();
+    }
+}
+
 /// Marks the database poisoned (first failure wins) and wakes writers waiting
 /// for room, so they see it. Returns the reason.
 fn poison(shared: &LogShared, error: &Error) -> String {
@@ -321,6 +367,7 @@ fn poison(shared: &LogShared, error: &Error) -> String {
     tracing::error!(error = %error, "write-ahead log write failed: the database refuses further writes");
     shared.room.notify(usize::MAX);
     shared.flush_work.notify_all();
+    shared.compact_work.notify_all();
     reason
 }
 

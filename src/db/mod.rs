@@ -1,10 +1,14 @@
 //! The database: open and recovery, the write path, reads and snapshots.
 
+mod compact;
 mod flush;
 mod log;
 mod options;
 mod recovery;
+mod scan;
+mod versions;
 
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex};
@@ -13,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
+pub use compact::CompactionStats;
 pub use flush::FlushStats;
 pub use options::{Durability, Options, WriteOptions};
 
@@ -21,11 +26,13 @@ use crate::io::{DirLock, Io};
 use crate::key::SeqNo;
 use crate::memtable::{Memtable, MemtableValue};
 use crate::sst::cache::{BlockCache, BlockCacheStats};
-use crate::version::{ManifestWriter, Version};
+use crate::version::{Graveyard, ManifestWriter, NUM_LEVELS, Version};
 use crate::wal::WalWriter;
 use crate::{Error, IoOp, Result};
+use compact::{CompactionCounters, Compactor};
 use flush::{FlushCounters, Flusher};
 use log::{LogShared, LogState, MemtableSlot, Waiter, log_path};
+use versions::VersionSet;
 
 /// An open database. Cheap to clone (`Arc` inside); `Send + Sync`; every method
 /// is async and needs no particular executor.
@@ -55,6 +62,7 @@ struct DbInner {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     cache: Option<Arc<BlockCache>>,
     flush_counters: Arc<FlushCounters>,
+    compaction_counters: Arc<CompactionCounters>,
     io: Io,
     _lock: DirLock,
     path: PathBuf,
@@ -68,6 +76,7 @@ impl Drop for DbInner {
         self.log.lock().closing = true;
         self.log.work.notify_all();
         self.log.flush_work.notify_all();
+        self.log.compact_work.notify_all();
         for thread in self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = thread.join();
         }
@@ -75,17 +84,54 @@ impl Drop for DbInner {
 }
 
 /// A consistent view: reads see exactly the writes acknowledged before
-/// [`Db::snapshot`] was called.
-#[derive(Clone)]
+/// [`Db::snapshot`] was called. While it lives, compaction keeps the versions
+/// of keys it can see.
 pub struct Snapshot {
     db: Db,
     seq: SeqNo,
 }
 
 impl Snapshot {
+    fn new(db: Db, seq: SeqNo) -> Snapshot {
+        db.inner.log.register_snapshot(seq);
+        Snapshot { db, seq }
+    }
+}
+
+impl Clone for Snapshot {
+    fn clone(&self) -> Snapshot {
+        Snapshot::new(self.db.clone(), self.seq)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        self.db.inner.log.release_snapshot(self.seq);
+    }
+}
+
+impl Snapshot {
     /// The value of `key` as of the snapshot.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         self.db.get_at(key.as_ref(), self.seq).await
+    }
+
+    /// The entries of `range` as of the snapshot, in key order.
+    pub fn scan<K: AsRef<[u8]>>(
+        &self,
+        range: impl RangeBounds<K>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = owned_bounds(&range);
+        self.db.scan_at(start, end, self.seq)
+    }
+
+    /// The entries whose key starts with `prefix` as of the snapshot, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = prefix_bounds(prefix.as_ref());
+        self.db.scan_at(start, end, self.seq)
     }
 
     /// The sequence number the snapshot reads at.
@@ -130,7 +176,8 @@ impl Db {
         io.sync_dir(crate::io::parent_dir(&dir)).await?;
         let cache = (options.block_cache_size_bytes > 0)
             .then(|| Arc::new(BlockCache::new(options.block_cache_size_bytes, options.block_size_bytes)));
-        let recovered = recovery::recover(&io, &dir, &options, cache.clone()).await?;
+        let graveyard = Arc::new(Graveyard::default());
+        let recovered = recovery::recover(&io, &dir, &options, cache.clone(), &graveyard).await?;
         // Every open starts a new MANIFEST holding the recovered state, and a new log.
         let manifest_number = recovered.next_file_number;
         let log_number = manifest_number + 1;
@@ -168,6 +215,8 @@ impl Db {
             state: Mutex::new(state),
             work: Condvar::new(),
             flush_work: Condvar::new(),
+            compact_work: Condvar::new(),
+            snapshots: Mutex::new(Default::default()),
             visible_seq: AtomicU64::new(recovered.last_seq.0),
             room: event_listener::Event::new(),
             dir: dir.clone(),
@@ -184,18 +233,34 @@ impl Db {
                 move || log::writer_thread(shared, io, Some(wal))
             })
             .map_err(spawn_error)?;
+        let versions = Arc::new(VersionSet::new(manifest, manifest_state, graveyard));
         let flush_counters = Arc::new(FlushCounters::default());
         let flusher = Flusher {
             shared: Arc::clone(&shared),
             io: io.clone(),
-            manifest,
-            manifest_state,
+            versions: Arc::clone(&versions),
             table_options: options.table_options(),
             cache: cache.clone(),
             counters: Arc::clone(&flush_counters),
         };
-        let flush_thread =
-            std::thread::Builder::new().name("ringdb-flush".into()).spawn(move || flush::flush_thread(flusher));
+        let compaction_counters = Arc::new(CompactionCounters::default());
+        let compactor = Compactor {
+            shared: Arc::clone(&shared),
+            io: io.clone(),
+            versions,
+            options: options.compaction.clone(),
+            table_options: options.table_options(),
+            cache: cache.clone(),
+            counters: Arc::clone(&compaction_counters),
+        };
+        let flush_thread = std::thread::Builder::new().name("ringdb-flush".into()).spawn({
+            let shared = Arc::clone(&shared);
+            move || log::run_guarded(&shared, "flush", || flush::flush_thread(flusher))
+        });
+        let compaction_thread = std::thread::Builder::new().name("ringdb-compact".into()).spawn({
+            let shared = Arc::clone(&shared);
+            move || log::run_guarded(&shared, "compaction", || compact::compaction_thread(compactor))
+        });
         let db = Db {
             inner: Arc::new(DbInner {
                 log: shared,
@@ -203,6 +268,7 @@ impl Db {
                 threads: Mutex::new(vec![writer]),
                 cache,
                 flush_counters,
+                compaction_counters,
                 io,
                 _lock: lock,
                 path: dir.clone(),
@@ -211,6 +277,8 @@ impl Db {
         // On failure `db` drops here, which stops the log writer.
         let flush_thread = flush_thread.map_err(spawn_error)?;
         db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(flush_thread);
+        let compaction_thread = compaction_thread.map_err(spawn_error)?;
+        db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(compaction_thread);
         Ok(db)
     }
 
@@ -277,6 +345,11 @@ impl Db {
     /// Freezes a full active memtable if there is room for another immutable
     /// one; false if writes must wait.
     fn make_room(&self, state: &mut LogState) -> bool {
+        // Level 0 at its stop trigger: wait until compaction shrinks it.
+        let compaction = &self.inner.options.compaction;
+        if !compaction.disable_auto_compactions && state.version.levels[0].len() >= compaction.l0_stop_trigger {
+            return false;
+        }
         let full = state.active.memtable.approximate_size_bytes() >= self.inner.options.write_buffer_size_bytes;
         !full || self.freeze(state)
     }
@@ -386,6 +459,63 @@ impl Db {
         Ok(None)
     }
 
+    /// The entries of `range` in key order, as of the call (a snapshot is
+    /// taken for the scan). `db.scan(..)` scans everything, `db.scan("a".."m")`
+    /// a range; the stream reads tables block by block as it goes.
+    pub fn scan<K: AsRef<[u8]>>(
+        &self,
+        range: impl RangeBounds<K>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = owned_bounds(&range);
+        self.scan_at(start, end, self.inner.log.visible())
+    }
+
+    /// The entries whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = prefix_bounds(prefix.as_ref());
+        self.scan_at(start, end, self.inner.log.visible())
+    }
+
+    fn scan_at(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        seq: SeqNo,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        use crate::iter::{BlockFetch, LevelCursor, MemtableCursor, MergingIter, Source, TableCursor};
+        let sources = {
+            let state = self.inner.log.lock();
+            let mut sources: Vec<Source> = std::iter::once(&state.active)
+                .chain(&state.immutables)
+                .map(|slot| Source::Memtable(MemtableCursor::new(Arc::clone(&slot.memtable))))
+                .collect();
+            for table in &state.version.levels[0] {
+                sources.push(Source::Table(TableCursor::new(Arc::clone(table), BlockFetch::Cached)));
+            }
+            for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
+                sources.push(Source::Level(LevelCursor::new(level.clone(), false)));
+            }
+            sources
+        };
+        let scan = scan::Scan::new(MergingIter::new(sources), seq, start, end);
+        futures_util::stream::unfold(scan, |mut scan| async move {
+            if scan.done {
+                return None;
+            }
+            match scan.next().await {
+                Ok(Some(entry)) => Some((Ok(entry), scan)),
+                Ok(None) => None,
+                Err(e) => {
+                    scan.done = true;
+                    Some((Err(e), scan))
+                }
+            }
+        })
+    }
+
     /// Flushes every memtable holding data (the active one included) to
     /// tables and waits until they are recorded. Writes go on meanwhile.
     pub async fn flush(&self) -> Result<()> {
@@ -427,18 +557,25 @@ impl Db {
     /// Counters: flushes, the block cache, the I/O backend, the tables.
     pub fn stats(&self) -> Stats {
         let version = Arc::clone(&self.inner.log.lock().version);
+        let mut levels = [LevelStats::default(); NUM_LEVELS];
+        for (level, stats) in levels.iter_mut().enumerate() {
+            *stats = LevelStats { tables: version.levels[level].len(), bytes: version.level_bytes(level) };
+        }
         Stats {
             flush: self.inner.flush_counters.snapshot(),
+            compaction: self.inner.compaction_counters.snapshot(),
             block_cache: self.inner.cache.as_ref().map(|cache| cache.stats()).unwrap_or_default(),
             io: self.inner.io.stats(),
-            level0_tables: version.level0.len(),
-            level0_bytes: version.size_bytes(),
+            levels,
         }
     }
 
     /// A snapshot of the acknowledged writes.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { db: self.clone(), seq: self.inner.log.visible() }
+        // Registered under the state lock: a compaction that reads the oldest
+        // snapshot afterwards sees this one.
+        let _state = self.inner.log.lock();
+        Snapshot::new(self.clone(), self.inner.log.visible())
     }
 
     /// Writes out everything buffered in the log ([`Durability::Buffered`]
@@ -481,6 +618,7 @@ impl Db {
         };
         self.inner.log.work.notify_all();
         self.inner.log.flush_work.notify_all();
+        self.inner.log.compact_work.notify_all();
         // Writers waiting for room must see `closing`.
         self.inner.log.room.notify(usize::MAX);
         let threads: Vec<_> = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
@@ -500,17 +638,52 @@ impl Db {
     }
 }
 
+fn owned_bounds<K: AsRef<[u8]>>(range: &impl RangeBounds<K>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let own = |bound: Bound<&K>| match bound {
+        Bound::Included(key) => Bound::Included(key.as_ref().to_vec()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_ref().to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (own(range.start_bound()), own(range.end_bound()))
+}
+
+fn prefix_bounds(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let end = scan::prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+    (Bound::Included(prefix.to_vec()), end)
+}
+
 /// A summary of the database's counters, from [`Db::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// The flush pipeline.
     pub flush: FlushStats,
+    /// Compactions.
+    pub compaction: CompactionStats,
     /// The block cache (all zero when it is disabled).
     pub block_cache: BlockCacheStats,
     /// The I/O backend.
     pub io: crate::io::IoStats,
-    /// Tables in level 0.
-    pub level0_tables: usize,
-    /// Bytes of level-0 tables.
-    pub level0_bytes: u64,
+    /// Tables and bytes per level, level 0 first.
+    pub levels: [LevelStats; NUM_LEVELS],
+}
+
+impl Stats {
+    /// Tables in all levels.
+    pub fn tables(&self) -> usize {
+        self.levels.iter().map(|level| level.tables).sum()
+    }
+
+    /// Bytes of all tables.
+    pub fn table_bytes(&self) -> u64 {
+        self.levels.iter().map(|level| level.bytes).sum()
+    }
+}
+
+/// One level's share of the tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelStats {
+    /// Tables in the level.
+    pub tables: usize,
+    /// Their bytes.
+    pub bytes: u64,
 }

@@ -40,6 +40,8 @@ pub struct Options {
     /// Memory for cached data blocks of tables, in bytes (0: no caching).
     /// Index and filter blocks are pinned outside it. Default: 64 MiB.
     pub block_cache_size_bytes: u64,
+    /// The shape of the tree: compaction triggers, level sizes, table size.
+    pub compaction: crate::CompactionOptions,
     /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
     pub recovery_mode: RecoveryMode,
     /// Create the directory if it does not exist. Default: true.
@@ -61,6 +63,7 @@ impl Default for Options {
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
             block_cache_size_bytes: 64 << 20,
+            compaction: crate::CompactionOptions::default(),
             recovery_mode: RecoveryMode::default(),
             create_if_missing: true,
             io: IoOptions::default(),
@@ -80,7 +83,7 @@ impl Options {
         } else if self.bloom_bits_per_key > 64 {
             "bloom_bits_per_key must be at most 64"
         } else {
-            return Ok(());
+            return self.compaction.validate().map_err(crate::Error::InvalidArgument);
         };
         Err(crate::Error::InvalidArgument(problem.into()))
     }

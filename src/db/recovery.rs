@@ -15,7 +15,7 @@ use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::TableReader;
 use crate::version::manifest::{self, CURRENT_NAME, parse_manifest_name};
-use crate::version::{ManifestState, TableFile};
+use crate::version::{Graveyard, LiveTable, ManifestState, TableFile};
 use crate::wal::{RecoveryMode, read_log};
 use crate::{Error, IoOp, Result};
 
@@ -66,6 +66,7 @@ pub(crate) async fn recover(
     dir: &Path,
     options: &Options,
     cache: Option<Arc<BlockCache>>,
+    graveyard: &Arc<Graveyard>,
 ) -> Result<Recovered> {
     let names: Vec<String> = std::fs::read_dir(dir)
         .map_err(|source| Error::Io { op: IoOp::Open, path: dir.to_path_buf(), offset: None, source })?
@@ -98,7 +99,7 @@ pub(crate) async fn recover(
                 reason: format!("{} bytes, the MANIFEST says {}", reader.size_bytes(), meta.size_bytes),
             });
         }
-        tables.push(Arc::new(TableFile { meta: meta.clone(), reader }));
+        tables.push(Arc::new(TableFile { meta: meta.clone(), reader: LiveTable::new(reader, Arc::clone(graveyard)) }));
     }
 
     let mut highest_number = state.next_file_number.saturating_sub(1);

@@ -197,6 +197,9 @@ impl Footer {
     }
 }
 
+/// One decoded entry: its full key and its value.
+pub(crate) type Entry = (Vec<u8>, Bytes);
+
 /// A verified block's contents, ready to search.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
@@ -260,8 +263,8 @@ impl Block {
     }
 
     /// An iterator from the first entry.
-    pub(crate) fn iter(&self) -> BlockIter<'_> {
-        BlockIter { block: self, pos: 0, key: Vec::new() }
+    pub(crate) fn iter(&self) -> BlockIter {
+        BlockIter { block: self.clone(), pos: 0, key: Vec::new() }
     }
 
     /// The first entry whose key is `>= target` under `cmp`, or `None` if every key is smaller.
@@ -272,35 +275,53 @@ impl Block {
         file: &Path,
         offset: u64,
     ) -> Result<Option<(Vec<u8>, Bytes)>> {
+        Ok(self.iter_from(target, cmp, file, offset)?.1)
+    }
+
+    /// The first entry whose key is `>= target` under `cmp` (if any), and an
+    /// iterator positioned just after it.
+    pub(crate) fn iter_from(
+        &self,
+        target: &[u8],
+        cmp: impl Fn(&[u8], &[u8]) -> Ordering,
+        file: &Path,
+        offset: u64,
+    ) -> Result<(BlockIter, Option<Entry>)> {
         // Binary search for the last restart point whose key is < target.
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            let mut iter = BlockIter { block: self, pos: self.restart(mid), key: Vec::new() };
+            let mut iter = BlockIter { block: self.clone(), pos: self.restart(mid), key: Vec::new() };
             match iter.next_entry(file, offset)? {
                 Some((key, _)) if cmp(&key, target) == Ordering::Less => lo = mid,
                 _ => hi = mid - 1,
             }
         }
-        let mut iter = BlockIter { block: self, pos: self.restart(lo), key: Vec::new() };
+        let mut iter = BlockIter { block: self.clone(), pos: self.restart(lo), key: Vec::new() };
         while let Some((key, value)) = iter.next_entry(file, offset)? {
             if cmp(&key, target) != Ordering::Less {
-                return Ok(Some((key, value)));
+                return Ok((iter, Some((key, value))));
             }
         }
-        Ok(None)
+        Ok((iter, None))
     }
 }
 
 /// Walks a block's entries in order.
 #[derive(Debug)]
-pub(crate) struct BlockIter<'a> {
-    block: &'a Block,
+pub(crate) struct BlockIter {
+    /// A clone (reference-counted bytes): the iterator outlives borrows of the block.
+    block: Block,
     pos: usize,
     key: Vec<u8>,
 }
 
-impl BlockIter<'_> {
+impl BlockIter {
+    /// The block being walked.
+    pub(crate) fn block(&self) -> &Block {
+        &self.block
+    }
+
     /// The next entry (full key, value), `None` at the end, or corruption.
     pub(crate) fn next_entry(&mut self, file: &Path, offset: u64) -> Result<Option<(Vec<u8>, Bytes)>> {
         if self.pos >= self.block.restarts_at {

@@ -4,4 +4,5 @@
 pub(crate) mod block;
 pub(crate) mod cache;
 pub(crate) mod filter;
+pub(crate) mod readahead;
 pub(crate) mod table;

@@ -194,6 +194,12 @@ impl<'f> TableWriter<'f> {
         Ok(())
     }
 
+    /// Bytes the table would have if finished now (close to it: the filter,
+    /// index and footer are not counted). Compaction splits outputs on it.
+    pub(crate) fn estimated_size_bytes(&self) -> u64 {
+        self.table_len + self.data.estimated_size_bytes() as u64
+    }
+
     /// Time spent so far waiting for the oldest write because every staging
     /// buffer was in flight (the encoder was ahead of the device).
     pub(crate) fn write_wait_time(&self) -> std::time::Duration {
@@ -331,6 +337,20 @@ impl TableReader {
         self.size_bytes
     }
 
+    /// The table's file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn file(&self) -> &DirectFile {
+        &self.file
+    }
+
+    /// The pinned index block: one entry per data block, keyed by a separator.
+    pub(crate) fn index(&self) -> &Block {
+        &self.index
+    }
+
     fn source(&self) -> BlockSource<'_> {
         BlockSource { pool: None, file: &self.file, path: &self.path, size_bytes: self.size_bytes }
     }
@@ -370,7 +390,7 @@ impl TableReader {
 
 impl TableReader {
     /// A data block from the cache, or read from the device (and cached).
-    async fn data_block(&self, handle: BlockHandle) -> Result<Block> {
+    pub(crate) async fn data_block(&self, handle: BlockHandle) -> Result<Block> {
         let Some(cache) = &self.cache else {
             let (block, _) = self.source().read_block(handle).await?;
             block.validate_internal_keys(&self.path, handle.offset)?;

@@ -1,0 +1,187 @@
+//! Running one compaction: merge the inputs, drop what no reader can see,
+//! write the outputs, and describe the change as a version edit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::picker::{CompactionOptions, Plan};
+use crate::io::{DirectFile, Io};
+use crate::iter::{BlockFetch, LevelCursor, MergingIter, Source, TableCursor};
+use crate::key::{ParsedInternalKey, SeqNo, ValueKind};
+use crate::sst::cache::BlockCache;
+use crate::sst::readahead::ReadAhead;
+use crate::sst::table::{TableOptions, TableReader, TableWriter};
+use crate::version::{FileMeta, Graveyard, LiveTable, NUM_LEVELS, TableFile, Version, VersionEdit};
+use crate::{Error, Result};
+
+/// What a job needs from the database.
+pub(crate) struct JobContext<'a> {
+    pub(crate) io: &'a Io,
+    pub(crate) dir: &'a Path,
+    pub(crate) table_options: &'a TableOptions,
+    pub(crate) options: &'a CompactionOptions,
+    pub(crate) cache: Option<Arc<BlockCache>>,
+    pub(crate) graveyard: Arc<Graveyard>,
+    /// Entries older than the newest one at or below this are invisible to every reader.
+    pub(crate) oldest_snapshot: SeqNo,
+    /// Hands out a new file number.
+    pub(crate) next_file_number: &'a (dyn Fn() -> u64 + Sync),
+}
+
+/// A finished job: the edit to log, the new tables, and its I/O.
+pub(crate) struct Outcome {
+    pub(crate) edit: VersionEdit,
+    pub(crate) added: Vec<Arc<TableFile>>,
+    pub(crate) bytes_read: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) entries_dropped: u64,
+}
+
+pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.sst"))
+}
+
+pub(crate) async fn run(plan: &Plan, version: &Version, ctx: &JobContext<'_>) -> Result<Outcome> {
+    let output_level = plan.output_level();
+    let mut edit = VersionEdit::default();
+    for table in &plan.inputs {
+        edit.deleted_files.push((plan.level as u32, table.meta.file_number));
+    }
+    for table in &plan.next_inputs {
+        edit.deleted_files.push((output_level as u32, table.meta.file_number));
+    }
+    if plan.is_trivial_move() {
+        let table = &plan.inputs[0];
+        let meta = FileMeta { level: output_level as u32, ..table.meta.clone() };
+        edit.new_files.push(meta.clone());
+        let moved = Arc::new(TableFile { meta, reader: Arc::clone(&table.reader) });
+        return Ok(Outcome { edit, added: vec![moved], bytes_read: 0, bytes_written: 0, entries_dropped: 0 });
+    }
+    let bytes_read = plan.inputs.iter().chain(&plan.next_inputs).map(|t| t.meta.size_bytes).sum();
+    let mut sources = Vec::new();
+    if plan.level == 0 {
+        for table in &plan.inputs {
+            let fetch = BlockFetch::Sequential(ReadAhead::new(table));
+            sources.push(Source::Table(TableCursor::new(Arc::clone(table), fetch)));
+        }
+    } else {
+        sources.push(Source::Level(LevelCursor::new(plan.inputs.clone(), true)));
+    }
+    if !plan.next_inputs.is_empty() {
+        sources.push(Source::Level(LevelCursor::new(plan.next_inputs.clone(), true)));
+    }
+    let mut merged = MergingIter::new(sources);
+    merged.seek_to_first().await?;
+
+    let mut added = Vec::new();
+    let mut written_paths = Vec::new();
+    let result = merge_into_tables(&mut merged, version, output_level, ctx, &mut added, &mut written_paths).await;
+    let entries_dropped = match result {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            drop(added);
+            for path in written_paths {
+                let _ = ctx.io.remove_file(&path).await;
+            }
+            return Err(e);
+        }
+    };
+    let bytes_written = added.iter().map(|t: &Arc<TableFile>| t.meta.size_bytes).sum();
+    edit.new_files.extend(added.iter().map(|t| t.meta.clone()));
+    Ok(Outcome { edit, added, bytes_read, bytes_written, entries_dropped })
+}
+
+/// Whether no level below `output_level` can hold `user_key`: a tombstone
+/// that reaches such a level has nothing left to hide.
+fn is_base_level_for_key(version: &Version, output_level: usize, user_key: &[u8]) -> bool {
+    (output_level + 1..NUM_LEVELS).all(|level| version.overlapping(level, user_key, user_key).is_empty())
+}
+
+/// Writes the merged stream into tables of about `sst_target_size_bytes`,
+/// split only between user keys (so tables of a level never share one).
+/// Returns the number of entries dropped.
+async fn merge_into_tables(
+    merged: &mut MergingIter,
+    version: &Version,
+    output_level: usize,
+    ctx: &JobContext<'_>,
+    added: &mut Vec<Arc<TableFile>>,
+    written_paths: &mut Vec<PathBuf>,
+) -> Result<u64> {
+    let mut current_user_key: Option<Vec<u8>> = None;
+    // The sequence number of the previous entry of the current user key.
+    let mut newer_seq = SeqNo::MAX;
+    let mut dropped = 0u64;
+    while merged.current().is_some() {
+        let number = (ctx.next_file_number)();
+        let path = table_path(ctx.dir, number);
+        written_paths.push(path.clone());
+        let file = DirectFile::create(ctx.io, &path).await?;
+        // See the flush: writes inside the file size run asynchronously.
+        let reserve = (ctx.options.sst_target_size_bytes + (1 << 20)).next_multiple_of(file.alignment() as u64);
+        file.allocate(0, reserve).await?;
+        let mut writer = TableWriter::new(&file, ctx.table_options.clone());
+        let mut smallest_key: Option<Vec<u8>> = None;
+        let mut largest_key = Vec::new();
+        let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);
+        let mut entries = 0u64;
+        while let Some((key, value)) = merged.current() {
+            let parsed = ParsedInternalKey::parse(key).ok_or_else(|| Error::Corruption {
+                file: path.clone(),
+                offset: 0,
+                reason: "compaction input holds a malformed internal key".into(),
+            })?;
+            if current_user_key.as_deref() != Some(parsed.user_key) {
+                if entries > 0 && writer.estimated_size_bytes() >= ctx.options.sst_target_size_bytes {
+                    break;
+                }
+                current_user_key = Some(parsed.user_key.to_vec());
+                newer_seq = SeqNo::MAX;
+            }
+            // A newer entry of this key that every reader sees hides this one;
+            // a tombstone every reader sees, with nothing below, hides nothing.
+            let hidden = newer_seq <= ctx.oldest_snapshot;
+            let useless_tombstone = parsed.kind == ValueKind::Delete
+                && parsed.seq <= ctx.oldest_snapshot
+                && is_base_level_for_key(version, output_level, parsed.user_key);
+            newer_seq = parsed.seq;
+            if hidden || useless_tombstone {
+                dropped += 1;
+            } else {
+                writer.add(key, value).await?;
+                if smallest_key.is_none() {
+                    smallest_key = Some(key.to_vec());
+                }
+                largest_key.clear();
+                largest_key.extend_from_slice(key);
+                smallest_seq = smallest_seq.min(parsed.seq);
+                largest_seq = largest_seq.max(parsed.seq);
+                entries += 1;
+            }
+            merged.advance().await?;
+        }
+        let Some(smallest_key) = smallest_key else {
+            // Everything in this stretch was dropped: no table.
+            drop(writer);
+            drop(file);
+            ctx.io.remove_file(&path).await?;
+            written_paths.pop();
+            continue;
+        };
+        let info = writer.finish().await?;
+        drop(file);
+        let meta = FileMeta {
+            level: output_level as u32,
+            file_number: number,
+            size_bytes: info.size_bytes,
+            smallest_seq,
+            largest_seq,
+            smallest_key,
+            largest_key,
+        };
+        let reader = TableReader::open(ctx.io, &path, number, ctx.cache.clone()).await?;
+        added.push(Arc::new(TableFile { meta, reader: LiveTable::new(reader, Arc::clone(&ctx.graveyard)) }));
+    }
+    ctx.io.sync_dir(ctx.dir).await?;
+    Ok(dropped)
+}

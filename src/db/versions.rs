@@ -1,0 +1,71 @@
+//! The version set: the MANIFEST writer with the state its edits add up to,
+//! shared by the flush and compaction threads. An edit is appended and the
+//! version it makes is installed under one lock, so versions are installed
+//! in MANIFEST order and no thread's change is lost.
+
+use std::sync::Arc;
+
+use async_lock::Mutex;
+
+use super::log::{LogShared, LogState};
+use crate::version::{Graveyard, ManifestState, ManifestWriter, TableFile, VersionEdit};
+use crate::{Error, Result};
+
+struct ManifestLog {
+    writer: ManifestWriter,
+    state: ManifestState,
+}
+
+pub(crate) struct VersionSet {
+    log: Mutex<ManifestLog>,
+    pub(crate) graveyard: Arc<Graveyard>,
+}
+
+impl VersionSet {
+    pub(crate) fn new(writer: ManifestWriter, state: ManifestState, graveyard: Arc<Graveyard>) -> VersionSet {
+        VersionSet { log: Mutex::new(ManifestLog { writer, state }), graveyard }
+    }
+
+    /// Makes `edit` durable in the MANIFEST, then installs the version with
+    /// its deletions and `added` tables and runs `also` in the same critical
+    /// section of the write path's state (for a flush: dropping the memtable).
+    /// Tables the edit deletes are deleted from disk once no version holds them.
+    /// Runs on engine threads only.
+    pub(crate) async fn log_and_apply(
+        &self,
+        shared: &LogShared,
+        mut edit: VersionEdit,
+        added: Vec<Arc<TableFile>>,
+        also: impl FnOnce(&mut LogState),
+    ) -> Result<()> {
+        let mut log = self.log.lock().await;
+        edit.next_file_number = Some(shared.lock().next_file_number);
+        if let Some(seq) = edit.last_sequence {
+            edit.last_sequence = Some(seq.max(log.state.last_sequence));
+        }
+        let mut next_state = log.state.clone();
+        next_state.apply(&edit).map_err(|reason| Error::Corruption {
+            file: log.writer.path().to_path_buf(),
+            offset: 0,
+            reason: format!("an edit of this process does not apply: {reason}"),
+        })?;
+        // The lock is held across the write: edits are appended one at a time.
+        log.writer.append(&edit).await?;
+        log.state = next_state;
+        let mut state = shared.lock();
+        let kept: std::collections::HashSet<u64> = added.iter().map(|t| t.meta.file_number).collect();
+        for &(level, number) in &edit.deleted_files {
+            let gone = state.version.levels[level as usize].iter().find(|t| t.meta.file_number == number);
+            if let Some(table) = gone.filter(|_| !kept.contains(&number)) {
+                table.reader.mark_obsolete();
+            }
+        }
+        let version = state.version.apply(&edit.deleted_files, added);
+        if let Err(broken) = version.check() {
+            panic!("a flush or compaction broke the tree's shape: {broken}");
+        }
+        state.version = Arc::new(version);
+        also(&mut state);
+        Ok(())
+    }
+}

@@ -1,0 +1,337 @@
+//! Iterators over internal entries (internal key, value) in internal-key
+//! order: a cursor per memtable, per table and per sorted level, and the
+//! merging iterator over any set of them. Compaction merges with them; range
+//! scans will add snapshot visibility on top.
+//!
+//! They are async (a table cursor reads blocks through the I/O layer) and
+//! own what they read from (`Arc`s of memtables and tables), so they can live
+//! in a background job or a stream without borrowing the database.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::key::{InternalKey, compare_internal_keys};
+use crate::memtable::Memtable;
+use crate::sst::block::{BlockHandle, BlockIter};
+use crate::sst::readahead::ReadAhead;
+use crate::version::TableFile;
+use crate::{Error, Result};
+
+/// One entry: an encoded internal key and its value.
+pub(crate) use crate::sst::block::Entry;
+
+/// A cursor over one memtable.
+pub(crate) struct MemtableCursor {
+    memtable: Arc<Memtable>,
+    current: Option<(InternalKey, Bytes)>,
+}
+
+impl MemtableCursor {
+    pub(crate) fn new(memtable: Arc<Memtable>) -> MemtableCursor {
+        MemtableCursor { memtable, current: None }
+    }
+
+    fn seek(&mut self, target: &[u8]) {
+        let key = InternalKey::from_encoded(Bytes::copy_from_slice(target)).expect("seek targets are internal keys");
+        self.current = self.memtable.entry_from(&key, true);
+    }
+
+    fn seek_to_first(&mut self) {
+        self.current = self.memtable.iter().next();
+    }
+
+    fn advance(&mut self) {
+        if let Some((key, _)) = self.current.take() {
+            self.current = self.memtable.entry_from(&key, false);
+        }
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.current.as_ref().map(|(key, value)| (key.encoded(), value))
+    }
+}
+
+/// How a table cursor gets its data blocks.
+pub(crate) enum BlockFetch {
+    /// Through the block cache, one device read per missing block (scans, gets).
+    Cached,
+    /// Sequentially in large chunks with read-ahead, bypassing the cache (compaction).
+    Sequential(ReadAhead),
+}
+
+/// A cursor over one table.
+pub(crate) struct TableCursor {
+    table: Arc<TableFile>,
+    fetch: BlockFetch,
+    index: BlockIter,
+    block: Option<BlockIter>,
+    /// The offset of the current block, for error reports.
+    block_offset: u64,
+    current: Option<Entry>,
+}
+
+impl TableCursor {
+    pub(crate) fn new(table: Arc<TableFile>, fetch: BlockFetch) -> TableCursor {
+        let index = table.reader.index().iter();
+        TableCursor { table, fetch, index, block: None, block_offset: 0, current: None }
+    }
+
+    async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
+        let reader = &self.table.reader;
+        let handle = BlockHandle::decode_from(&mut crate::coding::Reader::new(handle_bytes)).ok_or_else(|| {
+            Error::Corruption {
+                file: reader.path().to_path_buf(),
+                offset: 0,
+                reason: "malformed block handle in the index".into(),
+            }
+        })?;
+        let block = match &mut self.fetch {
+            BlockFetch::Cached => reader.data_block(handle).await?,
+            BlockFetch::Sequential(ahead) => ahead.block(reader, handle).await?,
+        };
+        self.block_offset = handle.offset;
+        self.block = Some(block.iter());
+        Ok(())
+    }
+
+    /// Moves to the next entry, crossing into later blocks as needed.
+    async fn step(&mut self) -> Result<()> {
+        let path = self.table.reader.path().to_path_buf();
+        loop {
+            if let Some(block) = &mut self.block {
+                if let Some(entry) = block.next_entry(&path, self.block_offset)? {
+                    self.current = Some(entry);
+                    return Ok(());
+                }
+            }
+            match self.index.next_entry(&path, 0)? {
+                Some((_, handle)) => self.load_block(&handle).await?,
+                None => {
+                    self.block = None;
+                    self.current = None;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn seek(&mut self, target: &[u8]) -> Result<()> {
+        let path = self.table.reader.path().to_path_buf();
+        let (index, found) = self.table.reader.index().iter_from(target, compare_internal_keys, &path, 0)?;
+        self.index = index;
+        let Some((_, handle)) = found else {
+            self.block = None;
+            self.current = None;
+            return Ok(());
+        };
+        self.load_block(&handle).await?;
+        let block = self.block.take().expect("just loaded");
+        let (rest, first) = block_seek(block, target, &path, self.block_offset)?;
+        self.block = Some(rest);
+        match first {
+            Some(entry) => self.current = Some(entry),
+            None => self.step().await?,
+        }
+        Ok(())
+    }
+
+    async fn seek_to_first(&mut self) -> Result<()> {
+        self.index = self.table.reader.index().iter();
+        self.block = None;
+        self.step().await
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.current.as_ref().map(|(key, value)| (key.as_slice(), value))
+    }
+}
+
+/// Re-seeks within the block `iter` walks: the first entry >= `target`.
+fn block_seek(
+    iter: BlockIter,
+    target: &[u8],
+    path: &std::path::Path,
+    offset: u64,
+) -> Result<(BlockIter, Option<Entry>)> {
+    iter.block().iter_from(target, compare_internal_keys, path, offset)
+}
+
+/// A cursor over a sorted run of non-overlapping tables (a level >= 1):
+/// one table open at a time.
+pub(crate) struct LevelCursor {
+    tables: Vec<Arc<TableFile>>,
+    next_table: usize,
+    cursor: Option<TableCursor>,
+    sequential: bool,
+}
+
+impl LevelCursor {
+    /// `tables` sorted by key, non-overlapping. With `sequential`, tables are
+    /// read with read-ahead instead of through the cache.
+    pub(crate) fn new(tables: Vec<Arc<TableFile>>, sequential: bool) -> LevelCursor {
+        LevelCursor { tables, next_table: 0, cursor: None, sequential }
+    }
+
+    fn open(&self, index: usize) -> TableCursor {
+        let table = Arc::clone(&self.tables[index]);
+        let fetch = if self.sequential { BlockFetch::Sequential(ReadAhead::new(&table)) } else { BlockFetch::Cached };
+        TableCursor::new(table, fetch)
+    }
+
+    /// Opens tables from `next_table` on until one has an entry (or none is left).
+    async fn settle(&mut self) -> Result<()> {
+        while self.cursor.as_ref().is_none_or(|c| c.current().is_none()) {
+            if self.next_table >= self.tables.len() {
+                self.cursor = None;
+                return Ok(());
+            }
+            let mut cursor = self.open(self.next_table);
+            self.next_table += 1;
+            cursor.seek_to_first().await?;
+            self.cursor = Some(cursor);
+        }
+        Ok(())
+    }
+
+    async fn seek(&mut self, target: &[u8]) -> Result<()> {
+        // The first table whose largest key is >= target.
+        let index = self.tables.partition_point(|t| compare_internal_keys(&t.meta.largest_key, target).is_lt());
+        if index >= self.tables.len() {
+            self.cursor = None;
+            self.next_table = index;
+            return Ok(());
+        }
+        let mut cursor = self.open(index);
+        cursor.seek(target).await?;
+        self.cursor = Some(cursor);
+        self.next_table = index + 1;
+        self.settle().await
+    }
+
+    async fn seek_to_first(&mut self) -> Result<()> {
+        self.cursor = None;
+        self.next_table = 0;
+        self.settle().await
+    }
+
+    async fn advance(&mut self) -> Result<()> {
+        if let Some(cursor) = &mut self.cursor {
+            cursor.step().await?;
+        }
+        self.settle().await
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.cursor.as_ref().and_then(|c| c.current())
+    }
+}
+
+/// Any cursor the merging iterator can hold.
+pub(crate) enum Source {
+    Memtable(MemtableCursor),
+    Table(TableCursor),
+    Level(LevelCursor),
+}
+
+impl Source {
+    async fn seek(&mut self, target: &[u8]) -> Result<()> {
+        match self {
+            Source::Memtable(c) => {
+                c.seek(target);
+                Ok(())
+            }
+            Source::Table(c) => c.seek(target).await,
+            Source::Level(c) => c.seek(target).await,
+        }
+    }
+
+    async fn seek_to_first(&mut self) -> Result<()> {
+        match self {
+            Source::Memtable(c) => {
+                c.seek_to_first();
+                Ok(())
+            }
+            Source::Table(c) => c.seek_to_first().await,
+            Source::Level(c) => c.seek_to_first().await,
+        }
+    }
+
+    async fn advance(&mut self) -> Result<()> {
+        match self {
+            Source::Memtable(c) => {
+                c.advance();
+                Ok(())
+            }
+            Source::Table(c) => c.step().await,
+            Source::Level(c) => c.advance().await,
+        }
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        match self {
+            Source::Memtable(c) => c.current(),
+            Source::Table(c) => c.current(),
+            Source::Level(c) => c.current(),
+        }
+    }
+}
+
+/// Merges sources into one stream in internal-key order. Sources never hold
+/// the same internal key (every write has its own sequence number), so no
+/// tie-breaking is needed. The source count is small (memtables, level-0
+/// tables, one cursor per deeper level): the minimum is found by a scan.
+pub(crate) struct MergingIter {
+    sources: Vec<Source>,
+    /// The source holding the smallest current key.
+    smallest: Option<usize>,
+}
+
+impl MergingIter {
+    pub(crate) fn new(sources: Vec<Source>) -> MergingIter {
+        MergingIter { sources, smallest: None }
+    }
+
+    fn find_smallest(&mut self) {
+        let mut best: Option<(usize, &[u8])> = None;
+        for (i, source) in self.sources.iter().enumerate() {
+            if let Some((key, _)) = source.current()
+                && best.is_none_or(|(_, best_key)| compare_internal_keys(key, best_key) == Ordering::Less)
+            {
+                best = Some((i, key));
+            }
+        }
+        self.smallest = best.map(|(i, _)| i);
+    }
+
+    /// Positions every source at its first entry >= `target` (an internal key).
+    pub(crate) async fn seek(&mut self, target: &[u8]) -> Result<()> {
+        for source in &mut self.sources {
+            source.seek(target).await?;
+        }
+        self.find_smallest();
+        Ok(())
+    }
+
+    pub(crate) async fn seek_to_first(&mut self) -> Result<()> {
+        for source in &mut self.sources {
+            source.seek_to_first().await?;
+        }
+        self.find_smallest();
+        Ok(())
+    }
+
+    /// The current entry, `None` when every source is exhausted.
+    pub(crate) fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.smallest.and_then(|i| self.sources[i].current())
+    }
+
+    pub(crate) async fn advance(&mut self) -> Result<()> {
+        if let Some(i) = self.smallest {
+            self.sources[i].advance().await?;
+            self.find_smallest();
+        }
+        Ok(())
+    }
+}

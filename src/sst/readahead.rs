@@ -1,0 +1,125 @@
+//! Sequential reads of a table's data blocks in large chunks, the next chunk
+//! in flight while the current one is consumed (compaction input). Blocks
+//! read this way bypass the block cache: a compaction reads each block once,
+//! and caching them would evict the blocks that readers use.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::block::{Block, BlockHandle, TRAILER_BYTES, verify_trailer};
+use super::table::TableReader;
+use crate::io::AlignedBuf;
+use crate::version::TableFile;
+use crate::{Error, Result};
+
+/// Bytes per read-ahead request.
+pub(crate) const READ_AHEAD_CHUNK_BYTES: usize = 1 << 20;
+
+type ChunkRead = Pin<Box<dyn Future<Output = Result<AlignedBuf>> + Send>>;
+
+/// Reads one table front to back, one chunk ahead of the consumer.
+pub(crate) struct ReadAhead {
+    table: Arc<TableFile>,
+    /// The chunk in hand: its file offset and bytes.
+    current: Option<(u64, Bytes)>,
+    /// The following chunk, in flight: its file offset and the read.
+    next: Option<(u64, ChunkRead)>,
+}
+
+impl ReadAhead {
+    pub(crate) fn new(table: &Arc<TableFile>) -> ReadAhead {
+        ReadAhead { table: Arc::clone(table), current: None, next: None }
+    }
+
+    /// Starts reading the chunk at `offset` (aligned) and submits it now.
+    fn start(&self, offset: u64) -> Option<(u64, ChunkRead)> {
+        let size = self.table.reader.size_bytes();
+        if offset >= size {
+            return None;
+        }
+        let table = Arc::clone(&self.table);
+        let len = READ_AHEAD_CHUNK_BYTES.min((size - offset).next_multiple_of(4096) as usize);
+        let mut read: ChunkRead = Box::pin(async move {
+            let file = table.reader.file();
+            let len = len.next_multiple_of(file.alignment());
+            file.read_at(file.alloc_buf(len), offset, len).await
+        });
+        // Poll once so the read is submitted before the caller waits for it.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        if let std::task::Poll::Ready(done) = read.as_mut().poll(&mut cx) {
+            read = Box::pin(std::future::ready(done));
+        }
+        Some((offset, read))
+    }
+
+    /// Makes the chunk at or just before `offset` current (and the one after it in flight).
+    async fn advance_to(&mut self, offset: u64) -> Result<()> {
+        let aligned = offset / 4096 * 4096;
+        let reuse = self.next.as_ref().is_some_and(|(start, _)| *start <= offset);
+        let (start, read) = match self.next.take() {
+            Some(next) if reuse => next,
+            _ => self.start(aligned).ok_or_else(|| self.outside(offset))?,
+        };
+        let buf = read.await?;
+        let end = start + buf.len() as u64;
+        self.current = Some((start, buf.into_bytes()));
+        self.next = self.start(end);
+        Ok(())
+    }
+
+    fn outside(&self, offset: u64) -> Error {
+        Error::Corruption {
+            file: self.table.reader.path().to_path_buf(),
+            offset,
+            reason: format!("block at {offset} lies past the end of the table"),
+        }
+    }
+
+    /// The verified block at `handle`. Handles must come in file order for
+    /// the read-ahead to help; any order is correct.
+    pub(crate) async fn block(&mut self, reader: &TableReader, handle: BlockHandle) -> Result<Block> {
+        let path = reader.path();
+        let len = handle
+            .size
+            .checked_add(TRAILER_BYTES as u64)
+            .filter(|len| handle.offset.checked_add(*len).is_some_and(|end| end <= reader.size_bytes()))
+            .ok_or_else(|| self.outside(handle.offset))? as usize;
+        let in_current = |current: &Option<(u64, Bytes)>| {
+            current
+                .as_ref()
+                .is_some_and(|(start, bytes)| *start <= handle.offset && handle.offset < start + bytes.len() as u64)
+        };
+        if !in_current(&self.current) {
+            self.advance_to(handle.offset).await?;
+        }
+        let (start, bytes) = self.current.as_ref().expect("advanced");
+        let skip = (handle.offset - start) as usize;
+        let raw = if skip + len <= bytes.len() {
+            bytes.slice(skip..skip + len)
+        } else {
+            // The block continues in the next chunk: join the two pieces.
+            let mut joined = Vec::with_capacity(len);
+            joined.extend_from_slice(&bytes[skip..]);
+            while joined.len() < len {
+                let at = handle.offset + joined.len() as u64;
+                self.advance_to(at).await?;
+                let (start, bytes) = self.current.as_ref().expect("advanced");
+                let from = (at - start) as usize;
+                let take = (len - joined.len()).min(bytes.len().saturating_sub(from));
+                if take == 0 {
+                    return Err(self.outside(at));
+                }
+                joined.extend_from_slice(&bytes[from..from + take]);
+            }
+            Bytes::from(joined)
+        };
+        let contents = verify_trailer(raw, path, handle.offset)?;
+        let block = Block::new(contents, path, handle.offset)?;
+        block.validate_internal_keys(path, handle.offset)?;
+        Ok(block)
+    }
+}
