@@ -1,12 +1,15 @@
-//! Thin wrappers over the crate-private SST codecs, for the benches (`benches/codecs.rs`),
-//! the fuzz targets (`fuzz/`) and the corpus replay test (`tests/fuzz_corpus.rs`).
+//! Thin wrappers over the crate-private SST and MANIFEST codecs, for the benches
+//! (`benches/codecs.rs`), the fuzz targets (`fuzz/`) and the corpus replay test
+//! (`tests/fuzz_corpus.rs`).
 //!
 //! **Not a public API.** This module is hidden from the docs and exempt from semver: it
 //! changes whenever the codecs do. Applications use [`Db`](crate::Db).
 //!
-//! Every function that takes untrusted bytes (`decode_*`, `read_table_*`, `fuzz_*`)
-//! returns an error for damaged input and never panics; a panic there is a bug that the
-//! fuzzers and the corpus replay are meant to find.
+//! Every function that takes untrusted bytes (`decode_*`, `read_table_*`, `load_manifest_*`,
+//! `fuzz_*`) returns an error for damaged input and never panics; a panic there is a bug
+//! that the fuzzers and the corpus replay are meant to find. (The one deliberate `assert!`,
+//! in [`decode_manifest_edit`], checks the edit codec's round trip: failing it is such a
+//! bug too.)
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,9 @@ use crate::key::{ParsedInternalKey, SeqNo, ValueKind, encode_internal_key};
 use crate::sst::block::{Block, BlockBuilder, BlockHandle, FOOTER_BYTES, Footer, TRAILER_BYTES, verify_trailer};
 use crate::sst::filter::{BloomBuilder, BloomFilter};
 use crate::sst::table::{TableOptions, TableReader, TableWriter};
+use crate::version::edit::{EDIT_FORMAT_VERSION, FileMeta, VersionEdit};
+use crate::version::manifest::{self, ManifestState, ManifestWriter};
+use crate::wal::WalWriter;
 use crate::{Error, Result};
 
 /// The file name decoders put in their errors for bytes that did not come from a file.
@@ -224,14 +230,15 @@ fn shared_io() -> Option<&'static Io> {
     IO.get_or_init(|| Io::new(IoOptions::default()).ok()).as_ref()
 }
 
-/// A fresh file name for [`read_table_bytes`], in `/dev/shm` where it exists (memory-backed,
-/// so fuzzing does not wear a disk), else in the temp directory.
-fn scratch_table_path() -> PathBuf {
+/// A fresh path ending in `.{extension}` for the scratch files of [`read_table_bytes`] and
+/// the scratch directories of [`load_manifest_bytes`], in `/dev/shm` where it exists
+/// (memory-backed, so fuzzing does not wear a disk), else in the temp directory.
+fn scratch_path(extension: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!("ringdb-internals-{}-{n}.sst", std::process::id()))
+    dir.join(format!("ringdb-internals-{}-{n}.{extension}", std::process::id()))
 }
 
 /// Writes `data` to a scratch file and runs [`read_table_all`] on it (on a shared I/O
@@ -240,7 +247,7 @@ pub fn read_table_bytes(data: &[u8]) -> Result<usize> {
     let Some(io) = shared_io() else {
         return Err(Error::Closed);
     };
-    let path = scratch_table_path();
+    let path = scratch_path("sst");
     std::fs::write(&path, data).map_err(|source| Error::Io {
         op: crate::IoOp::Write,
         path: path.clone(),
@@ -271,4 +278,228 @@ pub fn fuzz_table_bytes(data: &[u8]) {
 /// want to build data blocks as the table writer does).
 pub fn internal_key(user_key: &[u8], seq: u64) -> Vec<u8> {
     encode_internal_key(user_key, SeqNo(seq.min(SeqNo::MAX.0)), ValueKind::Put)
+}
+
+/// The file number of the MANIFEST that [`load_manifest_bytes`] writes (`MANIFEST-000001`);
+/// the `log_number` in a MANIFEST's header sector must match it.
+pub const FUZZ_MANIFEST_NUMBER: u64 = 1;
+
+/// First byte of a `manifest` fuzz input: the rest is one version edit
+/// ([`decode_manifest_edit`]).
+pub const MANIFEST_INPUT_EDIT: u8 = 0;
+/// First byte of a `manifest` fuzz input: the rest is a whole MANIFEST file
+/// ([`load_manifest_bytes`]).
+pub const MANIFEST_INPUT_FILE: u8 = 1;
+/// First byte of a `manifest` fuzz input: the rest is a list of edit payloads, each a length
+/// byte and that many bytes (the last one cut short by the end of the input), written into
+/// a MANIFEST with valid record checksums ([`load_manifest_records`]), so that a fuzzer
+/// reaches the edit decoder and the replay of edits without having to forge CRCs.
+pub const MANIFEST_INPUT_RECORDS: u8 = 2;
+
+/// The most records [`load_manifest_records`] writes (each takes a 4 KiB sector).
+const MAX_MANIFEST_RECORDS: usize = 32;
+
+/// A version edit, the MANIFEST's record payload (`docs/format/manifest.md`), for generators
+/// and tests: start from [`ManifestEdit::default`] (an empty edit), add fields with the
+/// chained methods, get the bytes with [`encode`](Self::encode). Nothing is validated, so
+/// an edit built from bad keys or sequence numbers encodes to bytes that fail to decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestEdit(VersionEdit);
+
+impl ManifestEdit {
+    /// Sets `format_version` to the version this build writes (the first edit of every
+    /// MANIFEST carries it).
+    pub fn format_version(mut self) -> Self {
+        self.0.format_version = Some(EDIT_FORMAT_VERSION);
+        self
+    }
+
+    /// Sets `log_number`: every WAL numbered below `number` is obsolete.
+    pub fn log_number(mut self, number: u64) -> Self {
+        self.0.log_number = Some(number);
+        self
+    }
+
+    /// Sets `next_file_number`.
+    pub fn next_file_number(mut self, number: u64) -> Self {
+        self.0.next_file_number = Some(number);
+        self
+    }
+
+    /// Sets `last_sequence` (clamped to the largest sequence number).
+    pub fn last_sequence(mut self, seq: u64) -> Self {
+        self.0.last_sequence = Some(SeqNo(seq.min(SeqNo::MAX.0)));
+        self
+    }
+
+    /// Adds a `new_file` field: table `file_number` of `size_bytes` bytes joins `level`,
+    /// holding sequence numbers `seqs` (clamped to the largest sequence number) and the
+    /// encoded internal keys `smallest_key..=largest_key` (see [`internal_key`]).
+    pub fn new_table(
+        mut self,
+        level: u32,
+        file_number: u64,
+        size_bytes: u64,
+        seqs: std::ops::RangeInclusive<u64>,
+        smallest_key: &[u8],
+        largest_key: &[u8],
+    ) -> Self {
+        self.0.new_files.push(FileMeta {
+            level,
+            file_number,
+            size_bytes,
+            smallest_seq: SeqNo((*seqs.start()).min(SeqNo::MAX.0)),
+            largest_seq: SeqNo((*seqs.end()).min(SeqNo::MAX.0)),
+            smallest_key: smallest_key.to_vec(),
+            largest_key: largest_key.to_vec(),
+        });
+        self
+    }
+
+    /// Adds a `deleted_file` field: table `file_number` leaves `level`.
+    pub fn deleted_table(mut self, level: u32, file_number: u64) -> Self {
+        self.0.deleted_files.push((level, file_number));
+        self
+    }
+
+    /// The encoded edit.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.0.encode_to(&mut out);
+        out
+    }
+}
+
+/// Decodes one version edit. On success, also re-encodes it and asserts that the encoding
+/// decodes to the same edit: a failed assertion is a codec bug, which is what the `manifest`
+/// fuzz target looks for. Damaged input is [`Error::Corruption`].
+pub fn decode_manifest_edit(data: &[u8]) -> Result<ManifestEdit> {
+    let edit = VersionEdit::decode(data).map_err(|reason| corrupt(memory_path(), 0, reason))?;
+    let mut again = Vec::with_capacity(data.len());
+    edit.encode_to(&mut again);
+    let round_trip = VersionEdit::decode(&again);
+    assert_eq!(round_trip.as_ref(), Ok(&edit), "decode(encode(edit)) differs from the edit; input {data:02x?}");
+    Ok(ManifestEdit(edit))
+}
+
+/// Writes MANIFEST `number` into `dir` as the engine does ([`ManifestWriter`], which also
+/// points `CURRENT` at it): the first record is the snapshot of the state `edits[0]` leads to
+/// from an empty one (an empty state without edits), each later edit a record of its own,
+/// written as given. Returns the MANIFEST's path. A first edit that does not apply to an
+/// empty state is [`Error::InvalidArgument`]; later edits are not checked, so inconsistent
+/// ones make a MANIFEST that [`load_manifest`] refuses.
+pub async fn build_manifest(io: &Io, dir: &Path, number: u64, edits: &[ManifestEdit]) -> Result<PathBuf> {
+    let mut state = ManifestState::default();
+    if let Some(first) = edits.first() {
+        state.apply(&first.0).map_err(|reason| Error::InvalidArgument(format!("first MANIFEST edit: {reason}")))?;
+    }
+    let mut writer = ManifestWriter::create(io, dir, number, &state, None).await?;
+    for edit in edits.iter().skip(1) {
+        writer.append(&edit.0).await?;
+    }
+    Ok(writer.path().to_path_buf())
+}
+
+/// Replays MANIFEST `number` of `dir` as opening a database does. Returns the number of live
+/// tables.
+pub async fn load_manifest(io: &Io, dir: &Path, number: u64) -> Result<usize> {
+    Ok(manifest::load(io, dir, number).await?.files.len())
+}
+
+/// Runs `fill` on a fresh scratch directory (see [`scratch_path`]), then [`load_manifest`] of
+/// MANIFEST [`FUZZ_MANIFEST_NUMBER`] in it (on the shared I/O handle), then removes the
+/// directory. Returns what `fill` or `load_manifest` returned.
+fn with_scratch_manifest(fill: impl AsyncFnOnce(&Io, &Path) -> Result<()>) -> Result<usize> {
+    let Some(io) = shared_io() else {
+        return Err(Error::Closed);
+    };
+    let dir = scratch_path("manifest");
+    std::fs::create_dir(&dir).map_err(|source| Error::Io {
+        op: crate::IoOp::Open,
+        path: dir.clone(),
+        offset: None,
+        source,
+    })?;
+    let result = futures_executor::block_on(async {
+        fill(io, &dir).await?;
+        load_manifest(io, &dir, FUZZ_MANIFEST_NUMBER).await
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Writes `data` as `MANIFEST-000001` into a scratch directory and runs [`load_manifest`] on
+/// it. Returns the number of live tables.
+pub fn load_manifest_bytes(data: &[u8]) -> Result<usize> {
+    with_scratch_manifest(async |_io, dir| {
+        let path = dir.join(manifest::manifest_name(FUZZ_MANIFEST_NUMBER));
+        std::fs::write(&path, data).map_err(|source| Error::Io { op: crate::IoOp::Write, path, offset: None, source })
+    })
+}
+
+/// Splits `data` into edit payloads as [`MANIFEST_INPUT_RECORDS`] describes, writes each
+/// non-empty one (up to 32) as a record of `MANIFEST-000001` in a scratch directory (with the
+/// WAL writer, so the checksums hold) and runs [`load_manifest`] on it. A MANIFEST without a
+/// record is refused as such. Returns the number of live tables.
+pub fn load_manifest_records(data: &[u8]) -> Result<usize> {
+    let mut payloads = Vec::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (payload, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        if !payload.is_empty() && payloads.len() < MAX_MANIFEST_RECORDS {
+            payloads.push(payload);
+        }
+        rest = tail;
+    }
+    with_scratch_manifest(async |io, dir| {
+        let path = dir.join(manifest::manifest_name(FUZZ_MANIFEST_NUMBER));
+        let mut log = WalWriter::create(io, &path, FUZZ_MANIFEST_NUMBER, 0).await?;
+        for payload in payloads {
+            log.append_group(payload, true).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Encodes edit payloads as the input of [`load_manifest_records`]: each a length byte and
+/// its bytes. A payload over 255 bytes is [`Error::InvalidArgument`].
+pub fn manifest_records_input<P: AsRef<[u8]>>(payloads: &[P]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        let payload = payload.as_ref();
+        let len = u8::try_from(payload.len())
+            .map_err(|_| Error::InvalidArgument(format!("an edit payload of {} bytes", payload.len())))?;
+        out.push(len);
+        out.extend_from_slice(payload);
+    }
+    Ok(out)
+}
+
+/// Decodes one `manifest` fuzz input: the first byte selects [`MANIFEST_INPUT_EDIT`],
+/// [`MANIFEST_INPUT_FILE`] or [`MANIFEST_INPUT_RECORDS`] (taken modulo 3), the rest is its
+/// input. The empty input is `Ok`.
+pub fn decode_manifest_input(data: &[u8]) -> Result<()> {
+    let Some((&selector, rest)) = data.split_first() else {
+        return Ok(());
+    };
+    match selector % 3 {
+        MANIFEST_INPUT_EDIT => decode_manifest_edit(rest).map(|_| ()),
+        MANIFEST_INPUT_FILE => load_manifest_bytes(rest).map(|_| ()),
+        _ => load_manifest_records(rest).map(|_| ()),
+    }
+}
+
+/// The `manifest` fuzz target: [`decode_manifest_input`], result ignored.
+pub fn fuzz_manifest(data: &[u8]) {
+    let _ = decode_manifest_input(data);
+}
+
+/// [`decode_manifest_edit`], result ignored (the round-trip assertion still fires).
+pub fn fuzz_manifest_edit(data: &[u8]) {
+    let _ = decode_manifest_edit(data);
+}
+
+/// [`load_manifest_bytes`], result ignored.
+pub fn fuzz_manifest_file(data: &[u8]) {
+    let _ = load_manifest_bytes(data);
 }

@@ -42,7 +42,7 @@ pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
 }
 
 pub(crate) async fn run(plan: &Plan, version: &Version, ctx: &JobContext<'_>) -> Result<Outcome> {
-    let output_level = plan.output_level();
+    let output_level = plan.output_level;
     let mut edit = VersionEdit::default();
     for table in &plan.inputs {
         edit.deleted_files.push((plan.level as u32, table.meta.file_number));

@@ -58,21 +58,23 @@ impl CompactionOptions {
 
 /// What one compaction merges.
 pub(crate) struct Plan {
-    /// The level the inputs come from; outputs go to `level + 1`.
+    /// The level the inputs come from.
     pub(crate) level: usize,
     pub(crate) inputs: Vec<Arc<TableFile>>,
-    /// The tables of `level + 1` that overlap the inputs.
+    /// The tables of the output level that overlap the inputs.
     pub(crate) next_inputs: Vec<Arc<TableFile>>,
+    /// `level + 1`, or `level` itself when a manual compaction rewrites the
+    /// bottom level in place.
+    pub(crate) output_level: usize,
+    /// Whether a lone input may move down unchanged (not when a manual
+    /// compaction wants old versions and tombstones dropped).
+    pub(crate) allow_trivial_move: bool,
 }
 
 impl Plan {
-    pub(crate) fn output_level(&self) -> usize {
-        self.level + 1
-    }
-
     /// A single input that overlaps nothing below moves down without a rewrite.
     pub(crate) fn is_trivial_move(&self) -> bool {
-        self.inputs.len() == 1 && self.next_inputs.is_empty()
+        self.allow_trivial_move && self.inputs.len() == 1 && self.next_inputs.is_empty()
     }
 }
 
@@ -131,8 +133,14 @@ pub(crate) fn plan_for(version: &Version, level: usize, cursors: &mut Cursors) -
             .expect("a level over its target holds a table");
         vec![Arc::clone(chosen)]
     };
+    let plan = plan_with_inputs(version, level, inputs);
+    cursors.next_after[level] = Some(key_range(plan.inputs.iter()).1);
+    plan
+}
+
+/// A plan that merges `inputs` (tables of `level`) with what they overlap below.
+pub(crate) fn plan_with_inputs(version: &Version, level: usize, inputs: Vec<Arc<TableFile>>) -> Plan {
     let (smallest, largest) = key_range(inputs.iter());
-    cursors.next_after[level] = Some(largest.clone());
     let next_inputs = version.overlapping(level + 1, &smallest, &largest);
-    Plan { level, inputs, next_inputs }
+    Plan { level, inputs, next_inputs, output_level: level + 1, allow_trivial_move: true }
 }

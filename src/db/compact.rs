@@ -4,14 +4,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::ops::Bound;
+
+use futures_channel::oneshot;
+
 use super::log::LogShared;
 use super::versions::VersionSet;
 use crate::compaction::CompactionOptions;
 use crate::compaction::job::{self, JobContext};
-use crate::compaction::picker::{self, Cursors};
+use crate::compaction::picker::{self, Cursors, Plan};
 use crate::io::Io;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::TableOptions;
+use crate::version::{NUM_LEVELS, TableFile, Version};
+use crate::{Error, Result};
 
 /// Counters of compaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,62 +65,147 @@ pub(crate) struct Compactor {
     pub(crate) counters: Arc<CompactionCounters>,
 }
 
+/// A `Db::compact_range` request.
+pub(crate) struct ManualCompaction {
+    pub(crate) start: Bound<Vec<u8>>,
+    pub(crate) end: Bound<Vec<u8>>,
+    pub(crate) done: oneshot::Sender<Result<()>>,
+}
+
+enum Work {
+    Auto(Arc<Version>, Plan),
+    Manual(ManualCompaction),
+}
+
 /// The body of the `ringdb-compact` thread.
 pub(crate) fn compaction_thread(compactor: Compactor) {
     let mut cursors = Cursors::default();
     loop {
-        let (version, plan) = {
+        let work = {
             let mut state = compactor.shared.lock();
             loop {
                 if state.closing || state.poisoned.is_some() {
+                    let reason = state.poisoned.clone();
+                    let manual = std::mem::take(&mut state.manual_compactions);
                     drop(state);
+                    for request in manual {
+                        let _ = request.done.send(Err(reason.clone().map_or(Error::Closed, Error::Poisoned)));
+                    }
                     delete_obsolete(&compactor);
                     return;
                 }
+                if let Some(request) = state.manual_compactions.pop_front() {
+                    break Work::Manual(request);
+                }
                 let version = Arc::clone(&state.version);
                 if let Some(plan) = picker::pick(&version, &compactor.options, &mut cursors) {
-                    break (version, plan);
+                    break Work::Auto(version, plan);
                 }
                 state = compactor.shared.compact_work.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         };
+        let result = match work {
+            Work::Auto(version, plan) => execute(&compactor, &plan, &version),
+            Work::Manual(request) => {
+                let result = compact_range(&compactor, &request.start, &request.end);
+                let _ = request.done.send(result.clone().map_err(|e| Error::Poisoned(e.to_string())));
+                result
+            }
+        };
         let shared = &compactor.shared;
-        let next_file_number = || {
-            let mut state = shared.lock();
-            state.next_file_number += 1;
-            state.next_file_number - 1
-        };
-        let ctx = JobContext {
-            io: &compactor.io,
-            dir: &shared.dir,
-            table_options: &compactor.table_options,
-            options: &compactor.options,
-            cache: compactor.cache.clone(),
-            graveyard: Arc::clone(&compactor.versions.graveyard),
-            oldest_snapshot: shared.oldest_snapshot(),
-            next_file_number: &next_file_number,
-        };
-        let result = futures_executor::block_on(job::run(&plan, &version, &ctx)).and_then(|outcome| {
-            let counters = &compactor.counters;
-            let counter = if plan.is_trivial_move() { &counters.trivial_moves } else { &counters.compactions };
-            counter.fetch_add(1, Ordering::Relaxed);
-            counters.bytes_read.fetch_add(outcome.bytes_read, Ordering::Relaxed);
-            counters.bytes_written.fetch_add(outcome.bytes_written, Ordering::Relaxed);
-            counters.entries_dropped.fetch_add(outcome.entries_dropped, Ordering::Relaxed);
-            futures_executor::block_on(compactor.versions.log_and_apply(shared, outcome.edit, outcome.added, |_| {}))
-        });
-        drop((version, plan));
         if let Err(e) = result {
             tracing::error!(error = %e, "compaction failed: the database refuses further writes");
             shared.lock().poisoned.get_or_insert_with(|| format!("compaction failed: {e}"));
             shared.room.notify(usize::MAX);
             shared.flush_work.notify_all();
-            return;
+            continue;
         }
-        // Writers waiting for level 0 to shrink.
-        shared.room.notify(usize::MAX);
-        delete_obsolete(&compactor);
     }
+}
+
+/// Runs one plan, installs its result, wakes stalled writers and deletes
+/// what no version holds any more.
+fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result::Result<(), Arc<Error>> {
+    let shared = &compactor.shared;
+    let next_file_number = || {
+        let mut state = shared.lock();
+        state.next_file_number += 1;
+        state.next_file_number - 1
+    };
+    let ctx = JobContext {
+        io: &compactor.io,
+        dir: &shared.dir,
+        table_options: &compactor.table_options,
+        options: &compactor.options,
+        cache: compactor.cache.clone(),
+        graveyard: Arc::clone(&compactor.versions.graveyard),
+        oldest_snapshot: shared.oldest_snapshot(),
+        next_file_number: &next_file_number,
+    };
+    let outcome = futures_executor::block_on(job::run(plan, version, &ctx)).map_err(Arc::new)?;
+    let counters = &compactor.counters;
+    let counter = if plan.is_trivial_move() { &counters.trivial_moves } else { &counters.compactions };
+    counter.fetch_add(1, Ordering::Relaxed);
+    counters.bytes_read.fetch_add(outcome.bytes_read, Ordering::Relaxed);
+    counters.bytes_written.fetch_add(outcome.bytes_written, Ordering::Relaxed);
+    counters.entries_dropped.fetch_add(outcome.entries_dropped, Ordering::Relaxed);
+    futures_executor::block_on(compactor.versions.log_and_apply(shared, outcome.edit, outcome.added, |_| {}))
+        .map_err(Arc::new)?;
+    // Writers waiting for level 0 to shrink.
+    shared.room.notify(usize::MAX);
+    delete_obsolete(compactor);
+    Ok(())
+}
+
+/// Whether the table's user keys intersect the range.
+fn in_range(table: &TableFile, start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> bool {
+    let (smallest, largest) = (table.meta.smallest_user_key(), table.meta.largest_user_key());
+    let after_start = match start {
+        Bound::Included(s) => largest >= s.as_slice(),
+        Bound::Excluded(s) => largest > s.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let before_end = match end {
+        Bound::Included(e) => smallest <= e.as_slice(),
+        Bound::Excluded(e) => smallest < e.as_slice(),
+        Bound::Unbounded => true,
+    };
+    after_start && before_end
+}
+
+/// Pushes everything in the range down, level by level, into the deepest
+/// level that holds data (at least level 1), then rewrites that level's part
+/// of the range in place: one sorted run, without the versions and
+/// tombstones no reader needs.
+fn compact_range(
+    compactor: &Compactor,
+    start: &Bound<Vec<u8>>,
+    end: &Bound<Vec<u8>>,
+) -> std::result::Result<(), Arc<Error>> {
+    let deepest = {
+        let version = &compactor.shared.lock().version;
+        (0..NUM_LEVELS).rev().find(|l| !version.levels[*l].is_empty()).unwrap_or(0)
+    };
+    let bottom = deepest.max(1);
+    for level in 0..=bottom {
+        let version = Arc::clone(&compactor.shared.lock().version);
+        let touched: Vec<Arc<TableFile>> =
+            version.levels[level].iter().filter(|t| in_range(t, start, end)).cloned().collect();
+        if touched.is_empty() {
+            continue;
+        }
+        let plan = if level < bottom {
+            // All of level 0, as in automatic compactions: an older level-0
+            // table left behind could shadow the newer data moved below it.
+            let inputs = if level == 0 { version.levels[0].clone() } else { touched };
+            picker::plan_with_inputs(&version, level, inputs)
+        } else {
+            // The bottom level is rewritten in place.
+            Plan { level, inputs: touched, next_inputs: Vec::new(), output_level: level, allow_trivial_move: false }
+        };
+        execute(compactor, &plan, &version)?;
+    }
+    Ok(())
 }
 
 /// Deletes the table files whose last reference has dropped.

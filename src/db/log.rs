@@ -69,6 +69,8 @@ pub(crate) struct LogState {
     pub(crate) spare_payloads: Vec<Vec<u8>>,
     /// The number of the log being prepared for the next memtable switch.
     pub(crate) spare_log: Option<u64>,
+    /// `Db::compact_range` requests for the compaction thread.
+    pub(crate) manual_compactions: std::collections::VecDeque<super::compact::ManualCompaction>,
     /// The live tables; replaced (never modified) by flushes.
     pub(crate) version: Arc<Version>,
     /// Memtables frozen since open (the recovered one included) and flushed

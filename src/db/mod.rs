@@ -10,7 +10,7 @@ mod versions;
 
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -63,6 +63,10 @@ struct DbInner {
     cache: Option<Arc<BlockCache>>,
     flush_counters: Arc<FlushCounters>,
     compaction_counters: Arc<CompactionCounters>,
+    /// Time writes spent waiting for room (a flush or a compaction), in microseconds.
+    stall_time_us: AtomicU64,
+    /// Bytes of batches written by users (keys, values, framing).
+    user_bytes_written: AtomicU64,
     io: Io,
     _lock: DirLock,
     path: PathBuf,
@@ -209,6 +213,7 @@ impl Db {
             next_file_number: log_number + 1,
             spare_payloads: Vec::new(),
             spare_log: None,
+            manual_compactions: Default::default(),
             version: Arc::new(Version::new(recovered.tables)),
         };
         let shared = Arc::new(LogShared {
@@ -269,6 +274,8 @@ impl Db {
                 cache,
                 flush_counters,
                 compaction_counters,
+                stall_time_us: AtomicU64::new(0),
+                user_bytes_written: AtomicU64::new(0),
                 io,
                 _lock: lock,
                 path: dir.clone(),
@@ -319,6 +326,7 @@ impl Db {
             return Ok(());
         }
         let log = &self.inner.log;
+        let mut stalled_since: Option<std::time::Instant> = None;
         let done = loop {
             let listener = {
                 let mut state = log.lock();
@@ -333,9 +341,15 @@ impl Db {
                 }
                 log.room.listen()
             };
-            // The immutable memtables are at their bound: wait for a flush.
+            // The immutable memtables are at their bound, or level 0 at its
+            // stop trigger: wait for a flush or a compaction.
+            stalled_since.get_or_insert_with(std::time::Instant::now);
             listener.await;
         };
+        if let Some(since) = stalled_since {
+            self.inner.stall_time_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        self.inner.user_bytes_written.fetch_add(batch.encoded_size_bytes() as u64, Ordering::Relaxed);
         match done {
             None => Ok(()),
             Some(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
@@ -554,6 +568,29 @@ impl Db {
         }
     }
 
+    /// Flushes the memtables, then compacts every table holding keys of
+    /// `range` down into the deepest level with data, dropping the versions
+    /// no snapshot needs and the tombstones with nothing left below.
+    /// `db.compact_range::<&[u8]>(..)` compacts everything.
+    pub async fn compact_range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Result<()> {
+        self.flush().await?;
+        let (start, end) = owned_bounds(&range);
+        let receiver = {
+            let mut state = self.inner.log.lock();
+            if let Some(reason) = &state.poisoned {
+                return Err(Error::Poisoned(reason.clone()));
+            }
+            if state.closing {
+                return Err(Error::Closed);
+            }
+            let (done, receiver) = oneshot::channel();
+            state.manual_compactions.push_back(compact::ManualCompaction { start, end, done });
+            receiver
+        };
+        self.inner.log.compact_work.notify_all();
+        receiver.await.unwrap_or(Err(Error::Closed))
+    }
+
     /// Counters: flushes, the block cache, the I/O backend, the tables.
     pub fn stats(&self) -> Stats {
         let version = Arc::clone(&self.inner.log.lock().version);
@@ -567,6 +604,8 @@ impl Db {
             block_cache: self.inner.cache.as_ref().map(|cache| cache.stats()).unwrap_or_default(),
             io: self.inner.io.stats(),
             levels,
+            write_stall_us: self.inner.stall_time_us.load(Ordering::Relaxed),
+            user_bytes_written: self.inner.user_bytes_written.load(Ordering::Relaxed),
         }
     }
 
@@ -665,6 +704,10 @@ pub struct Stats {
     pub io: crate::io::IoStats,
     /// Tables and bytes per level, level 0 first.
     pub levels: [LevelStats; NUM_LEVELS],
+    /// Time writes waited for a flush or a compaction, summed over writes, in microseconds.
+    pub write_stall_us: u64,
+    /// Bytes of write batches since open (keys, values and batch framing).
+    pub user_bytes_written: u64,
 }
 
 impl Stats {
@@ -676,6 +719,53 @@ impl Stats {
     /// Bytes of all tables.
     pub fn table_bytes(&self) -> u64 {
         self.levels.iter().map(|level| level.bytes).sum()
+    }
+
+    /// Table bytes written by flushes and compactions per user byte written
+    /// since open (the log's own writes are not counted). 0 before any write.
+    pub fn write_amplification(&self) -> f64 {
+        let written = self.flush.bytes_written + self.compaction.bytes_written;
+        if self.user_bytes_written == 0 { 0.0 } else { written as f64 / self.user_bytes_written as f64 }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    /// A level summary in the style of RocksDB's `rocksdb.stats`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const MIB: f64 = 1024.0 * 1024.0;
+        writeln!(f, "{:<6} {:>7} {:>11}", "level", "tables", "size MiB")?;
+        for (level, stats) in self.levels.iter().enumerate() {
+            writeln!(f, "{:<6} {:>7} {:>11.2}", format!("L{level}"), stats.tables, stats.bytes as f64 / MIB)?;
+        }
+        writeln!(f, "{:<6} {:>7} {:>11.2}", "sum", self.tables(), self.table_bytes() as f64 / MIB)?;
+        writeln!(
+            f,
+            "flush: {} tables, {:.2} MiB | compaction: {} merges, {} trivial moves, read {:.2} MiB, wrote {:.2} MiB, dropped {} entries",
+            self.flush.flushes,
+            self.flush.bytes_written as f64 / MIB,
+            self.compaction.compactions,
+            self.compaction.trivial_moves,
+            self.compaction.bytes_read as f64 / MIB,
+            self.compaction.bytes_written as f64 / MIB,
+            self.compaction.entries_dropped,
+        )?;
+        writeln!(
+            f,
+            "user writes {:.2} MiB, write amplification {:.2}, write stalls {:.1} ms",
+            self.user_bytes_written as f64 / MIB,
+            self.write_amplification(),
+            self.write_stall_us as f64 / 1000.0
+        )?;
+        write!(
+            f,
+            "block cache: {} hits, {} misses, {:.2}/{:.2} MiB | io: {} submitted, {} completed",
+            self.block_cache.hits,
+            self.block_cache.misses,
+            self.block_cache.size_bytes as f64 / MIB,
+            self.block_cache.capacity_bytes as f64 / MIB,
+            self.io.ops_submitted,
+            self.io.ops_completed
+        )
     }
 }
 

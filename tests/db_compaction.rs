@@ -1,0 +1,103 @@
+//! Compaction at the database level: manual `compact_range`, what it keeps
+//! for snapshots and what it drops, and the level summary.
+
+use futures::StreamExt;
+use ringdb::{CompactionOptions, Db, Options};
+
+fn options() -> Options {
+    Options {
+        write_buffer_size_bytes: 32 << 10,
+        wal_preallocate_bytes: 64 << 10,
+        block_size_bytes: 1024,
+        compaction: CompactionOptions {
+            l0_compaction_trigger: 2,
+            level1_target_bytes: 64 << 10,
+            sst_target_size_bytes: 16 << 10,
+            ..CompactionOptions::default()
+        },
+        ..Options::default()
+    }
+}
+
+fn key(n: u32) -> String {
+    format!("key-{n:05}")
+}
+
+async fn scan_all(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    db.scan::<&[u8]>(..).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap()).collect().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_range_merges_into_one_run_and_keeps_what_snapshots_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    for n in 0..3000 {
+        db.put(key(n), format!("first-{n}")).await.unwrap();
+    }
+    let before = db.snapshot();
+    for n in 0..3000 {
+        if n % 2 == 0 {
+            db.delete(key(n)).await.unwrap();
+        } else {
+            db.put(key(n), format!("second-{n}")).await.unwrap();
+        }
+    }
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let stats = db.stats();
+    assert!(stats.compaction.compactions > 0, "{stats}");
+    let deepest = (0..stats.levels.len()).rev().find(|l| stats.levels[*l].tables > 0).unwrap();
+    assert!(deepest >= 1, "{stats}");
+    for (level, summary) in stats.levels.iter().enumerate() {
+        assert!(level == deepest || summary.tables == 0, "everything is in level {deepest}:\n{stats}");
+    }
+    // The snapshot still sees every first value, through the compaction.
+    for n in (0..3000).step_by(37) {
+        let want = format!("first-{n}");
+        assert_eq!(before.get(key(n)).await.unwrap().as_deref(), Some(want.as_bytes()), "key {n} at the snapshot");
+    }
+    let now = scan_all(&db).await;
+    assert_eq!(now.len(), 1500);
+    assert!(now.iter().all(|(k, v)| v.starts_with(b"second-") && k.starts_with(b"key-")));
+    // Without the snapshot, a second compaction drops the old versions and the tombstones.
+    drop(before);
+    let dropped_before = db.stats().compaction.entries_dropped;
+    db.compact_range(key(0)..key(3000)).await.unwrap();
+    let stats = db.stats();
+    assert!(stats.compaction.entries_dropped >= dropped_before + 3000, "{stats}");
+    assert_eq!(scan_all(&db).await, now);
+    let summary = stats.to_string();
+    assert!(summary.contains("L1") && summary.contains("write amplification"), "{summary}");
+    db.close().await.unwrap();
+
+    // And after a reopen, from the MANIFEST.
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    assert_eq!(scan_all(&db).await, now);
+    assert_eq!(db.get(key(2)).await.unwrap(), None);
+    assert_eq!(db.get(key(3)).await.unwrap().as_deref(), Some(&b"second-3"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compactions_keep_levels_within_their_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    for round in 0..4 {
+        for n in 0..2000u32 {
+            db.put(key(n * 7919 % 2000), format!("{round}-{n}-{}", "x".repeat(40))).await.unwrap();
+        }
+    }
+    db.flush().await.unwrap();
+    // Let the compaction thread catch up: it runs until no level is over its target.
+    for _ in 0..200 {
+        let stats = db.stats();
+        if stats.levels[0].tables < 2 && stats.levels[1].bytes <= 64 << 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stats = db.stats();
+    assert!(stats.levels[0].tables < 2, "{stats}");
+    assert!(stats.levels[1].bytes <= 64 << 10, "{stats}");
+    assert!(stats.levels[2].tables > 0, "data reached level 2:\n{stats}");
+    assert!(stats.write_amplification() > 1.0, "{stats}");
+    assert_eq!(scan_all(&db).await.len(), 2000);
+}
