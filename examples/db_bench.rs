@@ -41,11 +41,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ringdb benchmarks (RocksDB db_bench style), with fio side by side")]
 struct Args {
-    /// Comma-separated benchmarks: fillseq, fillrandom, fillsync, fillsync_concurrent, flush,
-    /// readrandom, readrandom_concurrent.
+    /// Comma-separated benchmarks: fillseq, fillrandom, overwrite, fillsync, fillsync_concurrent, flush,
+    /// readrandom, readrandom_concurrent, readseq, seekrandom.
     #[arg(
         long,
-        default_value = "readrandom,readrandom_concurrent,fillseq,fillrandom,fillsync,fillsync_concurrent,flush"
+        default_value = "readrandom,readrandom_concurrent,readseq,seekrandom,fillseq,fillrandom,overwrite,fillsync,fillsync_concurrent,flush"
     )]
     benchmarks: String,
     /// Keys loaded (then flushed) before readrandom, and written by the flush benchmark.
@@ -107,8 +107,14 @@ struct Args {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Fill,
+    /// Random puts over keys that already exist (a loaded database).
+    Overwrite,
     Flush,
     Read,
+    /// A full scan of a loaded database.
+    ReadSeq,
+    /// A seek to a random key, then 10 more entries.
+    SeekRandom,
 }
 
 struct Plan {
@@ -205,6 +211,58 @@ async fn run_flush(dir: &Path, args: &Args) -> Outcome {
             ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
         ],
         bytes_per_sec: Some(bytes as f64 / build.as_secs_f64()),
+    }
+}
+
+/// readseq (one full scan) and seekrandom (seek + 10 entries, `--reads` times)
+/// on `--load-num` loaded, flushed and compacted keys.
+async fn run_scans(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+    use futures::StreamExt;
+    let options = options(args);
+    let db = Db::open(dir, options.clone()).await.expect("open");
+    load(&db, args.load_num, args).await;
+    db.compact_range::<&[u8]>(..).await.expect("compact");
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    let start = Instant::now();
+    let mut entries = 0u64;
+    if plan.kind == Kind::ReadSeq {
+        let mut scan = std::pin::pin!(db.scan::<&[u8]>(..));
+        while let Some(item) = scan.next().await {
+            item.expect("scan");
+            entries += 1;
+            if entries % 65536 == 0 {
+                progress.set_position(entries);
+            }
+        }
+        assert_eq!(entries, args.load_num, "a full scan sees every key");
+    } else {
+        let mut rng = SmallRng::seed_from_u64(11);
+        for n in 0..plan.ops {
+            let from = make_key(rng.gen_range(0..args.load_num), args.key_size);
+            let issued = Instant::now();
+            let mut scan = std::pin::pin!(db.scan(from..).take(11));
+            while let Some(item) = scan.next().await {
+                item.expect("seek");
+                entries += 1;
+            }
+            let _ = latency_ns.record(issued.elapsed().as_nanos() as u64);
+            if n % 1024 == 0 {
+                progress.set_position(n);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    let stats = db.stats();
+    db.close().await.expect("close");
+    let ops = if plan.kind == Kind::ReadSeq { entries } else { plan.ops };
+    Outcome {
+        ops,
+        elapsed,
+        latency_ns,
+        io_ops: 0,
+        notes: vec![("entries".into(), entries.into()), ("tables".into(), stats.tables().into())],
+        bytes_per_sec: None,
     }
 }
 
@@ -369,6 +427,33 @@ fn main() {
                 random: true,
                 fio_job: Some("rand_read_4k_qd32"),
             },
+            "overwrite" => Plan {
+                name: "overwrite",
+                kind: Kind::Overwrite,
+                ops: args.num,
+                tasks: args.concurrency.max(1),
+                durability: bulk,
+                random: true,
+                fio_job: None,
+            },
+            "readseq" => Plan {
+                name: "readseq",
+                kind: Kind::ReadSeq,
+                ops: args.load_num,
+                tasks: 1,
+                durability: bulk,
+                random: false,
+                fio_job: None,
+            },
+            "seekrandom" => Plan {
+                name: "seekrandom",
+                kind: Kind::SeekRandom,
+                ops: args.reads,
+                tasks: 1,
+                durability: bulk,
+                random: true,
+                fio_job: None,
+            },
             "fillseq" => Plan {
                 name: "fillseq",
                 kind: Kind::Fill,
@@ -442,10 +527,26 @@ fn main() {
             match plan.kind {
                 Kind::Flush => run_flush(&dir, &args).await,
                 Kind::Read => run_reads(&dir, plan, &args, &progress).await,
-                Kind::Fill => {
+                Kind::ReadSeq | Kind::SeekRandom => run_scans(&dir, plan, &args, &progress).await,
+                Kind::Fill | Kind::Overwrite => {
                     let db = Db::open(&dir, options(&args)).await.expect("open");
-                    let outcome = run(&db, plan, &args, &progress).await;
+                    if plan.kind == Kind::Overwrite {
+                        load(&db, args.num, &args).await;
+                        db.flush().await.expect("flush");
+                    }
+                    let before = db.stats();
+                    let mut outcome = run(&db, plan, &args, &progress).await;
+                    db.flush().await.expect("flush");
+                    let after = db.stats();
                     db.close().await.expect("close");
+                    // Table bytes written per user byte, and live table bytes per byte of live data.
+                    let table_writes = (after.flush.bytes_written + after.compaction.bytes_written)
+                        - (before.flush.bytes_written + before.compaction.bytes_written);
+                    let user_bytes = after.user_bytes_written - before.user_bytes_written;
+                    let live_data = args.num.min(plan.ops) as f64 * (args.key_size + args.value_size) as f64;
+                    outcome.notes.push(("write_amp".into(), (table_writes as f64 / user_bytes.max(1) as f64).into()));
+                    outcome.notes.push(("space_amp".into(), (after.table_bytes() as f64 / live_data).into()));
+                    outcome.notes.push(("stall_ms".into(), (after.write_stall_us as f64 / 1000.0).into()));
                     outcome
                 }
             }

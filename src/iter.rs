@@ -53,10 +53,16 @@ impl MemtableCursor {
     }
 }
 
+/// Blocks a scan reads through the cache before it switches to read-ahead:
+/// a short scan (a seek and a few entries) stays on cached 4 KiB reads, a long
+/// one moves to 1 MiB sequential chunks.
+const BLOCKS_BEFORE_READ_AHEAD: u32 = 4;
+
 /// How a table cursor gets its data blocks.
 pub(crate) enum BlockFetch {
-    /// Through the block cache, one device read per missing block (scans, gets).
-    Cached,
+    /// Through the cache until the cursor has moved through a few blocks in
+    /// order, then with read-ahead (scans).
+    Adaptive,
     /// Sequentially in large chunks with read-ahead, bypassing the cache (compaction).
     Sequential(ReadAhead),
 }
@@ -70,12 +76,24 @@ pub(crate) struct TableCursor {
     /// The offset of the current block, for error reports.
     block_offset: u64,
     current: Option<Entry>,
+    /// Blocks loaded since the last seek.
+    blocks_loaded: u32,
+}
+
+/// Read-ahead from the first block (compaction inputs).
+pub(crate) fn sequential(table: &Arc<TableFile>) -> BlockFetch {
+    BlockFetch::Sequential(ReadAhead::new(table))
+}
+
+/// Cached reads, then read-ahead once the cursor keeps going (scans).
+pub(crate) fn adaptive(_: &Arc<TableFile>) -> BlockFetch {
+    BlockFetch::Adaptive
 }
 
 impl TableCursor {
     pub(crate) fn new(table: Arc<TableFile>, fetch: BlockFetch) -> TableCursor {
         let index = table.reader.index().iter();
-        TableCursor { table, fetch, index, block: None, block_offset: 0, current: None }
+        TableCursor { table, fetch, index, block: None, block_offset: 0, current: None, blocks_loaded: 0 }
     }
 
     async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
@@ -87,8 +105,12 @@ impl TableCursor {
                 reason: "malformed block handle in the index".into(),
             }
         })?;
+        self.blocks_loaded += 1;
+        if matches!(self.fetch, BlockFetch::Adaptive) && self.blocks_loaded > BLOCKS_BEFORE_READ_AHEAD {
+            self.fetch = BlockFetch::Sequential(ReadAhead::new(&self.table));
+        }
         let block = match &mut self.fetch {
-            BlockFetch::Cached => reader.data_block(handle).await?,
+            BlockFetch::Adaptive => reader.data_block(handle).await?,
             BlockFetch::Sequential(ahead) => ahead.block(reader, handle).await?,
         };
         self.block_offset = handle.offset;
@@ -119,6 +141,7 @@ impl TableCursor {
 
     async fn seek(&mut self, target: &[u8]) -> Result<()> {
         let path = self.table.reader.path().to_path_buf();
+        self.blocks_loaded = 0;
         let (index, found) = self.table.reader.index().iter_from(target, compare_internal_keys, &path, 0)?;
         self.index = index;
         let Some((_, handle)) = found else {
@@ -164,19 +187,19 @@ pub(crate) struct LevelCursor {
     tables: Vec<Arc<TableFile>>,
     next_table: usize,
     cursor: Option<TableCursor>,
-    sequential: bool,
+    /// How each table's blocks are read.
+    fetch: fn(&Arc<TableFile>) -> BlockFetch,
 }
 
 impl LevelCursor {
-    /// `tables` sorted by key, non-overlapping. With `sequential`, tables are
-    /// read with read-ahead instead of through the cache.
-    pub(crate) fn new(tables: Vec<Arc<TableFile>>, sequential: bool) -> LevelCursor {
-        LevelCursor { tables, next_table: 0, cursor: None, sequential }
+    /// `tables` sorted by key, non-overlapping; `fetch` says how each is read.
+    pub(crate) fn new(tables: Vec<Arc<TableFile>>, fetch: fn(&Arc<TableFile>) -> BlockFetch) -> LevelCursor {
+        LevelCursor { tables, next_table: 0, cursor: None, fetch }
     }
 
     fn open(&self, index: usize) -> TableCursor {
         let table = Arc::clone(&self.tables[index]);
-        let fetch = if self.sequential { BlockFetch::Sequential(ReadAhead::new(&table)) } else { BlockFetch::Cached };
+        let fetch = (self.fetch)(&table);
         TableCursor::new(table, fetch)
     }
 

@@ -65,10 +65,10 @@ pub(crate) async fn run(plan: &Plan, version: &Version, ctx: &JobContext<'_>) ->
             sources.push(Source::Table(TableCursor::new(Arc::clone(table), fetch)));
         }
     } else {
-        sources.push(Source::Level(LevelCursor::new(plan.inputs.clone(), true)));
+        sources.push(Source::Level(LevelCursor::new(plan.inputs.clone(), crate::iter::sequential)));
     }
     if !plan.next_inputs.is_empty() {
-        sources.push(Source::Level(LevelCursor::new(plan.next_inputs.clone(), true)));
+        sources.push(Source::Level(LevelCursor::new(plan.next_inputs.clone(), crate::iter::sequential)));
     }
     let mut merged = MergingIter::new(sources);
     merged.seek_to_first().await?;

@@ -507,10 +507,10 @@ impl Db {
                 .map(|slot| Source::Memtable(MemtableCursor::new(Arc::clone(&slot.memtable))))
                 .collect();
             for table in &state.version.levels[0] {
-                sources.push(Source::Table(TableCursor::new(Arc::clone(table), BlockFetch::Cached)));
+                sources.push(Source::Table(TableCursor::new(Arc::clone(table), BlockFetch::Adaptive)));
             }
             for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
-                sources.push(Source::Level(LevelCursor::new(level.clone(), false)));
+                sources.push(Source::Level(LevelCursor::new(level.clone(), crate::iter::adaptive)));
             }
             sources
         };
