@@ -543,7 +543,13 @@ fn main() {
                     let table_writes = (after.flush.bytes_written + after.compaction.bytes_written)
                         - (before.flush.bytes_written + before.compaction.bytes_written);
                     let user_bytes = after.user_bytes_written - before.user_bytes_written;
-                    let live_data = args.num.min(plan.ops) as f64 * (args.key_size + args.value_size) as f64;
+                    // Distinct keys: all of them, except for a random fill of n draws
+                    // from n keys, which hits n * (1 - 1/e) of them on average.
+                    let distinct = match (plan.kind, plan.random) {
+                        (Kind::Fill, true) => plan.ops as f64 * (1.0 - (-1.0f64).exp()),
+                        _ => args.num.min(plan.ops) as f64,
+                    };
+                    let live_data = distinct * (args.key_size + args.value_size) as f64;
                     outcome.notes.push(("write_amp".into(), (table_writes as f64 / user_bytes.max(1) as f64).into()));
                     outcome.notes.push(("space_amp".into(), (after.table_bytes() as f64 / live_data).into()));
                     outcome.notes.push(("stall_ms".into(), (after.write_stall_us as f64 / 1000.0).into()));

@@ -9,6 +9,8 @@ fn options() -> Options {
         write_buffer_size_bytes: 32 << 10,
         wal_preallocate_bytes: 64 << 10,
         block_size_bytes: 1024,
+        // Every edit is a 4 KiB record: the MANIFEST is replaced every few edits.
+        max_manifest_file_size_bytes: 32 << 10,
         compaction: CompactionOptions {
             l0_compaction_trigger: 2,
             level1_target_bytes: 64 << 10,
@@ -99,5 +101,17 @@ async fn automatic_compactions_keep_levels_within_their_targets() {
     assert!(stats.levels[1].bytes <= 64 << 10, "{stats}");
     assert!(stats.levels[2].tables > 0, "data reached level 2:\n{stats}");
     assert!(stats.write_amplification() > 1.0, "{stats}");
+    let manifests: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("MANIFEST-"))
+        .collect();
+    assert_eq!(manifests.len(), 1, "old MANIFESTs are removed: {manifests:?}");
+    let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+    assert_eq!(current.trim_end(), manifests[0]);
+    assert!(manifests[0] > "MANIFEST-000002".to_string(), "the MANIFEST was replaced: {manifests:?}");
+    db.close().await.unwrap();
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    assert_eq!(scan_all(&db).await.len(), 2000, "reopened from the latest MANIFEST");
     assert_eq!(scan_all(&db).await.len(), 2000);
 }

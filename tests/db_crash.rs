@@ -8,8 +8,9 @@
 //! - synced and written: every acknowledged key survives (m >= acknowledged);
 //! - buffered: what survives is a prefix; only the unflushed window may be lost.
 //!
-//! The `flushing` mode uses tiny memtables and levels so that the kill lands
-//! during table flushes, compactions and MANIFEST writes; its data accumulates over the rounds
+//! The `flushing` mode uses tiny memtables, levels and MANIFEST limit so that
+//! the kill lands during table flushes, compactions, MANIFEST writes and
+//! MANIFEST switches; its data accumulates over the rounds
 //! (keys carry the round), and after every reopen all earlier rounds' keys are
 //! checked again, and no orphan table, temporary file or old MANIFEST remains.
 
@@ -32,6 +33,8 @@ fn options(mode: &str) -> Options {
             write_buffer_size_bytes: 32 << 10,
             max_immutable_memtables: 2,
             block_size_bytes: 1024,
+            // A new MANIFEST every few edits: kills land during MANIFEST switches too.
+            max_manifest_file_size_bytes: 32 << 10,
             // Tiny levels: compactions into levels 1 and 2 run all the time.
             compaction: ringdb::CompactionOptions {
                 l0_compaction_trigger: 2,

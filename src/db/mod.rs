@@ -238,7 +238,13 @@ impl Db {
                 move || log::writer_thread(shared, io, Some(wal))
             })
             .map_err(spawn_error)?;
-        let versions = Arc::new(VersionSet::new(manifest, manifest_state, graveyard));
+        let versions = Arc::new(VersionSet::new(
+            manifest,
+            manifest_state,
+            graveyard,
+            io.clone(),
+            options.max_manifest_file_size_bytes,
+        ));
         let flush_counters = Arc::new(FlushCounters::default());
         let flusher = Flusher {
             shared: Arc::clone(&shared),

@@ -40,6 +40,9 @@ pub struct Options {
     /// Memory for cached data blocks of tables, in bytes (0: no caching).
     /// Index and filter blocks are pinned outside it. Default: 64 MiB.
     pub block_cache_size_bytes: u64,
+    /// A MANIFEST larger than this, in bytes, is replaced by a new one that
+    /// starts with a snapshot of the live files. Default: 64 MiB.
+    pub max_manifest_file_size_bytes: u64,
     /// The shape of the tree: compaction triggers, level sizes, table size.
     pub compaction: crate::CompactionOptions,
     /// What recovery does with a damaged log. Default: [`RecoveryMode::KeepAllOrFail`].
@@ -64,6 +67,7 @@ impl Default for Options {
             bloom_bits_per_key: 10,
             block_cache_size_bytes: 64 << 20,
             compaction: crate::CompactionOptions::default(),
+            max_manifest_file_size_bytes: 64 << 20,
             recovery_mode: RecoveryMode::default(),
             create_if_missing: true,
             io: IoOptions::default(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_lock::Mutex;
 
 use super::log::{LogShared, LogState};
+use crate::io::Io;
 use crate::version::{Graveyard, ManifestState, ManifestWriter, TableFile, VersionEdit};
 use crate::{Error, Result};
 
@@ -19,11 +20,20 @@ struct ManifestLog {
 pub(crate) struct VersionSet {
     log: Mutex<ManifestLog>,
     pub(crate) graveyard: Arc<Graveyard>,
+    io: Io,
+    /// Past this size the MANIFEST is replaced by a new one holding a snapshot.
+    max_manifest_bytes: u64,
 }
 
 impl VersionSet {
-    pub(crate) fn new(writer: ManifestWriter, state: ManifestState, graveyard: Arc<Graveyard>) -> VersionSet {
-        VersionSet { log: Mutex::new(ManifestLog { writer, state }), graveyard }
+    pub(crate) fn new(
+        writer: ManifestWriter,
+        state: ManifestState,
+        graveyard: Arc<Graveyard>,
+        io: Io,
+        max_manifest_bytes: u64,
+    ) -> VersionSet {
+        VersionSet { log: Mutex::new(ManifestLog { writer, state }), graveyard, io, max_manifest_bytes }
     }
 
     /// Makes `edit` durable in the MANIFEST, then installs the version with
@@ -52,6 +62,18 @@ impl VersionSet {
         // The lock is held across the write: edits are appended one at a time.
         log.writer.append(&edit).await?;
         log.state = next_state;
+        if log.writer.size_bytes() > self.max_manifest_bytes {
+            // Start over with a snapshot: CURRENT switches by rename, then the old one goes.
+            let number = {
+                let mut state = shared.lock();
+                state.next_file_number += 1;
+                state.next_file_number - 1
+            };
+            let mut snapshot = log.state.clone();
+            snapshot.next_file_number = snapshot.next_file_number.max(number + 1);
+            let previous = log.writer.number();
+            log.writer = ManifestWriter::create(&self.io, &shared.dir, number, &snapshot, Some(previous)).await?;
+        }
         let mut state = shared.lock();
         let kept: std::collections::HashSet<u64> = added.iter().map(|t| t.meta.file_number).collect();
         for &(level, number) in &edit.deleted_files {

@@ -132,6 +132,7 @@ pub(crate) async fn load(io: &Io, dir: &Path, number: u64) -> Result<ManifestSta
 pub(crate) struct ManifestWriter {
     log: WalWriter,
     path: PathBuf,
+    number: u64,
 }
 
 impl ManifestWriter {
@@ -153,7 +154,7 @@ impl ManifestWriter {
         if let Some(old) = previous.filter(|old| *old != number) {
             io.remove_file(dir.join(manifest_name(old))).await?;
         }
-        Ok(ManifestWriter { log, path })
+        Ok(ManifestWriter { log, path, number })
     }
 
     /// Appends `edit` durably (one write linked to an fdatasync).
@@ -161,6 +162,16 @@ impl ManifestWriter {
         let mut payload = Vec::new();
         edit.encode_to(&mut payload);
         self.log.append_group(&payload, true).await
+    }
+
+    /// Bytes of the MANIFEST so far.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// The MANIFEST's file number.
+    pub(crate) fn number(&self) -> u64 {
+        self.number
     }
 
     /// The MANIFEST's path.

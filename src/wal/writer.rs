@@ -77,7 +77,6 @@ impl WalWriter {
         self.log_number
     }
 
-    #[cfg(test)]
     /// Bytes of the file in use (header and groups, with padding).
     pub(crate) fn size_bytes(&self) -> u64 {
         self.next_offset
