@@ -109,7 +109,7 @@ async fn automatic_compactions_keep_levels_within_their_targets() {
     assert_eq!(manifests.len(), 1, "old MANIFESTs are removed: {manifests:?}");
     let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
     assert_eq!(current.trim_end(), manifests[0]);
-    assert!(manifests[0] > "MANIFEST-000002".to_string(), "the MANIFEST was replaced: {manifests:?}");
+    assert!(manifests[0].as_str() > "MANIFEST-000002", "the MANIFEST was replaced: {manifests:?}");
     db.close().await.unwrap();
     let db = Db::open(dir.path(), options()).await.unwrap();
     assert_eq!(scan_all(&db).await.len(), 2000, "reopened from the latest MANIFEST");
