@@ -42,10 +42,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(about = "ringdb benchmarks (RocksDB db_bench style), with fio side by side")]
 struct Args {
     /// Comma-separated benchmarks: fillseq, fillrandom, overwrite, fillsync, fillsync_concurrent, flush,
-    /// readrandom, readrandom_concurrent, readseq, seekrandom.
+    /// readrandom, readrandom_concurrent, readseq, seekrandom, compact.
     #[arg(
         long,
-        default_value = "readrandom,readrandom_concurrent,readseq,seekrandom,fillseq,fillrandom,overwrite,fillsync,fillsync_concurrent,flush"
+        default_value = "readrandom,readrandom_concurrent,readseq,seekrandom,fillseq,fillrandom,overwrite,fillsync,fillsync_concurrent,flush,compact"
     )]
     benchmarks: String,
     /// Keys loaded (then flushed) before readrandom, and written by the flush benchmark.
@@ -115,6 +115,8 @@ enum Kind {
     ReadSeq,
     /// A seek to a random key, then 10 more entries.
     SeekRandom,
+    /// One manual compaction of level-0 tables into level 1.
+    Compact,
 }
 
 struct Plan {
@@ -211,6 +213,42 @@ async fn run_flush(dir: &Path, args: &Args) -> Outcome {
             ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
         ],
         bytes_per_sec: Some(bytes as f64 / build.as_secs_f64()),
+    }
+}
+
+/// compact: `--load-num` keys flushed into many level-0 tables (automatic
+/// compaction off), then one `compact_range` of everything, timed. The ratio
+/// is the compaction's input bytes per second against fio's 1 MiB QD2
+/// sequential reads: the read-ahead pattern of compaction inputs.
+async fn run_compact(dir: &Path, args: &Args) -> Outcome {
+    let mut options = options(args);
+    options.write_buffer_size_bytes = 8 << 20;
+    options.compaction.disable_auto_compactions = true;
+    let db = Db::open(dir, options).await.expect("open");
+    load(&db, args.load_num, args).await;
+    db.flush().await.expect("flush");
+    let before = db.stats();
+    let start = Instant::now();
+    db.compact_range::<&[u8]>(..).await.expect("compact");
+    let elapsed = start.elapsed();
+    let after = db.stats();
+    db.close().await.expect("close");
+    let read = after.compaction.bytes_read - before.compaction.bytes_read;
+    let written = after.compaction.bytes_written - before.compaction.bytes_written;
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    let _ = latency_ns.record(elapsed.as_nanos() as u64);
+    Outcome {
+        ops: args.load_num,
+        elapsed,
+        latency_ns,
+        io_ops: 0,
+        notes: vec![
+            ("input_tables".into(), before.tables().into()),
+            ("read_mib".into(), (read as f64 / (1 << 20) as f64).into()),
+            ("written_mib".into(), (written as f64 / (1 << 20) as f64).into()),
+            ("read_mib_per_s".into(), (read as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()).into()),
+        ],
+        bytes_per_sec: Some(read as f64 / elapsed.as_secs_f64()),
     }
 }
 
@@ -436,6 +474,15 @@ fn main() {
                 random: true,
                 fio_job: None,
             },
+            "compact" => Plan {
+                name: "compact",
+                kind: Kind::Compact,
+                ops: args.load_num,
+                tasks: 1,
+                durability: Durability::Buffered,
+                random: false,
+                fio_job: Some("seq_read_1m_qd2"),
+            },
             "readseq" => Plan {
                 name: "readseq",
                 kind: Kind::ReadSeq,
@@ -528,6 +575,7 @@ fn main() {
                 Kind::Flush => run_flush(&dir, &args).await,
                 Kind::Read => run_reads(&dir, plan, &args, &progress).await,
                 Kind::ReadSeq | Kind::SeekRandom => run_scans(&dir, plan, &args, &progress).await,
+                Kind::Compact => run_compact(&dir, &args).await,
                 Kind::Fill | Kind::Overwrite => {
                     let db = Db::open(&dir, options(&args)).await.expect("open");
                     if plan.kind == Kind::Overwrite {

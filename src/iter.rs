@@ -8,6 +8,7 @@
 //! in a background job or a stream without borrowing the database.
 
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -301,31 +302,55 @@ impl Source {
     }
 }
 
-/// Merges sources into one stream in internal-key order. Sources never hold
-/// the same internal key (every write has its own sequence number), so no
-/// tie-breaking is needed. The source count is small (memtables, level-0
-/// tables, one cursor per deeper level): the minimum is found by a scan.
+/// Merges sources into one stream in internal-key order, through a binary
+/// heap of the sources' current keys (level 0 alone may bring dozens of
+/// sources into a compaction). Sources never hold the same internal key
+/// (every write has its own sequence number); ties break by source index.
 pub(crate) struct MergingIter {
     sources: Vec<Source>,
-    /// The source holding the smallest current key.
-    smallest: Option<usize>,
+    /// Sources with a current entry, smallest key on top. With the keys
+    /// copied in (buffers reused as the sources move), so the heap borrows nothing.
+    heap: BinaryHeap<HeapEntry>,
+}
+
+struct HeapEntry {
+    key: Vec<u8>,
+    source: usize,
+}
+
+impl PartialEq for HeapEntry {
+    fn eq(&self, other: &HeapEntry) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for HeapEntry {}
+
+impl PartialOrd for HeapEntry {
+    fn partial_cmp(&self, other: &HeapEntry) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HeapEntry {
+    /// Reversed: `BinaryHeap` is a max-heap, the merge wants the smallest key.
+    fn cmp(&self, other: &HeapEntry) -> Ordering {
+        compare_internal_keys(&other.key, &self.key).then(other.source.cmp(&self.source))
+    }
 }
 
 impl MergingIter {
     pub(crate) fn new(sources: Vec<Source>) -> MergingIter {
-        MergingIter { sources, smallest: None }
+        MergingIter { heap: BinaryHeap::with_capacity(sources.len()), sources }
     }
 
-    fn find_smallest(&mut self) {
-        let mut best: Option<(usize, &[u8])> = None;
-        for (i, source) in self.sources.iter().enumerate() {
-            if let Some((key, _)) = source.current()
-                && best.is_none_or(|(_, best_key)| compare_internal_keys(key, best_key) == Ordering::Less)
-            {
-                best = Some((i, key));
+    fn rebuild(&mut self) {
+        self.heap.clear();
+        for (source, cursor) in self.sources.iter().enumerate() {
+            if let Some((key, _)) = cursor.current() {
+                self.heap.push(HeapEntry { key: key.to_vec(), source });
             }
         }
-        self.smallest = best.map(|(i, _)| i);
     }
 
     /// Positions every source at its first entry >= `target` (an internal key).
@@ -333,7 +358,7 @@ impl MergingIter {
         for source in &mut self.sources {
             source.seek(target).await?;
         }
-        self.find_smallest();
+        self.rebuild();
         Ok(())
     }
 
@@ -341,19 +366,30 @@ impl MergingIter {
         for source in &mut self.sources {
             source.seek_to_first().await?;
         }
-        self.find_smallest();
+        self.rebuild();
         Ok(())
     }
 
     /// The current entry, `None` when every source is exhausted.
     pub(crate) fn current(&self) -> Option<(&[u8], &Bytes)> {
-        self.smallest.and_then(|i| self.sources[i].current())
+        self.heap.peek().and_then(|top| self.sources[top.source].current())
     }
 
     pub(crate) async fn advance(&mut self) -> Result<()> {
-        if let Some(i) = self.smallest {
-            self.sources[i].advance().await?;
-            self.find_smallest();
+        let Some(mut top) = self.heap.peek_mut() else {
+            return Ok(());
+        };
+        let source = &mut self.sources[top.source];
+        source.advance().await?;
+        match source.current() {
+            Some((key, _)) => {
+                top.key.clear();
+                top.key.extend_from_slice(key);
+                // Dropping `top` moves it to its new place in the heap.
+            }
+            None => {
+                std::collections::binary_heap::PeekMut::pop(top);
+            }
         }
         Ok(())
     }

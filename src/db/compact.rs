@@ -174,9 +174,9 @@ fn in_range(table: &TableFile, start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> 
 }
 
 /// Pushes everything in the range down, level by level, into the deepest
-/// level that holds data (at least level 1), then rewrites that level's part
-/// of the range in place: one sorted run, without the versions and
-/// tombstones no reader needs.
+/// level that holds data (at least level 1): one sorted run, without the
+/// versions and tombstones no reader needs. If nothing above had data in the
+/// range, the bottom level's part of it is rewritten in place instead.
 fn compact_range(
     compactor: &Compactor,
     start: &Bound<Vec<u8>>,
@@ -187,7 +187,13 @@ fn compact_range(
         (0..NUM_LEVELS).rev().find(|l| !version.levels[*l].is_empty()).unwrap_or(0)
     };
     let bottom = deepest.max(1);
+    let mut pushed_into_bottom = false;
     for level in 0..=bottom {
+        // Pushing into the bottom level already rewrote the bottom tables it
+        // overlapped, dropping what it could: no second pass over them.
+        if level == bottom && pushed_into_bottom {
+            break;
+        }
         let version = Arc::clone(&compactor.shared.lock().version);
         let touched: Vec<Arc<TableFile>> =
             version.levels[level].iter().filter(|t| in_range(t, start, end)).cloned().collect();
@@ -203,6 +209,7 @@ fn compact_range(
             // The bottom level is rewritten in place.
             Plan { level, inputs: touched, next_inputs: Vec::new(), output_level: level, allow_trivial_move: false }
         };
+        pushed_into_bottom |= plan.output_level == bottom && !plan.is_trivial_move();
         execute(compactor, &plan, &version)?;
     }
     Ok(())
