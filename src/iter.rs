@@ -252,11 +252,222 @@ impl LevelCursor {
     }
 }
 
-/// Any cursor the merging iterator can hold.
+/// A cursor over one memtable, backwards.
+pub(crate) struct RevMemtableCursor {
+    memtable: Arc<Memtable>,
+    current: Option<(InternalKey, Bytes)>,
+}
+
+impl RevMemtableCursor {
+    pub(crate) fn new(memtable: Arc<Memtable>) -> RevMemtableCursor {
+        RevMemtableCursor { memtable, current: None }
+    }
+
+    fn seek_for_prev(&mut self, target: &[u8]) {
+        let key = InternalKey::from_encoded(Bytes::copy_from_slice(target)).expect("seek targets are internal keys");
+        self.current = self.memtable.entry_before(Some(&key), true);
+    }
+
+    fn seek_to_last(&mut self) {
+        self.current = self.memtable.entry_before(None, true);
+    }
+
+    fn prev(&mut self) {
+        if let Some((key, _)) = self.current.take() {
+            self.current = self.memtable.entry_before(Some(&key), false);
+        }
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.current.as_ref().map(|(key, value)| (key.encoded(), value))
+    }
+}
+
+/// A cursor over one table, backwards: the index and the current block are
+/// decoded into vectors (blocks only chain forwards), blocks come through the cache.
+pub(crate) struct RevTableCursor {
+    table: Arc<TableFile>,
+    /// Index entries: separator and handle, in order (decoded on first use).
+    handles: Option<Vec<(Vec<u8>, BlockHandle)>>,
+    block: usize,
+    entries: Vec<Entry>,
+    /// Position in `entries`; `None` when the cursor is exhausted.
+    pos: Option<usize>,
+}
+
+impl RevTableCursor {
+    pub(crate) fn new(table: Arc<TableFile>) -> RevTableCursor {
+        RevTableCursor { table, handles: None, block: 0, entries: Vec::new(), pos: None }
+    }
+
+    fn handles(&mut self) -> Result<&[(Vec<u8>, BlockHandle)]> {
+        if self.handles.is_none() {
+            let path = self.table.reader.path().to_path_buf();
+            let mut iter = self.table.reader.index().iter();
+            let mut handles = Vec::new();
+            while let Some((separator, handle)) = iter.next_entry(&path, 0)? {
+                let handle = BlockHandle::decode_from(&mut crate::coding::Reader::new(&handle)).ok_or_else(|| {
+                    Error::Corruption {
+                        file: path.clone(),
+                        offset: 0,
+                        reason: "malformed block handle in the index".into(),
+                    }
+                })?;
+                handles.push((separator, handle));
+            }
+            self.handles = Some(handles);
+        }
+        Ok(self.handles.as_deref().expect("just decoded"))
+    }
+
+    /// Loads block `index` whole.
+    async fn load(&mut self, index: usize) -> Result<()> {
+        let handle = self.handles()?[index].1;
+        let block = self.table.reader.data_block(handle).await?;
+        let path = self.table.reader.path().to_path_buf();
+        let mut iter = block.iter();
+        self.entries.clear();
+        while let Some(entry) = iter.next_entry(&path, handle.offset)? {
+            self.entries.push(entry);
+        }
+        self.block = index;
+        Ok(())
+    }
+
+    /// From block `index` backwards: the last entry `<= target` (any entry without a target).
+    async fn settle_from(&mut self, mut index: usize, target: Option<&[u8]>) -> Result<()> {
+        loop {
+            self.load(index).await?;
+            let count = match target {
+                Some(target) => self.entries.partition_point(|(key, _)| compare_internal_keys(key, target).is_le()),
+                None => self.entries.len(),
+            };
+            if count > 0 {
+                self.pos = Some(count - 1);
+                return Ok(());
+            }
+            if index == 0 {
+                self.pos = None;
+                return Ok(());
+            }
+            index -= 1;
+        }
+    }
+
+    async fn seek_for_prev(&mut self, target: &[u8]) -> Result<()> {
+        let handles = self.handles()?;
+        if handles.is_empty() {
+            self.pos = None;
+            return Ok(());
+        }
+        // The first block whose separator is >= target holds the last entry <= target, or precedes it.
+        let index = handles.partition_point(|(separator, _)| compare_internal_keys(separator, target).is_lt());
+        let last = handles.len() - 1;
+        self.settle_from(index.min(last), Some(target)).await
+    }
+
+    async fn seek_to_last(&mut self) -> Result<()> {
+        let count = self.handles()?.len();
+        if count == 0 {
+            self.pos = None;
+            return Ok(());
+        }
+        self.settle_from(count - 1, None).await
+    }
+
+    async fn prev(&mut self) -> Result<()> {
+        match self.pos {
+            Some(pos) if pos > 0 => self.pos = Some(pos - 1),
+            Some(_) if self.block > 0 => self.settle_from(self.block - 1, None).await?,
+            _ => self.pos = None,
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.pos.map(|pos| {
+            let (key, value) = &self.entries[pos];
+            (key.as_slice(), value)
+        })
+    }
+}
+
+/// A cursor over a sorted level, backwards.
+pub(crate) struct RevLevelCursor {
+    tables: Vec<Arc<TableFile>>,
+    /// The table of `cursor`.
+    table: usize,
+    cursor: Option<RevTableCursor>,
+}
+
+impl RevLevelCursor {
+    pub(crate) fn new(tables: Vec<Arc<TableFile>>) -> RevLevelCursor {
+        RevLevelCursor { tables, table: 0, cursor: None }
+    }
+
+    /// Moves to earlier tables until one has an entry (or none is left).
+    async fn settle(&mut self) -> Result<()> {
+        while self.cursor.as_ref().is_some_and(|c| c.current().is_none()) {
+            if self.table == 0 {
+                self.cursor = None;
+                return Ok(());
+            }
+            self.table -= 1;
+            let mut cursor = RevTableCursor::new(Arc::clone(&self.tables[self.table]));
+            cursor.seek_to_last().await?;
+            self.cursor = Some(cursor);
+        }
+        Ok(())
+    }
+
+    async fn seek_for_prev(&mut self, target: &[u8]) -> Result<()> {
+        // The last table whose smallest key is <= target.
+        let after = self.tables.partition_point(|t| compare_internal_keys(&t.meta.smallest_key, target).is_le());
+        if after == 0 {
+            self.cursor = None;
+            return Ok(());
+        }
+        self.table = after - 1;
+        let mut cursor = RevTableCursor::new(Arc::clone(&self.tables[self.table]));
+        cursor.seek_for_prev(target).await?;
+        self.cursor = Some(cursor);
+        self.settle().await
+    }
+
+    async fn seek_to_last(&mut self) -> Result<()> {
+        let Some(last) = self.tables.len().checked_sub(1) else {
+            self.cursor = None;
+            return Ok(());
+        };
+        self.table = last;
+        let mut cursor = RevTableCursor::new(Arc::clone(&self.tables[last]));
+        cursor.seek_to_last().await?;
+        self.cursor = Some(cursor);
+        self.settle().await
+    }
+
+    async fn prev(&mut self) -> Result<()> {
+        if let Some(cursor) = &mut self.cursor {
+            cursor.prev().await?;
+        }
+        self.settle().await
+    }
+
+    fn current(&self) -> Option<(&[u8], &Bytes)> {
+        self.cursor.as_ref().and_then(|c| c.current())
+    }
+}
+
+/// Any cursor the merging iterator can hold. Reverse cursors move backwards:
+/// for them `seek` finds the last entry <= the target, `seek_to_first` the
+/// last entry, and `advance` steps back.
 pub(crate) enum Source {
     Memtable(MemtableCursor),
     Table(TableCursor),
     Level(LevelCursor),
+    RevMemtable(RevMemtableCursor),
+    RevTable(RevTableCursor),
+    RevLevel(RevLevelCursor),
 }
 
 impl Source {
@@ -268,6 +479,12 @@ impl Source {
             }
             Source::Table(c) => c.seek(target).await,
             Source::Level(c) => c.seek(target).await,
+            Source::RevMemtable(c) => {
+                c.seek_for_prev(target);
+                Ok(())
+            }
+            Source::RevTable(c) => c.seek_for_prev(target).await,
+            Source::RevLevel(c) => c.seek_for_prev(target).await,
         }
     }
 
@@ -279,6 +496,12 @@ impl Source {
             }
             Source::Table(c) => c.seek_to_first().await,
             Source::Level(c) => c.seek_to_first().await,
+            Source::RevMemtable(c) => {
+                c.seek_to_last();
+                Ok(())
+            }
+            Source::RevTable(c) => c.seek_to_last().await,
+            Source::RevLevel(c) => c.seek_to_last().await,
         }
     }
 
@@ -290,6 +513,12 @@ impl Source {
             }
             Source::Table(c) => c.step().await,
             Source::Level(c) => c.advance().await,
+            Source::RevMemtable(c) => {
+                c.prev();
+                Ok(())
+            }
+            Source::RevTable(c) => c.prev().await,
+            Source::RevLevel(c) => c.prev().await,
         }
     }
 
@@ -298,6 +527,9 @@ impl Source {
             Source::Memtable(c) => c.current(),
             Source::Table(c) => c.current(),
             Source::Level(c) => c.current(),
+            Source::RevMemtable(c) => c.current(),
+            Source::RevTable(c) => c.current(),
+            Source::RevLevel(c) => c.current(),
         }
     }
 }
@@ -308,6 +540,8 @@ impl Source {
 /// (every write has its own sequence number); ties break by source index.
 pub(crate) struct MergingIter {
     sources: Vec<Source>,
+    /// The sources are reverse cursors: the merge runs from the largest key down.
+    reverse: bool,
     /// Sources with a current entry, smallest key on top. With the keys
     /// copied in (buffers reused as the sources move), so the heap borrows nothing.
     heap: BinaryHeap<HeapEntry>,
@@ -316,6 +550,8 @@ pub(crate) struct MergingIter {
 struct HeapEntry {
     key: Vec<u8>,
     source: usize,
+    /// Merging backwards: the largest key comes first.
+    reverse: bool,
 }
 
 impl PartialEq for HeapEntry {
@@ -333,22 +569,29 @@ impl PartialOrd for HeapEntry {
 }
 
 impl Ord for HeapEntry {
-    /// Reversed: `BinaryHeap` is a max-heap, the merge wants the smallest key.
+    /// `BinaryHeap` is a max-heap: forwards the order is reversed so the
+    /// smallest key is on top; backwards the largest key is.
     fn cmp(&self, other: &HeapEntry) -> Ordering {
-        compare_internal_keys(&other.key, &self.key).then(other.source.cmp(&self.source))
+        let order = compare_internal_keys(&other.key, &self.key).then(other.source.cmp(&self.source));
+        if self.reverse { order.reverse() } else { order }
     }
 }
 
 impl MergingIter {
     pub(crate) fn new(sources: Vec<Source>) -> MergingIter {
-        MergingIter { heap: BinaryHeap::with_capacity(sources.len()), sources }
+        MergingIter { heap: BinaryHeap::with_capacity(sources.len()), sources, reverse: false }
+    }
+
+    /// A merge of reverse cursors, largest key first.
+    pub(crate) fn new_reverse(sources: Vec<Source>) -> MergingIter {
+        MergingIter { heap: BinaryHeap::with_capacity(sources.len()), sources, reverse: true }
     }
 
     fn rebuild(&mut self) {
         self.heap.clear();
         for (source, cursor) in self.sources.iter().enumerate() {
             if let Some((key, _)) = cursor.current() {
-                self.heap.push(HeapEntry { key: key.to_vec(), source });
+                self.heap.push(HeapEntry { key: key.to_vec(), source, reverse: self.reverse });
             }
         }
     }

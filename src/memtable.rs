@@ -123,6 +123,16 @@ impl Memtable {
         Some((entry.key().clone(), entry.value().clone()))
     }
 
+    /// The last entry at or before `key` (with `inclusive`), or strictly before
+    /// it; with `None`, the last entry of all. For reverse cursors.
+    pub(crate) fn entry_before(&self, key: Option<&InternalKey>, inclusive: bool) -> Option<(InternalKey, Bytes)> {
+        let entry = match key {
+            None => self.map.back()?,
+            Some(key) => self.map.upper_bound(if inclusive { Bound::Included(key) } else { Bound::Excluded(key) })?,
+        };
+        Some((entry.key().clone(), entry.value().clone()))
+    }
+
     /// Memory charged to this memtable: for every entry its encoded key, its value and
     /// [`ENTRY_OVERHEAD_BYTES`]. Compared against `write_buffer_size` to decide when to freeze.
     pub(crate) fn approximate_size_bytes(&self) -> usize {

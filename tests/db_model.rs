@@ -127,6 +127,9 @@ fn union(models: &[Model]) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Full, prefix and bounded scans against the models.
 async fn check_scans(db: &Db, models: &[Model], context: &str) {
     assert_eq!(collect(db.scan::<&[u8]>(..)).await, union(models), "{context}: full scan");
+    let mut backwards = union(models);
+    backwards.reverse();
+    assert_eq!(collect(db.scan_rev::<&[u8]>(..)).await, backwards, "{context}: full reverse scan");
     for (writer, model) in models.iter().enumerate() {
         let prefix = format!("w{writer}-");
         let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -134,8 +137,14 @@ async fn check_scans(db: &Db, models: &[Model], context: &str) {
         let (from, to) = (key(writer as u64, 100), key(writer as u64, 200));
         let want: Vec<_> = model.range(from.clone()..to.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
         assert_eq!(collect(db.scan(from.clone()..to.clone())).await, want, "{context}: bounded scan");
+        let mut backwards = want;
+        backwards.reverse();
+        assert_eq!(collect(db.scan_rev(from.clone()..to.clone())).await, backwards, "{context}: reverse bounded scan");
         let want: Vec<_> = model.range(from.clone()..=to.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
-        assert_eq!(collect(db.scan(from..=to)).await, want, "{context}: inclusive scan");
+        assert_eq!(collect(db.scan(from.clone()..=to.clone())).await, want, "{context}: inclusive scan");
+        let mut backwards = want;
+        backwards.reverse();
+        assert_eq!(collect(db.scan_rev(from..=to)).await, backwards, "{context}: reverse inclusive scan");
     }
 }
 

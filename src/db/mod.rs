@@ -129,6 +129,15 @@ impl Snapshot {
         self.db.scan_at(start, end, self.seq)
     }
 
+    /// The entries of `range` as of the snapshot, in descending key order.
+    pub fn scan_rev<K: AsRef<[u8]>>(
+        &self,
+        range: impl RangeBounds<K>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = owned_bounds(&range);
+        self.db.scan_rev_at(start, end, self.seq)
+    }
+
     /// The entries whose key starts with `prefix` as of the snapshot, in key order.
     pub fn scan_prefix(
         &self,
@@ -497,6 +506,52 @@ impl Db {
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = prefix_bounds(prefix.as_ref());
         self.scan_at(start, end, self.inner.log.visible())
+    }
+
+    /// The entries of `range` in descending key order, as of the call.
+    pub fn scan_rev<K: AsRef<[u8]>>(
+        &self,
+        range: impl RangeBounds<K>,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let (start, end) = owned_bounds(&range);
+        self.scan_rev_at(start, end, self.inner.log.visible())
+    }
+
+    fn scan_rev_at(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        seq: SeqNo,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        use crate::iter::{MergingIter, RevLevelCursor, RevMemtableCursor, RevTableCursor, Source};
+        let sources = {
+            let state = self.inner.log.lock();
+            let mut sources: Vec<Source> = std::iter::once(&state.active)
+                .chain(&state.immutables)
+                .map(|slot| Source::RevMemtable(RevMemtableCursor::new(Arc::clone(&slot.memtable))))
+                .collect();
+            for table in &state.version.levels[0] {
+                sources.push(Source::RevTable(RevTableCursor::new(Arc::clone(table))));
+            }
+            for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
+                sources.push(Source::RevLevel(RevLevelCursor::new(level.clone())));
+            }
+            sources
+        };
+        let scan = scan::RevScan::new(MergingIter::new_reverse(sources), seq, start, end);
+        futures_util::stream::unfold(scan, |mut scan| async move {
+            if scan.done {
+                return None;
+            }
+            match scan.next().await {
+                Ok(Some(entry)) => Some((Ok(entry), scan)),
+                Ok(None) => None,
+                Err(e) => {
+                    scan.done = true;
+                    Some((Err(e), scan))
+                }
+            }
+        })
     }
 
     fn scan_at(

@@ -78,6 +78,101 @@ impl Scan {
     }
 }
 
+/// The newest entry of a user key visible at the snapshot: its kind and value.
+type Visible = (ValueKind, Bytes);
+
+/// A backwards scan: user keys from the end of the range down. Moving back,
+/// the versions of a user key come oldest first, so the newest one visible at
+/// the snapshot is the last one seen before the user key changes (LevelDB's
+/// `DBIter::Prev`).
+pub(crate) struct RevScan {
+    merged: MergingIter,
+    snapshot: SeqNo,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    started: bool,
+    pub(crate) done: bool,
+}
+
+impl RevScan {
+    pub(crate) fn new(merged: MergingIter, snapshot: SeqNo, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> RevScan {
+        RevScan { merged, snapshot, start, end, started: false, done: false }
+    }
+
+    fn before_start(&self, user_key: &[u8]) -> bool {
+        match &self.start {
+            Bound::Included(start) => user_key < start.as_slice(),
+            Bound::Excluded(start) => user_key <= start.as_slice(),
+            Bound::Unbounded => false,
+        }
+    }
+
+    fn past_end(&self, user_key: &[u8]) -> bool {
+        match &self.end {
+            Bound::Included(end) => user_key > end.as_slice(),
+            Bound::Excluded(end) => user_key >= end.as_slice(),
+            Bound::Unbounded => false,
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        if !self.started {
+            self.started = true;
+            match &self.end {
+                // The largest internal key of `end` is its entry with sequence 0.
+                Bound::Included(end) | Bound::Excluded(end) => {
+                    let target = InternalKey::new(end, SeqNo::ZERO, ValueKind::Delete);
+                    self.merged.seek(target.encoded()).await?;
+                }
+                Bound::Unbounded => self.merged.seek_to_first().await?,
+            }
+        }
+        // The user key being gathered and its newest visible entry so far.
+        let mut gathering: Option<(Vec<u8>, Option<Visible>)> = None;
+        loop {
+            let entry = match self.merged.current() {
+                Some((key, value)) => {
+                    let parsed = ParsedInternalKey::parse(key).ok_or_else(|| Error::Corruption {
+                        file: std::path::PathBuf::from("<scan>"),
+                        offset: 0,
+                        reason: "malformed internal key".into(),
+                    })?;
+                    Some((parsed.user_key.to_vec(), parsed.seq, parsed.kind, value.clone()))
+                }
+                None => None,
+            };
+            let key_changed = match (&gathering, &entry) {
+                (Some((user_key, _)), Some((next, ..))) => user_key != next,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if key_changed {
+                let (user_key, newest) = gathering.take().expect("checked");
+                if let Some((ValueKind::Put, value)) = newest {
+                    return Ok(Some((Bytes::from(user_key), value)));
+                }
+            }
+            let Some((user_key, seq, kind, value)) = entry else {
+                self.done = true;
+                return Ok(None);
+            };
+            if self.before_start(&user_key) {
+                self.done = true;
+                return Ok(None);
+            }
+            self.merged.advance().await?;
+            if self.past_end(&user_key) {
+                continue;
+            }
+            let slot = gathering.get_or_insert_with(|| (user_key, None));
+            if seq <= self.snapshot {
+                // Later (newer) visible versions replace earlier ones.
+                slot.1 = Some((kind, value));
+            }
+        }
+    }
+}
+
 /// The smallest key greater than every key starting with `prefix`, if any.
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
