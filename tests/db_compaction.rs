@@ -115,3 +115,34 @@ async fn automatic_compactions_keep_levels_within_their_targets() {
     assert_eq!(scan_all(&db).await.len(), 2000, "reopened from the latest MANIFEST");
     assert_eq!(scan_all(&db).await.len(), 2000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_slow_down_past_the_slowdown_trigger_and_never_fail() {
+    use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    // A slow device for table reads: compactions (and table opens) lag behind flushes.
+    faults.add(FaultRule::new(FaultAction::DelayMs(20)).op(ringdb::IoOp::Read).path_contains(".sst"));
+    let options = Options {
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        write_buffer_size_bytes: 16 << 10,
+        // Room for many frozen memtables: writes wait on level 0, not on flushes.
+        max_immutable_memtables: 64,
+        compaction: CompactionOptions {
+            l0_compaction_trigger: 2,
+            l0_slowdown_trigger: 3,
+            l0_stop_trigger: 40,
+            ..options().compaction
+        },
+        ..options()
+    };
+    let db = Db::open(dir.path(), options).await.unwrap();
+    for n in 0..3000u32 {
+        db.put(key(n), "v".repeat(50)).await.unwrap();
+    }
+    let stats = db.stats();
+    assert!(stats.write_slowdown_us > 0, "writes were slowed down:\n{stats}");
+    assert!(stats.levels[0].tables < 40, "{stats}");
+    faults.clear();
+    assert_eq!(scan_all(&db).await.len(), 3000);
+}

@@ -10,6 +10,9 @@ use crate::version::{NUM_LEVELS, TableFile, Version};
 pub struct CompactionOptions {
     /// Level-0 tables that trigger a compaction into level 1. Default: 4.
     pub l0_compaction_trigger: usize,
+    /// Level-0 tables from which each write is delayed (1 ms per table past
+    /// this, up to 20 ms), so that compaction catches up. Default: 20.
+    pub l0_slowdown_trigger: usize,
     /// Level-0 tables at which writes wait until compaction catches up. Default: 36.
     pub l0_stop_trigger: usize,
     /// Target size of level 1 in bytes; level n+1 targets `level_size_multiplier` times level n.
@@ -28,6 +31,7 @@ impl Default for CompactionOptions {
     fn default() -> CompactionOptions {
         CompactionOptions {
             l0_compaction_trigger: 4,
+            l0_slowdown_trigger: 20,
             l0_stop_trigger: 36,
             level1_target_bytes: 256 << 20,
             level_size_multiplier: 10,
@@ -39,8 +43,13 @@ impl Default for CompactionOptions {
 
 impl CompactionOptions {
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.l0_compaction_trigger == 0 || self.l0_stop_trigger <= self.l0_compaction_trigger {
-            return Err("l0_compaction_trigger must be positive and below l0_stop_trigger".into());
+        if self.l0_compaction_trigger == 0
+            || self.l0_slowdown_trigger < self.l0_compaction_trigger
+            || self.l0_stop_trigger <= self.l0_slowdown_trigger
+        {
+            return Err(
+                "triggers must satisfy 0 < l0_compaction_trigger <= l0_slowdown_trigger < l0_stop_trigger".into()
+            );
         }
         if self.level1_target_bytes == 0 || self.level_size_multiplier < 2 || self.sst_target_size_bytes == 0 {
             return Err(

@@ -6,6 +6,7 @@ mod log;
 mod options;
 mod recovery;
 mod scan;
+mod timer;
 mod versions;
 
 use std::ops::{Bound, RangeBounds};
@@ -65,6 +66,8 @@ struct DbInner {
     compaction_counters: Arc<CompactionCounters>,
     /// Time writes spent waiting for room (a flush or a compaction), in microseconds.
     stall_time_us: AtomicU64,
+    /// Time writes were delayed by the level-0 slowdown, in microseconds.
+    slowdown_time_us: AtomicU64,
     /// Bytes of batches written by users (keys, values, framing).
     user_bytes_written: AtomicU64,
     io: Io,
@@ -290,6 +293,7 @@ impl Db {
                 flush_counters,
                 compaction_counters,
                 stall_time_us: AtomicU64::new(0),
+                slowdown_time_us: AtomicU64::new(0),
                 user_bytes_written: AtomicU64::new(0),
                 io,
                 _lock: lock,
@@ -342,6 +346,7 @@ impl Db {
         }
         let log = &self.inner.log;
         let mut stalled_since: Option<std::time::Instant> = None;
+        let mut slowed = false;
         let done = loop {
             let listener = {
                 let mut state = log.lock();
@@ -351,10 +356,24 @@ impl Db {
                 if state.closing {
                     return Err(Error::Closed);
                 }
-                if self.make_room(&mut state) {
-                    break self.apply(&mut state, &batch, options.durability);
+                let delay = if slowed { None } else { self.slowdown(&state) };
+                match delay {
+                    Some(delay) => Err(delay),
+                    None if self.make_room(&mut state) => break self.apply(&mut state, &batch, options.durability),
+                    None => Ok(log.room.listen()),
                 }
-                log.room.listen()
+            };
+            let listener = match listener {
+                Ok(listener) => listener,
+                Err(delay) => {
+                    // Level 0 is past its slowdown trigger: give compaction
+                    // time before the stop trigger halts writes outright.
+                    slowed = true;
+                    let since = std::time::Instant::now();
+                    timer::sleep(delay).await;
+                    self.inner.slowdown_time_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    continue;
+                }
             };
             // The immutable memtables are at their bound, or level 0 at its
             // stop trigger: wait for a flush or a compaction.
@@ -381,6 +400,19 @@ impl Db {
         }
         let full = state.active.memtable.approximate_size_bytes() >= self.inner.options.write_buffer_size_bytes;
         !full || self.freeze(state)
+    }
+
+    /// How long a write waits before it goes in, once level 0 holds
+    /// `l0_slowdown_trigger` tables: 1 ms more for each table past it, up to
+    /// 20 ms per write (the stop trigger is the hard limit).
+    fn slowdown(&self, state: &LogState) -> Option<Duration> {
+        let compaction = &self.inner.options.compaction;
+        let level0 = state.version.levels[0].len();
+        if compaction.disable_auto_compactions || level0 < compaction.l0_slowdown_trigger {
+            return None;
+        }
+        let steps = (level0 - compaction.l0_slowdown_trigger + 1).min(20) as u64;
+        Some(Duration::from_millis(steps))
     }
 
     /// Freezes the active memtable unless the immutable ones are at their
@@ -666,6 +698,7 @@ impl Db {
             io: self.inner.io.stats(),
             levels,
             write_stall_us: self.inner.stall_time_us.load(Ordering::Relaxed),
+            write_slowdown_us: self.inner.slowdown_time_us.load(Ordering::Relaxed),
             user_bytes_written: self.inner.user_bytes_written.load(Ordering::Relaxed),
         }
     }
@@ -765,8 +798,12 @@ pub struct Stats {
     pub io: crate::io::IoStats,
     /// Tables and bytes per level, level 0 first.
     pub levels: [LevelStats; NUM_LEVELS],
-    /// Time writes waited for a flush or a compaction, summed over writes, in microseconds.
+    /// Time writes waited for a flush or a compaction (immutable memtables at
+    /// their bound, level 0 at its stop trigger), summed over writes, in microseconds.
     pub write_stall_us: u64,
+    /// Time writes were delayed because level 0 was past its slowdown
+    /// trigger, summed over writes, in microseconds.
+    pub write_slowdown_us: u64,
     /// Bytes of write batches since open (keys, values and batch framing).
     pub user_bytes_written: u64,
 }
@@ -812,10 +849,11 @@ impl std::fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "user writes {:.2} MiB, write amplification {:.2}, write stalls {:.1} ms",
+            "user writes {:.2} MiB, write amplification {:.2}, write stalls {:.1} ms, slowdowns {:.1} ms",
             self.user_bytes_written as f64 / MIB,
             self.write_amplification(),
-            self.write_stall_us as f64 / 1000.0
+            self.write_stall_us as f64 / 1000.0,
+            self.write_slowdown_us as f64 / 1000.0
         )?;
         write!(
             f,

@@ -1,0 +1,119 @@
+//! A runtime-agnostic sleep for the write slowdown: one lazily started
+//! thread wakes futures at their deadlines, so no executor's timer is needed.
+
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+struct Timer {
+    due: Mutex<BinaryHeap<Entry>>,
+    changed: Condvar,
+}
+
+struct Entry {
+    at: Instant,
+    fired: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Entry) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    /// The earliest deadline on top of the max-heap.
+    fn cmp(&self, other: &Entry) -> std::cmp::Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+fn timer() -> &'static Timer {
+    static TIMER: OnceLock<&'static Timer> = OnceLock::new();
+    TIMER.get_or_init(|| {
+        let timer: &'static Timer =
+            Box::leak(Box::new(Timer { due: Mutex::new(BinaryHeap::new()), changed: Condvar::new() }));
+        std::thread::Builder::new()
+            .name("ringdb-timer".into())
+            .spawn(move || run(timer))
+            .expect("the timer thread starts");
+        timer
+    })
+}
+
+fn run(timer: &'static Timer) {
+    let mut due = timer.due.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let now = Instant::now();
+        while due.peek().is_some_and(|entry| entry.at <= now) {
+            let entry = due.pop().expect("peeked");
+            entry.fired.store(true, Ordering::Release);
+            entry.waker.wake();
+        }
+        due = match due.peek().map(|entry| entry.at - now) {
+            Some(wait) => timer.changed.wait_timeout(due, wait).unwrap_or_else(|e| e.into_inner()).0,
+            None => timer.changed.wait(due).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+/// Completes once `duration` has passed.
+pub(crate) fn sleep(duration: Duration) -> Sleep {
+    Sleep { at: Instant::now() + duration, fired: None }
+}
+
+pub(crate) struct Sleep {
+    at: Instant,
+    fired: Option<Arc<AtomicBool>>,
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at || self.fired.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+            return Poll::Ready(());
+        }
+        // Registered again on every poll: the newest waker is the one to wake.
+        let fired = Arc::new(AtomicBool::new(false));
+        self.fired = Some(Arc::clone(&fired));
+        let timer = timer();
+        timer.due.lock().unwrap_or_else(|e| e.into_inner()).push(Entry {
+            at: self.at,
+            fired,
+            waker: cx.waker().clone(),
+        });
+        timer.changed.notify_one();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleeps_at_least_as_long_as_asked_and_not_much_longer() {
+        let start = Instant::now();
+        futures::executor::block_on(async {
+            let (a, b) = futures::join!(sleep(Duration::from_millis(30)), sleep(Duration::from_millis(10)));
+            let _ = (a, b);
+        });
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(30), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+}
