@@ -107,6 +107,18 @@ impl LogShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state, unless the database is poisoned or closing (then the error to return).
+    pub(crate) fn lock_open(&self) -> Result<MutexGuard<'_, LogState>> {
+        let state = self.lock();
+        if let Some(reason) = &state.poisoned {
+            return Err(Error::Poisoned(reason.clone()));
+        }
+        if state.closing {
+            return Err(Error::Closed);
+        }
+        Ok(state)
+    }
+
     pub(crate) fn visible(&self) -> SeqNo {
         SeqNo(self.visible_seq.load(Ordering::Acquire))
     }

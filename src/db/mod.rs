@@ -349,13 +349,7 @@ impl Db {
         let mut slowed = false;
         let done = loop {
             let listener = {
-                let mut state = log.lock();
-                if let Some(reason) = &state.poisoned {
-                    return Err(Error::Poisoned(reason.clone()));
-                }
-                if state.closing {
-                    return Err(Error::Closed);
-                }
+                let mut state = log.lock_open()?;
                 let delay = if slowed { None } else { self.slowdown(&state) };
                 match delay {
                     Some(delay) => Err(delay),
@@ -549,78 +543,60 @@ impl Db {
         self.scan_rev_at(start, end, self.inner.log.visible())
     }
 
-    fn scan_rev_at(
-        &self,
-        start: Bound<Vec<u8>>,
-        end: Bound<Vec<u8>>,
-        seq: SeqNo,
-    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        use crate::iter::{MergingIter, RevLevelCursor, RevMemtableCursor, RevTableCursor, Source};
-        let sources = {
-            let state = self.inner.log.lock();
-            let mut sources: Vec<Source> = std::iter::once(&state.active)
-                .chain(&state.immutables)
-                .map(|slot| Source::RevMemtable(RevMemtableCursor::new(Arc::clone(&slot.memtable))))
-                .collect();
-            for table in &state.version.levels[0] {
-                sources.push(Source::RevTable(RevTableCursor::new(Arc::clone(table))));
-            }
-            for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
-                sources.push(Source::RevLevel(RevLevelCursor::new(level.clone())));
-            }
-            sources
-        };
-        let scan = scan::RevScan::new(MergingIter::new_reverse(sources), seq, start, end);
-        futures_util::stream::unfold(scan, |mut scan| async move {
-            if scan.done {
-                return None;
-            }
-            match scan.next().await {
-                Ok(Some(entry)) => Some((Ok(entry), scan)),
-                Ok(None) => None,
-                Err(e) => {
-                    scan.done = true;
-                    Some((Err(e), scan))
-                }
-            }
-        })
-    }
-
     fn scan_at(
         &self,
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
         seq: SeqNo,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        use crate::iter::{BlockFetch, LevelCursor, MemtableCursor, MergingIter, Source, TableCursor};
-        let sources = {
-            let state = self.inner.log.lock();
-            let mut sources: Vec<Source> = std::iter::once(&state.active)
-                .chain(&state.immutables)
-                .map(|slot| Source::Memtable(MemtableCursor::new(Arc::clone(&slot.memtable))))
-                .collect();
-            for table in &state.version.levels[0] {
-                sources.push(Source::Table(TableCursor::new(Arc::clone(table), BlockFetch::Adaptive)));
-            }
-            for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
-                sources.push(Source::Level(LevelCursor::new(level.clone(), crate::iter::adaptive)));
-            }
-            sources
+        let merged = crate::iter::MergingIter::new(self.scan_sources(false));
+        scan::into_stream(scan::AnyScan::Forward(scan::Scan::new(merged, seq, start, end)))
+    }
+
+    fn scan_rev_at(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        seq: SeqNo,
+    ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+        let merged = crate::iter::MergingIter::new_reverse(self.scan_sources(true));
+        scan::into_stream(scan::AnyScan::Reverse(scan::RevScan::new(merged, seq, start, end)))
+    }
+
+    /// Cursors over the memtables and tables of this moment, forward or backward.
+    fn scan_sources(&self, reverse: bool) -> Vec<crate::iter::Source> {
+        use crate::iter::{
+            BlockFetch, LevelCursor, MemtableCursor, RevLevelCursor, RevMemtableCursor, RevTableCursor, Source,
+            TableCursor,
         };
-        let scan = scan::Scan::new(MergingIter::new(sources), seq, start, end);
-        futures_util::stream::unfold(scan, |mut scan| async move {
-            if scan.done {
-                return None;
-            }
-            match scan.next().await {
-                Ok(Some(entry)) => Some((Ok(entry), scan)),
-                Ok(None) => None,
-                Err(e) => {
-                    scan.done = true;
-                    Some((Err(e), scan))
+        let state = self.inner.log.lock();
+        let mut sources: Vec<Source> = std::iter::once(&state.active)
+            .chain(&state.immutables)
+            .map(|slot| {
+                let memtable = Arc::clone(&slot.memtable);
+                if reverse {
+                    Source::RevMemtable(RevMemtableCursor::new(memtable))
+                } else {
+                    Source::Memtable(MemtableCursor::new(memtable))
                 }
-            }
-        })
+            })
+            .collect();
+        for table in &state.version.levels[0] {
+            let table = Arc::clone(table);
+            sources.push(if reverse {
+                Source::RevTable(RevTableCursor::new(table))
+            } else {
+                Source::Table(TableCursor::new(table, BlockFetch::Adaptive))
+            });
+        }
+        for level in state.version.levels[1..].iter().filter(|level| !level.is_empty()) {
+            sources.push(if reverse {
+                Source::RevLevel(RevLevelCursor::new(level.clone()))
+            } else {
+                Source::Level(LevelCursor::new(level.clone(), crate::iter::adaptive))
+            });
+        }
+        sources
     }
 
     /// Flushes every memtable holding data (the active one included) to
@@ -629,13 +605,7 @@ impl Db {
         let log = &self.inner.log;
         let target = loop {
             let listener = {
-                let mut state = log.lock();
-                if let Some(reason) = &state.poisoned {
-                    return Err(Error::Poisoned(reason.clone()));
-                }
-                if state.closing {
-                    return Err(Error::Closed);
-                }
+                let mut state = log.lock_open()?;
                 if state.active.memtable.is_empty() || self.freeze(&mut state) {
                     break state.frozen_memtables;
                 }
@@ -669,13 +639,7 @@ impl Db {
         self.flush().await?;
         let (start, end) = owned_bounds(&range);
         let receiver = {
-            let mut state = self.inner.log.lock();
-            if let Some(reason) = &state.poisoned {
-                return Err(Error::Poisoned(reason.clone()));
-            }
-            if state.closing {
-                return Err(Error::Closed);
-            }
+            let mut state = self.inner.log.lock_open()?;
             let (done, receiver) = oneshot::channel();
             state.manual_compactions.push_back(compact::ManualCompaction { start, end, done });
             receiver
@@ -721,13 +685,7 @@ impl Db {
     /// same critical section, so the flush covers every write that got in.
     fn request_flush(&self, sync: bool, close: bool) -> Result<oneshot::Receiver<Result<()>>> {
         let receiver = {
-            let mut state = self.inner.log.lock();
-            if let Some(reason) = &state.poisoned {
-                return Err(Error::Poisoned(reason.clone()));
-            }
-            if state.closing {
-                return Err(Error::Closed);
-            }
+            let mut state = self.inner.log.lock_open()?;
             let (done, receiver) = oneshot::channel();
             state.flush_requests.push((sync, done));
             state.closing |= close;

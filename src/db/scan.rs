@@ -26,14 +26,6 @@ impl Scan {
         Scan { merged, snapshot, start, end, last_user_key: None, started: false, done: false }
     }
 
-    fn past_end(&self, user_key: &[u8]) -> bool {
-        match &self.end {
-            Bound::Included(end) => user_key > end.as_slice(),
-            Bound::Excluded(end) => user_key >= end.as_slice(),
-            Bound::Unbounded => false,
-        }
-    }
-
     /// The next visible (key, value), or `None` at the end of the range.
     pub(crate) async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         if !self.started {
@@ -51,18 +43,14 @@ impl Scan {
                 self.done = true;
                 return Ok(None);
             };
-            let parsed = ParsedInternalKey::parse(key).ok_or_else(|| Error::Corruption {
-                file: std::path::PathBuf::from("<scan>"),
-                offset: 0,
-                reason: "malformed internal key".into(),
-            })?;
+            let parsed = parse(key)?;
             let newer_than_snapshot = parsed.seq > self.snapshot;
             let older_version = self.last_user_key.as_deref() == Some(parsed.user_key);
             if newer_than_snapshot || older_version {
                 self.merged.advance().await?;
                 continue;
             }
-            if self.past_end(parsed.user_key) {
+            if past_end(&self.end, parsed.user_key) {
                 self.done = true;
                 return Ok(None);
             }
@@ -107,14 +95,6 @@ impl RevScan {
         }
     }
 
-    fn past_end(&self, user_key: &[u8]) -> bool {
-        match &self.end {
-            Bound::Included(end) => user_key > end.as_slice(),
-            Bound::Excluded(end) => user_key >= end.as_slice(),
-            Bound::Unbounded => false,
-        }
-    }
-
     pub(crate) async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
         if !self.started {
             self.started = true;
@@ -132,11 +112,7 @@ impl RevScan {
         loop {
             let entry = match self.merged.current() {
                 Some((key, value)) => {
-                    let parsed = ParsedInternalKey::parse(key).ok_or_else(|| Error::Corruption {
-                        file: std::path::PathBuf::from("<scan>"),
-                        offset: 0,
-                        reason: "malformed internal key".into(),
-                    })?;
+                    let parsed = parse(key)?;
                     Some((parsed.user_key.to_vec(), parsed.seq, parsed.kind, value.clone()))
                 }
                 None => None,
@@ -161,7 +137,7 @@ impl RevScan {
                 return Ok(None);
             }
             self.merged.advance().await?;
-            if self.past_end(&user_key) {
+            if past_end(&self.end, &user_key) {
                 continue;
             }
             let slot = gathering.get_or_insert_with(|| (user_key, None));
@@ -171,6 +147,70 @@ impl RevScan {
             }
         }
     }
+}
+
+fn past_end(end: &Bound<Vec<u8>>, user_key: &[u8]) -> bool {
+    match end {
+        Bound::Included(end) => user_key > end.as_slice(),
+        Bound::Excluded(end) => user_key >= end.as_slice(),
+        Bound::Unbounded => false,
+    }
+}
+
+/// Keys reach a scan from validated blocks and memtables; a key that still
+/// does not parse is reported, not trusted.
+fn parse(key: &[u8]) -> Result<ParsedInternalKey<'_>> {
+    ParsedInternalKey::parse(key).ok_or_else(|| Error::Corruption {
+        file: std::path::PathBuf::from("<scan>"),
+        offset: 0,
+        reason: "malformed internal key".into(),
+    })
+}
+
+/// A scan in either direction.
+pub(crate) enum AnyScan {
+    Forward(Scan),
+    Reverse(RevScan),
+}
+
+impl AnyScan {
+    async fn next(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        match self {
+            AnyScan::Forward(scan) => scan.next().await,
+            AnyScan::Reverse(scan) => scan.next().await,
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            AnyScan::Forward(scan) => scan.done,
+            AnyScan::Reverse(scan) => scan.done,
+        }
+    }
+
+    fn finish(&mut self) {
+        match self {
+            AnyScan::Forward(scan) => scan.done = true,
+            AnyScan::Reverse(scan) => scan.done = true,
+        }
+    }
+}
+
+/// The scan as a stream; it ends after the range or after its first error.
+pub(crate) fn into_stream(scan: AnyScan) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
+    futures_util::stream::unfold(scan, |mut scan| async move {
+        if scan.done() {
+            return None;
+        }
+        match scan.next().await {
+            Ok(Some(entry)) => Some((Ok(entry), scan)),
+            Ok(None) => None,
+            Err(e) => {
+                scan.finish();
+                Some((Err(e), scan))
+            }
+        }
+    })
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any.
