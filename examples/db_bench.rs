@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,10 +43,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(about = "ringdb benchmarks (RocksDB db_bench style), with fio side by side")]
 struct Args {
     /// Comma-separated benchmarks: fillseq, fillrandom, overwrite, fillsync, fillsync_concurrent, flush,
-    /// readrandom, readrandom_concurrent, readseq, seekrandom, compact.
+    /// readrandom, readrandom_concurrent, readseq, seekrandom, readwhilewriting, compact.
     #[arg(
         long,
-        default_value = "readrandom,readrandom_concurrent,readseq,seekrandom,fillseq,fillrandom,overwrite,fillsync,fillsync_concurrent,flush,compact"
+        default_value = "readrandom,readrandom_concurrent,readseq,seekrandom,readwhilewriting,fillseq,fillrandom,overwrite,fillsync,fillsync_concurrent,flush,compact"
     )]
     benchmarks: String,
     /// Keys loaded (then flushed) before readrandom, and written by the flush benchmark.
@@ -117,6 +118,8 @@ enum Kind {
     SeekRandom,
     /// One manual compaction of level-0 tables into level 1.
     Compact,
+    /// Random gets while one task overwrites.
+    ReadWhileWriting,
 }
 
 struct Plan {
@@ -314,37 +317,17 @@ async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
     db.close().await.expect("close");
     let db = Db::open(dir, options).await.expect("reopen");
     let stats_before = db.stats();
-    let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..plan.tasks)
-        .map(|task| {
-            let (db, next, progress) = (db.clone(), next.clone(), progress.clone());
-            let (ops, key_space, key_size) = (plan.ops, args.load_num, args.key_size);
-            tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(task as u64 + 7);
-                let mut histogram = Histogram::<u64>::new(3).expect("histogram");
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= ops {
-                        break;
-                    }
-                    let key = make_key(rng.gen_range(0..key_space), key_size);
-                    let issued = Instant::now();
-                    let found = db.get(&key).await.expect("get");
-                    let _ = histogram.record(issued.elapsed().as_nanos() as u64);
-                    assert!(found.is_some(), "every loaded key is found");
-                    if n % 1024 == 0 {
-                        progress.set_position(n);
-                    }
-                }
-                histogram
-            })
+    let (key_space, key_size) = (args.load_num, args.key_size);
+    let reader = db.clone();
+    let op: Op = Arc::new(move |draw, _| {
+        let db = reader.clone();
+        Box::pin(async move {
+            let found = db.get(make_key(draw % key_space, key_size)).await.expect("get");
+            assert!(found.is_some(), "every loaded key is found");
         })
-        .collect();
-    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
-    for task in tasks {
-        latency_ns.add(task.await.expect("task")).expect("merge");
-    }
+    });
+    let latency_ns = run_tasks(plan.tasks, plan.ops, 7, progress, op).await;
     let elapsed = start.elapsed();
     progress.finish_and_clear();
     let after = db.stats();
@@ -367,29 +350,27 @@ async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
     }
 }
 
-async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+/// One benchmark operation: given a random draw and the operation's number.
+type Op = Arc<dyn Fn(u64, u64) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Runs operations 0..`ops` spread over `tasks` tokio tasks (each takes the
+/// next number until none is left) and returns their merged latencies.
+async fn run_tasks(tasks: usize, ops: u64, seed: u64, progress: &ProgressBar, op: Op) -> Histogram<u64> {
     let next = Arc::new(AtomicU64::new(0));
-    let write_options = WriteOptions::with_durability(plan.durability);
-    let io_before = db.io_stats().ops_submitted;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..plan.tasks)
+    let handles: Vec<_> = (0..tasks.max(1))
         .map(|task| {
-            let (db, next, progress) = (db.clone(), next.clone(), progress.clone());
-            let (ops, random, key_size, value_size) = (plan.ops, plan.random, args.key_size, args.value_size);
+            let (next, progress, op) = (next.clone(), progress.clone(), op.clone());
             tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(task as u64 + 1);
-                let value: Vec<u8> = (0..value_size).map(|_| rng.r#gen()).collect();
+                let mut rng = SmallRng::seed_from_u64(seed + task as u64);
                 let mut histogram = Histogram::<u64>::new(3).expect("histogram");
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= ops {
                         break;
                     }
-                    let key = make_key(if random { rng.gen_range(0..ops) } else { n }, key_size);
-                    let mut batch = WriteBatch::new();
-                    batch.put(&key, &value);
+                    let draw: u64 = rng.r#gen();
                     let issued = Instant::now();
-                    db.write(batch, write_options).await.expect("write");
+                    op(draw, n).await;
                     let _ = histogram.record(issued.elapsed().as_nanos() as u64);
                     if n % 1024 == 0 {
                         progress.set_position(n);
@@ -400,17 +381,87 @@ async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outco
         })
         .collect();
     let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
-    for task in tasks {
-        latency_ns.add(task.await.expect("task")).expect("merge");
+    for handle in handles {
+        latency_ns.add(handle.await.expect("task")).expect("merge");
     }
-    let elapsed = start.elapsed();
     progress.finish_and_clear();
+    latency_ns
+}
+
+/// Writes of `plan` (sequential or random keys) with its durability.
+fn write_op(db: &Db, plan: &Plan, args: &Args) -> Op {
+    let (db, ops, random, key_size) = (db.clone(), plan.ops, plan.random, args.key_size);
+    let value = Bytes::from((0..args.value_size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
+    let write_options = WriteOptions::with_durability(plan.durability);
+    Arc::new(move |draw, n| {
+        let (db, value) = (db.clone(), value.clone());
+        Box::pin(async move {
+            let mut batch = WriteBatch::new();
+            batch.put(make_key(if random { draw % ops } else { n }, key_size), &value);
+            db.write(batch, write_options).await.expect("write");
+        })
+    })
+}
+
+async fn run(db: &Db, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+    let io_before = db.io_stats().ops_submitted;
+    let start = Instant::now();
+    let latency_ns = run_tasks(plan.tasks, plan.ops, 1, progress, write_op(db, plan, args)).await;
+    Outcome {
+        ops: plan.ops,
+        elapsed: start.elapsed(),
+        latency_ns,
+        io_ops: db.io_stats().ops_submitted - io_before,
+        notes: Vec::new(),
+        bytes_per_sec: None,
+    }
+}
+
+/// readwhilewriting: `--concurrency` readers of random loaded keys while one
+/// task overwrites random keys as fast as it can.
+async fn run_read_while_writing(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+    let db = Db::open(dir, options(args)).await.expect("open");
+    load(&db, args.load_num, args).await;
+    db.flush().await.expect("flush");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let overwrite = Plan { name: "overwrite", kind: Kind::Overwrite, ops: args.load_num, tasks: 1, ..*plan };
+        let (op, stop, writes) = (write_op(&db, &overwrite, args), stop.clone(), writes.clone());
+        tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(99);
+            while !stop.load(Ordering::Relaxed) {
+                op(rng.r#gen(), 0).await;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let (key_space, key_size) = (args.load_num, args.key_size);
+    let reader = db.clone();
+    let op: Op = Arc::new(move |draw, _| {
+        let db = reader.clone();
+        Box::pin(async move {
+            assert!(db.get(make_key(draw % key_space, key_size)).await.expect("get").is_some());
+        })
+    });
+    let start = Instant::now();
+    let latency_ns = run_tasks(plan.tasks, plan.ops, 13, progress, op).await;
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer");
+    let stats = db.stats();
+    db.close().await.expect("close");
+    let writes = writes.load(Ordering::Relaxed);
     Outcome {
         ops: plan.ops,
         elapsed,
         latency_ns,
-        io_ops: db.io_stats().ops_submitted - io_before,
-        notes: Vec::new(),
+        io_ops: 0,
+        notes: vec![
+            ("writes".into(), writes.into()),
+            ("writes_per_s".into(), (writes as f64 / elapsed.as_secs_f64()).into()),
+            ("tables".into(), stats.tables().into()),
+        ],
         bytes_per_sec: None,
     }
 }
@@ -469,6 +520,15 @@ fn main() {
                 name: "overwrite",
                 kind: Kind::Overwrite,
                 ops: args.num,
+                tasks: args.concurrency.max(1),
+                durability: bulk,
+                random: true,
+                fio_job: None,
+            },
+            "readwhilewriting" => Plan {
+                name: "readwhilewriting",
+                kind: Kind::ReadWhileWriting,
+                ops: args.reads,
                 tasks: args.concurrency.max(1),
                 durability: bulk,
                 random: true,
@@ -576,6 +636,7 @@ fn main() {
                 Kind::Read => run_reads(&dir, plan, &args, &progress).await,
                 Kind::ReadSeq | Kind::SeekRandom => run_scans(&dir, plan, &args, &progress).await,
                 Kind::Compact => run_compact(&dir, &args).await,
+                Kind::ReadWhileWriting => run_read_while_writing(&dir, plan, &args, &progress).await,
                 Kind::Fill | Kind::Overwrite => {
                     let db = Db::open(&dir, options(&args)).await.expect("open");
                     if plan.kind == Kind::Overwrite {
