@@ -26,6 +26,9 @@ pub(crate) struct JobContext<'a> {
     pub(crate) oldest_snapshot: SeqNo,
     /// Hands out a new file number.
     pub(crate) next_file_number: &'a (dyn Fn() -> u64 + Sync),
+    /// True once the database is closing: the job stops (its outputs are
+    /// removed, its inputs stay live) instead of holding up `close`.
+    pub(crate) cancelled: &'a (dyn Fn() -> bool + Sync),
 }
 
 /// A finished job: the edit to log, the new tables, and its I/O.
@@ -159,6 +162,9 @@ async fn merge_into_tables(
                 entries += 1;
             }
             merged.advance().await?;
+            if (entries + dropped) % 4096 == 0 && (ctx.cancelled)() {
+                return Err(Error::Closed);
+            }
         }
         let Some(smallest_key) = smallest_key else {
             // Everything in this stretch was dropped: no table.

@@ -108,12 +108,19 @@ pub(crate) fn compaction_thread(compactor: Compactor) {
             Work::Auto(version, plan) => execute(&compactor, &plan, &version),
             Work::Manual(request) => {
                 let result = compact_range(&compactor, &request.start, &request.end);
-                let _ = request.done.send(result.clone().map_err(|e| Error::Poisoned(e.to_string())));
+                let _ = request.done.send(result.clone().map_err(|e| match *e {
+                    Error::Closed => Error::Closed,
+                    _ => Error::Poisoned(e.to_string()),
+                }));
                 result
             }
         };
         let shared = &compactor.shared;
         if let Err(e) = result {
+            if matches!(*e, Error::Closed) {
+                // Stopped for close: nothing was installed, the inputs stay live.
+                continue;
+            }
             tracing::error!(error = %e, "compaction failed: the database refuses further writes");
             shared.lock().poisoned.get_or_insert_with(|| format!("compaction failed: {e}"));
             shared.room.notify(usize::MAX);
@@ -141,6 +148,7 @@ fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result
         graveyard: Arc::clone(&compactor.versions.graveyard),
         oldest_snapshot: shared.oldest_snapshot(),
         next_file_number: &next_file_number,
+        cancelled: &|| shared.lock().closing,
     };
     let outcome = futures_executor::block_on(job::run(plan, version, &ctx)).map_err(Arc::new)?;
     let counters = &compactor.counters;
