@@ -115,6 +115,12 @@ impl Memtable {
         self.map.iter().map(|entry| (entry.key().clone(), entry.value().clone()))
     }
 
+    /// All entries in internal-key order, by reference: a flush reads every
+    /// key and value once, and cloning each value's `Bytes` would allocate.
+    pub(crate) fn entries(&self) -> crossbeam_skiplist::map::Iter<'_, InternalKey, Bytes> {
+        self.map.iter()
+    }
+
     /// The first entry at or after `key` (with `inclusive`), or strictly after it:
     /// a cursor step for iterators, which hold no borrow of the map between steps.
     pub(crate) fn entry_from(&self, key: &InternalKey, inclusive: bool) -> Option<(InternalKey, Bytes)> {

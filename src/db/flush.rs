@@ -211,8 +211,9 @@ async fn build_table(
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_key = Vec::new();
     let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);
-    for (key, value) in job.memtable.iter() {
-        writer.add(key.encoded(), &value).await?;
+    for entry in job.memtable.entries() {
+        let (key, value) = (entry.key(), entry.value());
+        writer.add(key.encoded(), value).await?;
         if first_key.is_none() {
             first_key = Some(key.encoded().to_vec());
         }
