@@ -146,3 +146,48 @@ async fn writes_slow_down_past_the_slowdown_trigger_and_never_fail() {
     faults.clear();
     assert_eq!(scan_all(&db).await.len(), 3000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_keeps_its_tables_through_compactions_that_delete_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    for n in 0..4000 {
+        db.put(key(n), format!("v-{n}")).await.unwrap();
+    }
+    db.flush().await.unwrap();
+    let tables_before: Vec<String> = sst_files(dir.path());
+    let mut scan = Box::pin(db.scan::<&[u8]>(..));
+    let mut seen = Vec::new();
+    for _ in 0..1000 {
+        let (k, _) = scan.next().await.unwrap().unwrap();
+        seen.push(k.to_vec());
+    }
+    // Rewrite everything while the scan is half way: the scan's tables leave the version.
+    for n in 0..4000 {
+        db.put(key(n), format!("w-{n}")).await.unwrap();
+    }
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let still_there = sst_files(dir.path()).iter().filter(|name| tables_before.contains(name)).count();
+    assert!(still_there > 0, "the scan's tables are not deleted while it reads them");
+    while let Some(item) = scan.next().await {
+        let (k, v) = item.unwrap();
+        assert!(v.starts_with(b"v-"), "the scan sees the data of its moment");
+        seen.push(k.to_vec());
+    }
+    assert_eq!(seen.len(), 4000);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    drop(scan);
+    // Once the scan is gone, the next compaction's cleanup deletes them.
+    db.put("z", "1").await.unwrap();
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let left = sst_files(dir.path()).iter().filter(|name| tables_before.contains(name)).count();
+    assert_eq!(left, 0, "obsolete tables are deleted once no reader holds them");
+}
+
+fn sst_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".sst"))
+        .collect()
+}
