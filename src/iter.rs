@@ -73,10 +73,12 @@ pub(crate) struct TableCursor {
     table: Arc<TableFile>,
     fetch: BlockFetch,
     index: BlockIter,
+    /// The current block; its iterator holds the current key.
     block: Option<BlockIter>,
     /// The offset of the current block, for error reports.
     block_offset: u64,
-    current: Option<Entry>,
+    /// The current entry's value; `None` when the cursor is exhausted.
+    value: Option<Bytes>,
     /// Blocks loaded since the last seek.
     blocks_loaded: u32,
 }
@@ -94,7 +96,7 @@ pub(crate) fn adaptive(_: &Arc<TableFile>) -> BlockFetch {
 impl TableCursor {
     pub(crate) fn new(table: Arc<TableFile>, fetch: BlockFetch) -> TableCursor {
         let index = table.reader.index().iter();
-        TableCursor { table, fetch, index, block: None, block_offset: 0, current: None, blocks_loaded: 0 }
+        TableCursor { table, fetch, index, block: None, block_offset: 0, value: None, blocks_loaded: 0 }
     }
 
     async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
@@ -123,17 +125,17 @@ impl TableCursor {
     async fn step(&mut self) -> Result<()> {
         let path = self.table.reader.path().to_path_buf();
         loop {
-            if let Some(block) = &mut self.block {
-                if let Some(entry) = block.next_entry(&path, self.block_offset)? {
-                    self.current = Some(entry);
-                    return Ok(());
-                }
+            if let Some(block) = &mut self.block
+                && let Some(value) = block.advance(&path, self.block_offset)?
+            {
+                self.value = Some(value);
+                return Ok(());
             }
             match self.index.next_entry(&path, 0)? {
                 Some((_, handle)) => self.load_block(&handle).await?,
                 None => {
                     self.block = None;
-                    self.current = None;
+                    self.value = None;
                     return Ok(());
                 }
             }
@@ -147,15 +149,16 @@ impl TableCursor {
         self.index = index;
         let Some((_, handle)) = found else {
             self.block = None;
-            self.current = None;
+            self.value = None;
             return Ok(());
         };
         self.load_block(&handle).await?;
         let block = self.block.take().expect("just loaded");
+        // The iterator stops just past the first entry >= target, holding its key.
         let (rest, first) = block_seek(block, target, &path, self.block_offset)?;
         self.block = Some(rest);
         match first {
-            Some(entry) => self.current = Some(entry),
+            Some((_, value)) => self.value = Some(value),
             None => self.step().await?,
         }
         Ok(())
@@ -168,7 +171,8 @@ impl TableCursor {
     }
 
     fn current(&self) -> Option<(&[u8], &Bytes)> {
-        self.current.as_ref().map(|(key, value)| (key.as_slice(), value))
+        let value = self.value.as_ref()?;
+        Some((self.block.as_ref()?.key(), value))
     }
 }
 

@@ -111,7 +111,9 @@ async fn merge_into_tables(
     added: &mut Vec<Arc<TableFile>>,
     written_paths: &mut Vec<PathBuf>,
 ) -> Result<u64> {
-    let mut current_user_key: Option<Vec<u8>> = None;
+    // The user key being merged (reused: set once per user key, not allocated).
+    let mut current_user_key: Vec<u8> = Vec::new();
+    let mut have_user_key = false;
     // The sequence number of the previous entry of the current user key.
     let mut newer_seq = SeqNo::MAX;
     let mut dropped = 0u64;
@@ -134,11 +136,13 @@ async fn merge_into_tables(
                 offset: 0,
                 reason: "compaction input holds a malformed internal key".into(),
             })?;
-            if current_user_key.as_deref() != Some(parsed.user_key) {
+            if !have_user_key || current_user_key != parsed.user_key {
                 if entries > 0 && writer.estimated_size_bytes() >= ctx.options.sst_target_size_bytes {
                     break;
                 }
-                current_user_key = Some(parsed.user_key.to_vec());
+                current_user_key.clear();
+                current_user_key.extend_from_slice(parsed.user_key);
+                have_user_key = true;
                 newer_seq = SeqNo::MAX;
             }
             // A newer entry of this key that every reader sees hides this one;

@@ -324,6 +324,18 @@ impl BlockIter {
 
     /// The next entry (full key, value), `None` at the end, or corruption.
     pub(crate) fn next_entry(&mut self, file: &Path, offset: u64) -> Result<Option<(Vec<u8>, Bytes)>> {
+        Ok(self.advance(file, offset)?.map(|value| (self.key.clone(), value)))
+    }
+
+    /// The key of the entry `advance` returned last (empty before the first).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Moves to the next entry and returns its value; its key is then
+    /// [`key`](Self::key), decoded into a buffer the iterator reuses (no
+    /// allocation per entry, unlike `next_entry`).
+    pub(crate) fn advance(&mut self, file: &Path, offset: u64) -> Result<Option<Bytes>> {
         if self.pos >= self.block.restarts_at {
             return Ok(None);
         }
@@ -346,7 +358,7 @@ impl BlockIter {
         self.key.truncate(shared);
         self.key.extend_from_slice(delta);
         self.pos += reader.position();
-        Ok(Some((self.key.clone(), self.block.data.slice(value_start..value_start + value_len))))
+        Ok(Some(self.block.data.slice(value_start..value_start + value_len)))
     }
 }
 
