@@ -241,8 +241,10 @@ impl Block {
     }
 
     /// Walks every entry and checks that each key is a well-formed internal
-    /// key, so comparisons during seeks only ever see valid keys. Run once on
-    /// each block read from disk (before it is searched or cached).
+    /// key. Run once on a table's index when it is opened: a malformed
+    /// separator would otherwise send lookups to the wrong block without an
+    /// error. Data blocks are not walked twice: whoever interprets an entry
+    /// (a get, a scan, a compaction) parses its key and reports `Corruption`.
     pub(crate) fn validate_internal_keys(&self, file: &Path, offset: u64) -> Result<()> {
         let mut iter = self.iter();
         while let Some((key, _)) = iter.next_entry(file, offset)? {

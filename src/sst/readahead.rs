@@ -58,7 +58,9 @@ impl ReadAhead {
 
     /// Makes the chunk at or just before `offset` current (and the one after it in flight).
     async fn advance_to(&mut self, offset: u64) -> Result<()> {
-        let aligned = offset / 4096 * 4096;
+        // Chunks start on page boundaries, and on the file's O_DIRECT alignment should it be larger.
+        let align = self.table.reader.file().alignment().max(4096) as u64;
+        let aligned = offset / align * align;
         let reuse = self.next.as_ref().is_some_and(|(start, _)| *start <= offset);
         let (start, read) = match self.next.take() {
             Some(next) if reuse => next,
@@ -118,8 +120,6 @@ impl ReadAhead {
             Bytes::from(joined)
         };
         let contents = verify_trailer(raw, path, handle.offset)?;
-        let block = Block::new(contents, path, handle.offset)?;
-        block.validate_internal_keys(path, handle.offset)?;
-        Ok(block)
+        Block::new(contents, path, handle.offset)
     }
 }

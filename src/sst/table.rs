@@ -392,16 +392,13 @@ impl TableReader {
     /// A data block from the cache, or read from the device (and cached).
     pub(crate) async fn data_block(&self, handle: BlockHandle) -> Result<Block> {
         let Some(cache) = &self.cache else {
-            let (block, _) = self.source().read_block(handle).await?;
-            block.validate_internal_keys(&self.path, handle.offset)?;
-            return Ok(block);
+            return self.source().read_block(handle).await.map(|(block, _)| block);
         };
         if let Some(block) = cache.get(self.id, handle.offset) {
             return Ok(block);
         }
         let source = BlockSource { pool: Some(cache), ..self.source() };
         let (block, charge_bytes) = source.read_block(handle).await?;
-        block.validate_internal_keys(&self.path, handle.offset)?;
         cache.insert(self.id, handle.offset, block.clone(), charge_bytes);
         Ok(block)
     }
