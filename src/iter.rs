@@ -155,7 +155,7 @@ impl TableCursor {
         self.load_block(&handle).await?;
         let block = self.block.take().expect("just loaded");
         // The iterator stops just past the first entry >= target, holding its key.
-        let (rest, first) = block_seek(block, target, &path, self.block_offset)?;
+        let (rest, first) = block.block().iter_from(target, compare_internal_keys, &path, self.block_offset)?;
         self.block = Some(rest);
         match first {
             Some((_, value)) => self.value = Some(value),
@@ -174,16 +174,6 @@ impl TableCursor {
         let value = self.value.as_ref()?;
         Some((self.block.as_ref()?.key(), value))
     }
-}
-
-/// Re-seeks within the block `iter` walks: the first entry >= `target`.
-fn block_seek(
-    iter: BlockIter,
-    target: &[u8],
-    path: &std::path::Path,
-    offset: u64,
-) -> Result<(BlockIter, Option<Entry>)> {
-    iter.block().iter_from(target, compare_internal_keys, path, offset)
 }
 
 /// A cursor over a sorted run of non-overlapping tables (a level >= 1):

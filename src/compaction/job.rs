@@ -11,7 +11,7 @@ use crate::key::{ParsedInternalKey, SeqNo, ValueKind};
 use crate::sst::cache::BlockCache;
 use crate::sst::readahead::ReadAhead;
 use crate::sst::table::{TableOptions, TableReader, TableWriter};
-use crate::version::{FileMeta, Graveyard, LiveTable, NUM_LEVELS, TableFile, Version, VersionEdit};
+use crate::version::{FileMeta, Graveyard, LiveTable, NUM_LEVELS, TableFile, Version, VersionEdit, table_path};
 use crate::{Error, Result};
 
 /// What a job needs from the database.
@@ -38,10 +38,6 @@ pub(crate) struct Outcome {
     pub(crate) bytes_read: u64,
     pub(crate) bytes_written: u64,
     pub(crate) entries_dropped: u64,
-}
-
-pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join(format!("{number:06}.sst"))
 }
 
 pub(crate) async fn run(plan: &Plan, version: &Version, ctx: &JobContext<'_>) -> Result<Outcome> {

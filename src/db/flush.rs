@@ -22,9 +22,7 @@ use crate::key::SeqNo;
 use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::{TableOptions, TableReader, TableWriter};
-use crate::version::{FileMeta, LiveTable, TableFile, VersionEdit};
-
-pub(crate) use crate::compaction::job::table_path;
+use crate::version::{FileMeta, LiveTable, TableFile, VersionEdit, table_path};
 
 /// Counters of the flush pipeline.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,7 +103,9 @@ pub(crate) fn flush_thread(mut flusher: Flusher) {
             Err(e) => {
                 let reason = format!("flushing a memtable failed: {e}");
                 tracing::error!(error = %e, "flush failed: the database refuses further writes");
-                let _ = std::fs::remove_file(table_path(&flusher.shared.dir, job.table_number));
+                let _ = futures_executor::block_on(
+                    flusher.io.remove_file(table_path(&flusher.shared.dir, job.table_number)),
+                );
                 flusher.shared.lock().poisoned.get_or_insert(reason);
                 flusher.shared.room.notify(usize::MAX);
                 return;

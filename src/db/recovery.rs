@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Options;
-use super::flush::table_path;
 use super::log::log_path;
 use crate::batch::decode_batches;
 use crate::io::Io;
@@ -15,7 +14,7 @@ use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::TableReader;
 use crate::version::manifest::{self, CURRENT_NAME, parse_manifest_name};
-use crate::version::{Graveyard, LiveTable, ManifestState, TableFile};
+use crate::version::{Graveyard, LiveTable, ManifestState, TableFile, table_path};
 use crate::wal::{RecoveryMode, read_log};
 use crate::{Error, IoOp, Result};
 

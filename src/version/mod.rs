@@ -14,6 +14,11 @@ pub(crate) use manifest::{ManifestState, ManifestWriter};
 use crate::key::compare_internal_keys;
 use crate::sst::table::TableReader;
 
+/// The file of table `number` in `dir`.
+pub(crate) fn table_path(dir: &std::path::Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.sst"))
+}
+
 /// Levels of the tree: 0 (overlapping tables from flushes) and 1..NUM_LEVELS
 /// (each a sorted run of non-overlapping tables).
 pub(crate) const NUM_LEVELS: usize = 7;
