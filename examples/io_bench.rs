@@ -228,6 +228,7 @@ fn main() {
         backend,
         queue_depth: max_depth.max(64),
         ring_poll_us: args.ring_poll_us,
+        max_sqes_per_enter: args.max_sqes_per_enter,
         ..IoOptions::default()
     })
     .expect("I/O backend");

@@ -1,6 +1,8 @@
 //! `WriteBatch`: several puts and deletes applied atomically, and its encoding
 //! inside a WAL group record (see `docs/format/wal.md`, "Batch").
 
+use bytes::Bytes;
+
 use crate::coding::{Reader, put_u32, put_u64, put_varint};
 use crate::key::{SeqNo, ValueKind};
 use crate::{Error, Result};
@@ -108,11 +110,100 @@ impl WriteBatch {
     }
 
     /// Appends the batch's log encoding, numbering its entries from `first_seq`.
+    #[cfg(test)]
     pub(crate) fn encode_to(&self, out: &mut Vec<u8>, first_seq: SeqNo) {
-        put_u64(out, first_seq.0);
-        put_u32(out, self.count);
-        out.extend_from_slice(&self.entries);
+        encode_batch(out, first_seq, self.count, &self.entries);
     }
+
+    /// The batch as it is written: its entries move (no copy) into one shared
+    /// buffer that the memtable's values are slices of. One allocation per
+    /// batch instead of one per value, both when the batch is inserted (under
+    /// the state lock) and when its memtable is dropped after a flush.
+    pub(crate) fn freeze(self) -> FrozenBatch {
+        // A lone value is copied instead, as exactly its length: sharing would
+        // keep the batch's header and spare capacity alive, and turning the
+        // vector into `Bytes` costs an allocation of its own.
+        let entries =
+            if self.count > 1 { Entries::Shared(Bytes::from(self.entries)) } else { Entries::Owned(self.entries) };
+        FrozenBatch { entries, count: self.count }
+    }
+}
+
+/// A validated batch on its way into the log and the memtable.
+#[derive(Debug)]
+pub(crate) struct FrozenBatch {
+    entries: Entries,
+    count: u32,
+}
+
+#[derive(Debug)]
+enum Entries {
+    Owned(Vec<u8>),
+    Shared(Bytes),
+}
+
+impl std::ops::Deref for Entries {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Entries::Owned(vec) => vec,
+            Entries::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl FrozenBatch {
+    /// Number of puts and deletes.
+    pub(crate) fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// The size of the batch in the log, in bytes.
+    pub(crate) fn encoded_size_bytes(&self) -> usize {
+        BATCH_HEADER_BYTES + self.entries.len()
+    }
+
+    /// Appends the batch's log encoding, numbering its entries from `first_seq`.
+    pub(crate) fn encode_to(&self, out: &mut Vec<u8>, first_seq: SeqNo) {
+        encode_batch(out, first_seq, self.count, &self.entries);
+    }
+
+    /// Calls `apply` for every entry in order, numbered from `first_seq`; the
+    /// values of a batch of several entries are slices of its one buffer.
+    pub(crate) fn for_each_entry(&self, first_seq: SeqNo, mut apply: impl FnMut(SeqNo, ValueKind, &[u8], Bytes)) {
+        let mut reader = Reader::new(&self.entries);
+        for i in 0..u64::from(self.count) {
+            let (kind, key, value) = decode_entry(&mut reader).expect("a batch built by WriteBatch decodes");
+            let value = match &self.entries {
+                _ if value.is_empty() => Bytes::new(),
+                Entries::Owned(_) => Bytes::copy_from_slice(value),
+                Entries::Shared(bytes) => bytes.slice_ref(value),
+            };
+            apply(SeqNo(first_seq.0 + i), kind, key, value);
+        }
+    }
+}
+
+fn encode_batch(out: &mut Vec<u8>, first_seq: SeqNo, count: u32, entries: &[u8]) {
+    put_u64(out, first_seq.0);
+    put_u32(out, count);
+    out.extend_from_slice(entries);
+}
+
+/// One entry (kind, key, value; the value is empty for deletes), or why it is malformed.
+fn decode_entry<'a>(reader: &mut Reader<'a>) -> std::result::Result<(ValueKind, &'a [u8], &'a [u8]), String> {
+    let at = reader.position();
+    let kind = reader.u8().and_then(ValueKind::from_u8).ok_or_else(|| format!("bad entry kind at {at}"))?;
+    let key = reader.length_prefixed().ok_or_else(|| format!("truncated key at {at}"))?;
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!("key of {} bytes at {at}", key.len()));
+    }
+    let value = match kind {
+        ValueKind::Put => reader.length_prefixed().ok_or_else(|| format!("truncated value at {at}"))?,
+        ValueKind::Delete => &[],
+    };
+    Ok((kind, key, value))
 }
 
 /// One decoded entry of a batch, borrowing from the log payload.
@@ -150,16 +241,7 @@ pub(crate) fn decode_batches<'a>(
         let last_seq = first_seq.0.checked_add(u64::from(count) - 1).filter(|s| *s <= SeqNo::MAX.0);
         let last_seq = SeqNo(last_seq.ok_or_else(|| format!("sequence numbers of the batch at {at} overflow"))?);
         for i in 0..u64::from(count) {
-            let at = reader.position();
-            let kind = reader.u8().and_then(ValueKind::from_u8).ok_or_else(|| format!("bad entry kind at {at}"))?;
-            let key = reader.length_prefixed().ok_or_else(|| format!("truncated key at {at}"))?;
-            if key.is_empty() || key.len() > MAX_KEY_BYTES {
-                return Err(format!("key of {} bytes at {at}", key.len()));
-            }
-            let value = match kind {
-                ValueKind::Put => reader.length_prefixed().ok_or_else(|| format!("truncated value at {at}"))?,
-                ValueKind::Delete => &[],
-            };
+            let (kind, key, value) = decode_entry(&mut reader)?;
             apply(BatchEntry { seq: SeqNo(first_seq.0 + i), kind, key, value });
         }
         last = Some(last_seq);
@@ -181,6 +263,35 @@ mod tests {
         let mut out = Vec::new();
         decode_batches(payload, first, |e| out.push((e.seq.0, e.kind, e.key.to_vec(), e.value.to_vec())))?;
         Ok(out)
+    }
+
+    #[test]
+    fn frozen_batches_yield_every_entry_and_share_one_buffer() {
+        let mut batch = WriteBatch::new();
+        batch.put("k1", "v1").delete("k2").put("k3", "").put("k4", vec![9u8; 300]);
+        let frozen = batch.clone().freeze();
+        assert_eq!(frozen.len(), 4);
+        assert_eq!(frozen.encoded_size_bytes(), batch.encoded_size_bytes());
+        let (mut logged, mut expected) = (Vec::new(), Vec::new());
+        frozen.encode_to(&mut logged, SeqNo(7));
+        batch.encode_to(&mut expected, SeqNo(7));
+        assert_eq!(logged, expected);
+
+        let mut seen = Vec::new();
+        frozen.for_each_entry(SeqNo(7), |seq, kind, key, value| seen.push((seq.0, kind, key.to_vec(), value)));
+        let plain: Vec<_> = seen.iter().map(|(s, k, key, v)| (*s, *k, key.clone(), v.to_vec())).collect();
+        assert_eq!(plain, decode_all(&expected, Some(SeqNo(7))).unwrap());
+        // The two non-empty values are slices of one buffer, as far apart as in
+        // the encoding: "v1" at entry offset 5, the 300 bytes at 22 (after
+        // `1 02 k1 02 v1`, `2 02 k2`, `1 02 k3 00` and `1 02 k4 ac02`).
+        let (a, b) = (&seen[0].3, &seen[3].3);
+        assert_eq!(b.as_ptr() as usize - a.as_ptr() as usize, 17, "values of one batch share its buffer");
+
+        let mut lone = WriteBatch::new();
+        lone.put("only", "value");
+        let mut values = Vec::new();
+        lone.freeze().for_each_entry(SeqNo(1), |seq, kind, key, value| values.push((seq.0, kind, key.to_vec(), value)));
+        assert_eq!(values, vec![(1, ValueKind::Put, b"only".to_vec(), Bytes::from_static(b"value"))]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl MemtableCursor {
     }
 
     fn seek_to_first(&mut self) {
-        self.current = self.memtable.iter().next();
+        self.current = self.memtable.first();
     }
 
     fn advance(&mut self) {

@@ -209,19 +209,24 @@ async fn build_table(
     file.allocate(0, reserve_bytes).await?;
     let mut writer = TableWriter::new(&file, options.clone());
     let mut first_key: Option<Vec<u8>> = None;
-    let mut last_key = Vec::new();
+    let mut last_entry = None;
     let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);
-    for entry in job.memtable.entries() {
+    // One pin for the whole walk; the flush thread runs this future itself
+    // (block_on), so holding the guard across the writer's awaits is fine.
+    // While it is pinned the epoch cannot advance, which only delays freeing
+    // garbage: memtables never remove nodes, so they make none.
+    let guard = crossbeam_epoch::pin();
+    for entry in job.memtable.entries(&guard) {
         let (key, value) = (entry.key(), entry.value());
         writer.add(key.encoded(), value).await?;
         if first_key.is_none() {
             first_key = Some(key.encoded().to_vec());
         }
-        last_key.clear();
-        last_key.extend_from_slice(key.encoded());
         smallest_seq = smallest_seq.min(key.seq());
         largest_seq = largest_seq.max(key.seq());
+        last_entry = Some(entry);
     }
+    let last_key = last_entry.expect("frozen memtables are never empty").key().encoded().to_vec();
     let smallest_key = first_key.expect("frozen memtables are never empty");
     // Waiting for the oldest write is the only time in this loop not spent encoding.
     let encode_time = started.elapsed().saturating_sub(writer.write_wait_time());

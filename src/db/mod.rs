@@ -22,7 +22,7 @@ pub use compact::CompactionStats;
 pub use flush::FlushStats;
 pub use options::{Durability, Options, WriteOptions};
 
-use crate::batch::{WriteBatch, decode_batches};
+use crate::batch::{FrozenBatch, WriteBatch};
 use crate::io::{DirLock, Io};
 use crate::key::SeqNo;
 use crate::memtable::{Memtable, MemtableValue};
@@ -344,6 +344,7 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
+        let batch = batch.freeze();
         let log = &self.inner.log;
         let mut stalled_since: Option<std::time::Instant> = None;
         let mut slowed = false;
@@ -433,7 +434,7 @@ impl Db {
     fn apply(
         &self,
         state: &mut LogState,
-        batch: &WriteBatch,
+        batch: &FrozenBatch,
         durability: Durability,
     ) -> Option<oneshot::Receiver<Result<()>>> {
         let first_seq = state.next_seq;
@@ -449,17 +450,9 @@ impl Db {
         } else {
             (None, None)
         };
-        let mut encoded_start = 0;
-        LogShared::enqueue(state, log_number, last_seq, durability, waiter, |out| {
-            encoded_start = out.len();
-            batch.encode_to(out, first_seq);
-        });
-        let segment = state.pending.back().expect("enqueued");
+        LogShared::enqueue(state, log_number, last_seq, durability, waiter, |out| batch.encode_to(out, first_seq));
         let memtable = &state.active.memtable;
-        decode_batches(&segment.payload[encoded_start..], Some(first_seq), |entry| {
-            memtable.insert(entry.key, entry.seq, entry.kind, entry.value);
-        })
-        .expect("a batch we just encoded decodes");
+        batch.for_each_entry(first_seq, |seq, kind, key, value| memtable.insert(key, seq, kind, value));
         if receiver.is_none() {
             self.inner.log.visible_seq.fetch_max(last_seq.0, std::sync::atomic::Ordering::AcqRel);
             let first_pending = state.pending_bytes == batch.encoded_size_bytes();

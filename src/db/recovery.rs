@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use super::Options;
 use super::log::log_path;
+use bytes::Bytes;
+
 use crate::batch::decode_batches;
 use crate::io::Io;
 use crate::key::SeqNo;
@@ -187,7 +189,7 @@ async fn replay_logs(
         for (payload, range) in contents.payloads().zip(&contents.groups) {
             let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
             let replayed = decode_batches(payload, expected, |entry| {
-                memtable.insert(entry.key, entry.seq, entry.kind, entry.value);
+                memtable.insert(entry.key, entry.seq, entry.kind, Bytes::copy_from_slice(entry.value));
             });
             match replayed {
                 Ok(last) => {

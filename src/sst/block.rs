@@ -56,15 +56,16 @@ impl BlockBuilder {
         } else if self.entries == 0 {
             0
         } else {
-            self.last_key.iter().zip(key).take_while(|(a, b)| a == b).count()
+            shared_prefix_len(&self.last_key, key)
         };
         put_varint(&mut self.buf, shared as u64);
         put_varint(&mut self.buf, (key.len() - shared) as u64);
         put_varint(&mut self.buf, value.len() as u64);
         self.buf.extend_from_slice(&key[shared..]);
         self.buf.extend_from_slice(value);
-        self.last_key.clear();
-        self.last_key.extend_from_slice(key);
+        // Only the unshared tail changes.
+        self.last_key.truncate(shared);
+        self.last_key.extend_from_slice(&key[shared..]);
         self.since_restart += 1;
         self.entries += 1;
     }
@@ -100,6 +101,23 @@ impl BlockBuilder {
         self.last_key.clear();
         self.entries = 0;
     }
+}
+
+/// Length of the common prefix of `a` and `b`, eight bytes at a time: this runs once per
+/// entry of every flush and compaction output.
+fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
+    let limit = a.len().min(b.len());
+    let mut n = 0;
+    while n + 8 <= limit {
+        let x = u64::from_le_bytes(a[n..n + 8].try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(b[n..n + 8].try_into().expect("8 bytes"));
+        if x != y {
+            // The first differing byte is the lowest differing one in little-endian order.
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + a[n..limit].iter().zip(&b[n..limit]).take_while(|(x, y)| x == y).count()
 }
 
 /// Appends the trailer of the block contents `out[start..]`.
@@ -414,6 +432,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn shared_prefix_len_matches_bytewise(
+            a in proptest::collection::vec(0u8..3, 0..40),
+            b in proptest::collection::vec(0u8..3, 0..40),
+        ) {
+            let expected = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            prop_assert_eq!(shared_prefix_len(&a, &b), expected);
+            prop_assert_eq!(shared_prefix_len(&a, &a), a.len());
+        }
+
         #[test]
         fn round_trip_and_seek_for_any_sorted_entries(
             keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..40), 1..200),
