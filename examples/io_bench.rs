@@ -118,8 +118,9 @@ async fn run_engine(
     let measured_ops = AtomicU64::new(0);
     let latency_ns = AtomicU64::new(0);
     let start = Instant::now();
-    let measure_from = start + RAMP;
-    let end = measure_from + runtime;
+    // A one-pass job writes its file once, all of it measured, however long that takes.
+    let (measure_from, end) =
+        if job.one_pass { (start, start + Duration::from_secs(3600)) } else { (start + RAMP, start + RAMP + runtime) };
     let worker = |seed: u64| {
         let (file, pool, next_block, measured_ops, latency_ns) =
             (&file, &pool, &next_block, &measured_ops, &latency_ns);
@@ -135,6 +136,10 @@ async fn run_engine(
                 }
                 let block = match job.rw.as_str() {
                     "randread" | "randwrite" => rng.gen_range(0..blocks),
+                    _ if job.one_pass => match next_block.fetch_add(1, Ordering::Relaxed) {
+                        block if block < blocks => block,
+                        _ => break,
+                    },
                     _ => next_block.fetch_add(1, Ordering::Relaxed) % blocks,
                 };
                 let offset = block * job.block_bytes as u64;
@@ -178,7 +183,7 @@ async fn run_engine(
         }
     });
     let ops = measured_ops.load(Ordering::Relaxed) as f64;
-    let secs = runtime.as_secs_f64();
+    let secs = if job.one_pass { start.elapsed().as_secs_f64() } else { runtime.as_secs_f64() };
     Figures {
         iops: ops / secs,
         mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,

@@ -45,7 +45,11 @@ impl Default for TableOptions {
             block_size_bytes: 4096,
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
-            staging_buffer_bytes: 256 * 1024,
+            // 1 MiB: with 256 KiB buffers the writer waited for the device
+            // for a fifth of a flush (each write into freshly reserved space
+            // also pays ext4's unwritten-extent conversion at completion),
+            // and wall time was 1.2x the encoding alone; with 1 MiB, 1.06x.
+            staging_buffer_bytes: 1024 * 1024,
             max_writes_in_flight: 4,
         }
     }
@@ -57,6 +61,10 @@ pub(crate) struct TableInfo {
     pub(crate) size_bytes: u64,
     pub(crate) entries: u64,
     pub(crate) data_blocks: u64,
+    /// Time the writer spent waiting for the device (a full set of staging
+    /// writes in flight, the last writes, `set_len` and the fdatasync); the
+    /// rest of its time was encoding.
+    pub(crate) io_wait: std::time::Duration,
 }
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<AlignedBuf>> + Send + 'a>>;
@@ -200,12 +208,6 @@ impl<'f> TableWriter<'f> {
         self.table_len + self.data.estimated_size_bytes() as u64
     }
 
-    /// Time spent so far waiting for the oldest write because every staging
-    /// buffer was in flight (the encoder was ahead of the device).
-    pub(crate) fn write_wait_time(&self) -> std::time::Duration {
-        self.write_wait
-    }
-
     /// Writes the filter, metaindex, index and footer, waits for every write,
     /// restores the exact length and fdatasyncs the file.
     pub(crate) async fn finish(mut self) -> Result<TableInfo> {
@@ -242,13 +244,20 @@ impl<'f> TableWriter<'f> {
             self.stream.clear();
             self.submit(buf).await?;
         }
+        let waiting_since = std::time::Instant::now();
         while let Some(write) = self.in_flight.pop_front() {
             write.await?;
         }
         // The last write was padded to the alignment: cut the padding off.
         self.file.set_len(self.table_len).await?;
         self.file.sync_data().await?;
-        Ok(TableInfo { size_bytes: self.table_len, entries: self.entries, data_blocks: self.data_blocks })
+        self.write_wait += waiting_since.elapsed();
+        Ok(TableInfo {
+            size_bytes: self.table_len,
+            entries: self.entries,
+            data_blocks: self.data_blocks,
+            io_wait: self.write_wait,
+        })
     }
 }
 
