@@ -121,17 +121,26 @@ impl TableCursor {
         Ok(())
     }
 
+    /// Moves to the next entry if it is in the current block: true if it
+    /// did, false if the cursor must go on to a later block ([`Self::step`]).
+    /// Synchronous, so a merge steps most entries without building a future.
+    fn step_in_block(&mut self) -> Result<bool> {
+        if let Some(block) = &mut self.block
+            && let Some(value) = block.advance(self.table.reader.path(), self.block_offset)?
+        {
+            self.value = Some(value);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Moves to the next entry, crossing into later blocks as needed.
     async fn step(&mut self) -> Result<()> {
-        let path = self.table.reader.path().to_path_buf();
         loop {
-            if let Some(block) = &mut self.block
-                && let Some(value) = block.advance(&path, self.block_offset)?
-            {
-                self.value = Some(value);
+            if self.step_in_block()? {
                 return Ok(());
             }
-            match self.index.next_entry(&path, 0)? {
+            match self.index.next_entry(self.table.reader.path(), 0)? {
                 Some((_, handle)) => self.load_block(&handle).await?,
                 None => {
                     self.block = None;
@@ -239,6 +248,14 @@ impl LevelCursor {
             cursor.step().await?;
         }
         self.settle().await
+    }
+
+    /// [`TableCursor::step_in_block`] for the open table.
+    fn step_in_block(&mut self) -> Result<bool> {
+        match &mut self.cursor {
+            Some(cursor) => cursor.step_in_block(),
+            None => Ok(false),
+        }
     }
 
     fn current(&self) -> Option<(&[u8], &Bytes)> {
@@ -516,6 +533,24 @@ impl Source {
         }
     }
 
+    /// Advances without waiting when the next entry is at hand (in memory, or
+    /// in the current block): true if it did; false if [`Self::advance`] must.
+    fn advance_now(&mut self) -> Result<bool> {
+        match self {
+            Source::Memtable(c) => {
+                c.advance();
+                Ok(true)
+            }
+            Source::Table(c) => c.step_in_block(),
+            Source::Level(c) => c.step_in_block(),
+            Source::RevMemtable(c) => {
+                c.prev();
+                Ok(true)
+            }
+            Source::RevTable(_) | Source::RevLevel(_) => Ok(false),
+        }
+    }
+
     fn current(&self) -> Option<(&[u8], &Bytes)> {
         match self {
             Source::Memtable(c) => c.current(),
@@ -617,7 +652,9 @@ impl MergingIter {
             return Ok(());
         };
         let source = &mut self.sources[top.source];
-        source.advance().await?;
+        if !source.advance_now()? {
+            source.advance().await?;
+        }
         match source.current() {
             Some((key, _)) => {
                 top.key.clear();
