@@ -85,7 +85,7 @@ pub(crate) struct TableCursor {
 
 /// Read-ahead from the first block (compaction inputs).
 pub(crate) fn sequential(table: &Arc<TableFile>) -> BlockFetch {
-    BlockFetch::Sequential(ReadAhead::new(table))
+    BlockFetch::Sequential(ReadAhead::from_start(table))
 }
 
 /// Cached reads, then read-ahead once the cursor keeps going (scans).

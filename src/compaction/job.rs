@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use super::picker::{CompactionOptions, Plan};
 use crate::io::{DirectFile, Io};
-use crate::iter::{BlockFetch, LevelCursor, MergingIter, Source, TableCursor};
+use crate::iter::{LevelCursor, MergingIter, Source, TableCursor};
 use crate::key::{ParsedInternalKey, SeqNo, ValueKind};
 use crate::sst::cache::BlockCache;
-use crate::sst::readahead::ReadAhead;
 use crate::sst::table::{TableOptions, TableReader, TableWriter};
 use crate::version::{FileMeta, Graveyard, LiveTable, NUM_LEVELS, TableFile, Version, VersionEdit, table_path};
 use crate::{Error, Result};
@@ -60,8 +59,7 @@ pub(crate) async fn run(plan: &Plan, version: &Version, ctx: &JobContext<'_>) ->
     let mut sources = Vec::new();
     if plan.level == 0 {
         for table in &plan.inputs {
-            let fetch = BlockFetch::Sequential(ReadAhead::new(table));
-            sources.push(Source::Table(TableCursor::new(Arc::clone(table), fetch)));
+            sources.push(Source::Table(TableCursor::new(Arc::clone(table), crate::iter::sequential(table))));
         }
     } else {
         sources.push(Source::Level(LevelCursor::new(plan.inputs.clone(), crate::iter::sequential)));

