@@ -101,6 +101,23 @@ async fn automatic_compactions_keep_levels_within_their_targets() {
     assert!(stats.levels[1].bytes <= 64 << 10, "{stats}");
     assert!(stats.levels[2].tables > 0, "data reached level 2:\n{stats}");
     assert!(stats.write_amplification() > 1.0, "{stats}");
+    // The per-level columns add up to the totals.
+    let levels = &stats.levels;
+    assert_eq!(levels[0].compactions, 0, "nothing compacts into level 0");
+    assert_eq!(levels[0].written_bytes, stats.flush.bytes_written, "level 0 is written by flushes");
+    assert_eq!(levels.iter().map(|l| l.compactions).sum::<u64>(), stats.compaction.compactions, "{stats}");
+    assert_eq!(
+        levels.iter().map(|l| l.read_upper_bytes + l.read_own_bytes).sum::<u64>(),
+        stats.compaction.bytes_read,
+        "{stats}"
+    );
+    assert_eq!(levels[1..].iter().map(|l| l.written_bytes).sum::<u64>(), stats.compaction.bytes_written, "{stats}");
+    assert!(levels[1].read_upper_bytes > 0 && levels[2].read_upper_bytes > 0, "{stats}");
+    assert!(levels[2].read_own_bytes > 0, "level-1 tables were merged with overlapping level-2 ones:\n{stats}");
+    assert!(levels[1].write_amplification() > 0.0, "{stats}");
+    let summary = stats.to_string();
+    assert!(summary.contains("Rn MiB") && summary.contains("w-amp"), "{summary}");
+    assert_eq!(summary.lines().filter(|line| line.starts_with('L')).count(), 7, "{summary}");
     let manifests: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -41,9 +41,42 @@ pub(crate) struct CompactionCounters {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     entries_dropped: AtomicU64,
+    /// Indexed by output level.
+    per_level: [LevelCounters; NUM_LEVELS],
+}
+
+/// What compactions into one level read and wrote.
+#[derive(Default)]
+struct LevelCounters {
+    compactions: AtomicU64,
+    read_upper_bytes: AtomicU64,
+    read_own_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+}
+
+/// What compactions into one level did (see [`crate::LevelStats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LevelCompactions {
+    pub(crate) compactions: u64,
+    pub(crate) read_upper_bytes: u64,
+    pub(crate) read_own_bytes: u64,
+    pub(crate) written_bytes: u64,
 }
 
 impl CompactionCounters {
+    /// Per output level.
+    pub(crate) fn levels(&self) -> [LevelCompactions; NUM_LEVELS] {
+        std::array::from_fn(|level| {
+            let counters = &self.per_level[level];
+            LevelCompactions {
+                compactions: counters.compactions.load(Ordering::Relaxed),
+                read_upper_bytes: counters.read_upper_bytes.load(Ordering::Relaxed),
+                read_own_bytes: counters.read_own_bytes.load(Ordering::Relaxed),
+                written_bytes: counters.written_bytes.load(Ordering::Relaxed),
+            }
+        })
+    }
+
     pub(crate) fn snapshot(&self) -> CompactionStats {
         CompactionStats {
             compactions: self.compactions.load(Ordering::Relaxed),
@@ -157,6 +190,15 @@ fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result
     counters.bytes_read.fetch_add(outcome.bytes_read, Ordering::Relaxed);
     counters.bytes_written.fetch_add(outcome.bytes_written, Ordering::Relaxed);
     counters.entries_dropped.fetch_add(outcome.entries_dropped, Ordering::Relaxed);
+    if !plan.is_trivial_move() {
+        let level = &counters.per_level[plan.output_level];
+        let bytes = |tables: &[Arc<TableFile>]| tables.iter().map(|t| t.meta.size_bytes).sum::<u64>();
+        level.compactions.fetch_add(1, Ordering::Relaxed);
+        // A bottom-level rewrite (compact_range) reads its own level as "upper".
+        level.read_upper_bytes.fetch_add(bytes(&plan.inputs), Ordering::Relaxed);
+        level.read_own_bytes.fetch_add(bytes(&plan.next_inputs), Ordering::Relaxed);
+        level.written_bytes.fetch_add(outcome.bytes_written, Ordering::Relaxed);
+    }
     futures_executor::block_on(compactor.versions.log_and_apply(shared, outcome.edit, outcome.added, |_| {}))
         .map_err(Arc::new)?;
     // Writers waiting for level 0 to shrink.

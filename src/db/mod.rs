@@ -644,12 +644,21 @@ impl Db {
     /// Counters: flushes, the block cache, the I/O backend, the tables.
     pub fn stats(&self) -> Stats {
         let version = Arc::clone(&self.inner.log.lock().version);
-        let mut levels = [LevelStats::default(); NUM_LEVELS];
-        for (level, stats) in levels.iter_mut().enumerate() {
-            *stats = LevelStats { tables: version.levels[level].len(), bytes: version.level_bytes(level) };
-        }
+        let flush = self.inner.flush_counters.snapshot();
+        let compactions = self.inner.compaction_counters.levels();
+        let levels = std::array::from_fn(|level| {
+            let into = compactions[level];
+            LevelStats {
+                tables: version.levels[level].len(),
+                bytes: version.level_bytes(level),
+                compactions: into.compactions,
+                read_upper_bytes: into.read_upper_bytes,
+                read_own_bytes: into.read_own_bytes,
+                written_bytes: into.written_bytes + if level == 0 { flush.bytes_written } else { 0 },
+            }
+        });
         Stats {
-            flush: self.inner.flush_counters.snapshot(),
+            flush,
             compaction: self.inner.compaction_counters.snapshot(),
             block_cache: self.inner.cache.as_ref().map(|cache| cache.stats()).unwrap_or_default(),
             io: self.inner.io.stats(),
@@ -782,11 +791,38 @@ impl std::fmt::Display for Stats {
     /// A level summary in the style of RocksDB's `rocksdb.stats`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const MIB: f64 = 1024.0 * 1024.0;
-        writeln!(f, "{:<6} {:>7} {:>11}", "level", "tables", "size MiB")?;
+        writeln!(
+            f,
+            "{:<6} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7}",
+            "level", "tables", "size MiB", "compactions", "Rn MiB", "Rnp1 MiB", "write MiB", "w-amp"
+        )?;
+        let mib = |bytes: u64| bytes as f64 / MIB;
         for (level, stats) in self.levels.iter().enumerate() {
-            writeln!(f, "{:<6} {:>7} {:>11.2}", format!("L{level}"), stats.tables, stats.bytes as f64 / MIB)?;
+            writeln!(
+                f,
+                "{:<6} {:>7} {:>11.2} {:>11} {:>11.2} {:>11.2} {:>11.2} {:>7.2}",
+                format!("L{level}"),
+                stats.tables,
+                mib(stats.bytes),
+                stats.compactions,
+                mib(stats.read_upper_bytes),
+                mib(stats.read_own_bytes),
+                mib(stats.written_bytes),
+                stats.write_amplification()
+            )?;
         }
-        writeln!(f, "{:<6} {:>7} {:>11.2}", "sum", self.tables(), self.table_bytes() as f64 / MIB)?;
+        let sum = |field: fn(&LevelStats) -> u64| self.levels.iter().map(field).sum::<u64>();
+        writeln!(
+            f,
+            "{:<6} {:>7} {:>11.2} {:>11} {:>11.2} {:>11.2} {:>11.2}",
+            "sum",
+            self.tables(),
+            mib(self.table_bytes()),
+            sum(|l| l.compactions),
+            mib(sum(|l| l.read_upper_bytes)),
+            mib(sum(|l| l.read_own_bytes)),
+            mib(sum(|l| l.written_bytes))
+        )?;
         writeln!(
             f,
             "flush: {} tables, {:.2} MiB | compaction: {} merges, {} trivial moves, read {:.2} MiB, wrote {:.2} MiB, dropped {} entries",
@@ -819,11 +855,30 @@ impl std::fmt::Display for Stats {
     }
 }
 
-/// One level's share of the tree.
+/// One level's share of the tree, and the work that went into it since open
+/// (RocksDB's per-level `Rn`, `Rnp1`, `Write` and `W-Amp` columns).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LevelStats {
     /// Tables in the level.
     pub tables: usize,
     /// Their bytes.
     pub bytes: u64,
+    /// Compactions that wrote their output into this level (trivial moves not counted).
+    pub compactions: u64,
+    /// Bytes those compactions read from the level above (RocksDB's `Rn`); for
+    /// a rewrite of the bottom level in place, the level's own tables.
+    pub read_upper_bytes: u64,
+    /// Bytes those compactions read from this level's overlapping tables (`Rnp1`).
+    pub read_own_bytes: u64,
+    /// Table bytes written into this level: by flushes for level 0, by
+    /// compactions below it.
+    pub written_bytes: u64,
+}
+
+impl LevelStats {
+    /// Bytes written into the level per byte brought down from the level above
+    /// (RocksDB's `W-Amp`); 0 when nothing came down.
+    pub fn write_amplification(&self) -> f64 {
+        if self.read_upper_bytes == 0 { 0.0 } else { self.written_bytes as f64 / self.read_upper_bytes as f64 }
+    }
 }
