@@ -78,7 +78,8 @@ impl Memtable {
     }
 
     /// Adds the entry `(user_key, seq, kind) -> value`, copying the key once and
-    /// keeping `value` (often a slice of its write batch's buffer).
+    /// keeping `value` (often a slice of its write batch's buffer, which then
+    /// lives as long as any of its values: in the memtable or in a reader's hands).
     ///
     /// Safe to call from many threads at once. A `Delete` normally carries an empty value. The
     /// entry is immediately visible to readers whose snapshot is at least `seq`; keeping that
