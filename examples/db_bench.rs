@@ -92,6 +92,9 @@ struct Args {
     /// Options::group_commit_wait_us.
     #[arg(long, default_value_t = Options::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// CompactionOptions::max_subcompactions: threads one compaction may split its key range over.
+    #[arg(long, default_value_t = ringdb::CompactionOptions::default().max_subcompactions)]
+    subcompactions: usize,
     /// Print one JSON line per benchmark instead of the table.
     #[arg(long)]
     json: bool,
@@ -170,6 +173,7 @@ fn make_key(n: u64, size: usize) -> Vec<u8> {
 fn options(args: &Args) -> Options {
     let mut options = Options { group_commit_wait_us: args.group_commit_wait_us, ..Options::default() };
     options.io.ring_poll_us = args.ring_poll_us;
+    options.compaction.max_subcompactions = args.subcompactions;
     options
 }
 

@@ -85,7 +85,26 @@ pub(crate) struct TableCursor {
 
 /// Read-ahead from the first block (compaction inputs).
 pub(crate) fn sequential(table: &Arc<TableFile>) -> BlockFetch {
-    BlockFetch::Sequential(ReadAhead::from_start(table))
+    BlockFetch::Sequential(ReadAhead::starting_at(table, 0))
+}
+
+/// Read-ahead from the block that holds `target` (an internal key) on: the
+/// inputs of a compaction's later key ranges start inside their tables.
+pub(crate) fn sequential_from(table: &Arc<TableFile>, target: &[u8]) -> BlockFetch {
+    let reader = &table.reader;
+    let found = reader.index().iter_from(target, compare_internal_keys, reader.path(), 0).ok().and_then(|(_, f)| f);
+    let offset = found.and_then(|(_, handle)| BlockHandle::decode_from(&mut crate::coding::Reader::new(&handle)));
+    BlockFetch::Sequential(match offset {
+        Some(handle) => ReadAhead::starting_at(table, handle.offset),
+        // Past the table's end, or a damaged index that the seek will report.
+        None => ReadAhead::new(table),
+    })
+}
+
+/// Read-ahead from wherever the cursor seeks first (level cursors of a
+/// compaction's later key ranges).
+pub(crate) fn sequential_unprimed(table: &Arc<TableFile>) -> BlockFetch {
+    BlockFetch::Sequential(ReadAhead::new(table))
 }
 
 /// Cached reads, then read-ahead once the cursor keeps going (scans).

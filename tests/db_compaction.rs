@@ -78,6 +78,51 @@ async fn compact_range_merges_into_one_run_and_keeps_what_snapshots_see() {
     assert_eq!(db.get(key(3)).await.unwrap().as_deref(), Some(&b"second-3"[..]));
 }
 
+/// Subcompactions: one compaction split over threads by key range gives the
+/// same contents, in as many tables as ranges (each range writes its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subcompactions_split_one_compaction_by_key_range() {
+    for max_subcompactions in [1, 2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = options();
+        // One output table per range: the target is far above the data, and
+        // a range needs a quarter of it (256 KiB) of input.
+        options.compaction.sst_target_size_bytes = 1 << 20;
+        options.compaction.max_subcompactions = max_subcompactions;
+        options.compaction.disable_auto_compactions = true;
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        let mut model = std::collections::BTreeMap::new();
+        for round in 0..3u32 {
+            for n in 0..4000u32 {
+                let n = n * 7919 % 4000;
+                let (k, v) = (key(n), format!("{round}-{n}-{}", "v".repeat(200)));
+                if n % 11 == round {
+                    db.delete(&k).await.unwrap();
+                    model.remove(k.as_bytes());
+                } else {
+                    db.put(&k, &v).await.unwrap();
+                    model.insert(k.into_bytes(), v.into_bytes());
+                }
+            }
+        }
+        db.flush().await.unwrap();
+        let input_bytes = db.stats().table_bytes();
+        assert!(input_bytes > 768 << 10, "enough input for three ranges: {input_bytes}");
+        db.compact_range::<&[u8]>(..).await.unwrap();
+        let stats = db.stats();
+        let deepest = stats.levels.iter().rposition(|l| l.tables > 0).unwrap();
+        assert_eq!(stats.levels[deepest].tables, max_subcompactions, "one table per range:\n{stats}");
+        let want: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+        assert_eq!(scan_all(&db).await, want, "max_subcompactions {max_subcompactions}");
+        for n in (0..4000).step_by(97) {
+            assert_eq!(db.get(key(n)).await.unwrap().map(|v| v.to_vec()), model.get(key(n).as_bytes()).cloned());
+        }
+        db.close().await.unwrap();
+        let db = Db::open(dir.path(), options).await.unwrap();
+        assert_eq!(scan_all(&db).await, want, "after reopen, max_subcompactions {max_subcompactions}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_compactions_keep_levels_within_their_targets() {
     let dir = tempfile::tempdir().unwrap();

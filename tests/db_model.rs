@@ -28,6 +28,9 @@ fn options() -> Options {
             l0_compaction_trigger: 2,
             level1_target_bytes: 128 << 10,
             sst_target_size_bytes: 32 << 10,
+            // Most compactions split over threads by key range (8 KiB of
+            // input per range at least).
+            max_subcompactions: 3,
             ..Default::default()
         },
         wal_preallocate_bytes: 128 * 1024,

@@ -25,6 +25,12 @@ pub struct CompactionOptions {
     /// No compaction runs by itself (and writes never wait for one); for bulk
     /// loads and tests that inspect the tables flushes make. Default: false.
     pub disable_auto_compactions: bool,
+    /// Threads one compaction may split its key range over (RocksDB's
+    /// `max_subcompactions`): each merges one range of user keys into its own
+    /// output tables. A range is never smaller than a quarter of
+    /// `sst_target_size_bytes` of input. Default: 1, as the writers, the flush
+    /// and the ring thread already need the cores of a small machine.
+    pub max_subcompactions: usize,
 }
 
 impl Default for CompactionOptions {
@@ -37,6 +43,7 @@ impl Default for CompactionOptions {
             level_size_multiplier: 10,
             sst_target_size_bytes: 64 << 20,
             disable_auto_compactions: false,
+            max_subcompactions: 1,
         }
     }
 }
@@ -50,6 +57,9 @@ impl CompactionOptions {
             return Err(
                 "triggers must satisfy 0 < l0_compaction_trigger <= l0_slowdown_trigger < l0_stop_trigger".into()
             );
+        }
+        if self.max_subcompactions == 0 {
+            return Err("max_subcompactions must be at least 1".into());
         }
         if self.level1_target_bytes == 0 || self.level_size_multiplier < 2 || self.sst_target_size_bytes == 0 {
             return Err(
