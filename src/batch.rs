@@ -123,8 +123,17 @@ impl WriteBatch {
         // A lone value is copied instead, as exactly its length: sharing would
         // keep the batch's header and spare capacity alive, and turning the
         // vector into `Bytes` costs an allocation of its own.
-        let entries =
-            if self.count > 1 { Entries::Shared(Bytes::from(self.entries)) } else { Entries::Owned(self.entries) };
+        let entries = if self.count > 1 {
+            let mut entries = self.entries;
+            // The memtable charges keys and values, not the vector's spare
+            // capacity (up to half of it after doubling): give that back.
+            if entries.capacity() - entries.len() > entries.len() / 8 {
+                entries.shrink_to_fit();
+            }
+            Entries::Shared(Bytes::from(entries))
+        } else {
+            Entries::Owned(self.entries)
+        };
         FrozenBatch { entries, count: self.count }
     }
 }
