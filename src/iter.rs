@@ -8,7 +8,7 @@
 //! in a background job or a stream without borrowing the database.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,29 +23,41 @@ use crate::{Error, Result};
 /// One entry: an encoded internal key and its value.
 pub(crate) use crate::sst::block::Entry;
 
-/// A cursor over one memtable.
+/// Entries a memtable cursor takes per search once it moves on from a seek.
+const MEMTABLE_BATCH_ENTRIES: usize = 64;
+
+/// A cursor over one memtable. It holds no borrow of the memtable between
+/// steps: after a seek it copies (reference-counted) the following entries in
+/// batches, one skiplist search per batch.
 pub(crate) struct MemtableCursor {
     memtable: Arc<Memtable>,
     current: Option<(InternalKey, Bytes)>,
+    /// The entries after `current`, in order, not yet stepped to.
+    ahead: VecDeque<(InternalKey, Bytes)>,
 }
 
 impl MemtableCursor {
     pub(crate) fn new(memtable: Arc<Memtable>) -> MemtableCursor {
-        MemtableCursor { memtable, current: None }
+        MemtableCursor { memtable, current: None, ahead: VecDeque::new() }
     }
 
     fn seek(&mut self, target: &[u8]) {
         let key = InternalKey::from_encoded(Bytes::copy_from_slice(target)).expect("seek targets are internal keys");
+        self.ahead.clear();
         self.current = self.memtable.entry_from(&key, true);
     }
 
     fn seek_to_first(&mut self) {
+        self.ahead.clear();
         self.current = self.memtable.first();
     }
 
     fn advance(&mut self) {
         if let Some((key, _)) = self.current.take() {
-            self.current = self.memtable.entry_from(&key, false);
+            if self.ahead.is_empty() {
+                self.memtable.entries_after(&key, MEMTABLE_BATCH_ENTRIES, &mut self.ahead);
+            }
+            self.current = self.ahead.pop_front();
         }
     }
 

@@ -24,6 +24,7 @@
 //! 2. Nothing is ever removed: a memtable only grows until it is dropped after its flush, so
 //!    `len`, `approximate_size_bytes` and `max_seq` never decrease.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::mem::size_of;
 use std::ops::Bound;
@@ -148,6 +149,20 @@ impl Memtable {
         let guard = crossbeam_epoch::pin();
         let entry = self.map.lower_bound(bound, &guard)?;
         Some((entry.key().clone(), entry.value().clone()))
+    }
+
+    /// Appends to `out` up to `max` entries strictly after `key`, in order: a
+    /// forward cursor refills a batch with one search instead of searching
+    /// for every step (a scan of a large memtable was four times slower per
+    /// entry than a scan of tables).
+    pub(crate) fn entries_after(&self, key: &InternalKey, max: usize, out: &mut VecDeque<(InternalKey, Bytes)>) {
+        let guard = crossbeam_epoch::pin();
+        let mut entry = self.map.lower_bound(Bound::Excluded(key), &guard);
+        for _ in 0..max {
+            let Some(found) = entry else { break };
+            out.push_back((found.key().clone(), found.value().clone()));
+            entry = found.next();
+        }
     }
 
     /// The last entry at or before `key` (with `inclusive`), or strictly before
@@ -292,6 +307,28 @@ mod tests {
         assert!(!memtable.is_empty());
         assert_eq!(memtable.len(), 2);
         assert_eq!(memtable.max_seq(), seq(10), "max_seq keeps the largest, not the latest");
+    }
+
+    #[test]
+    fn entries_after_continues_strictly_after_the_key_in_batches() {
+        let memtable = Memtable::new();
+        for i in 0..100u32 {
+            memtable.insert(format!("k{i:03}").as_bytes(), seq(u64::from(i) + 1), ValueKind::Put, Bytes::new());
+        }
+        let all: Vec<InternalKey> = memtable.iter().map(|(k, _)| k).collect();
+        let mut out = VecDeque::new();
+        memtable.entries_after(&all[10], 5, &mut out);
+        assert_eq!(out.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), all[11..16].to_vec());
+        // Near the end it stops at the last entry; past it, nothing.
+        out.clear();
+        memtable.entries_after(&all[97], 5, &mut out);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        memtable.entries_after(&all[99], 5, &mut out);
+        assert!(out.is_empty());
+        // A key between entries (a lookup key sorts before its user key's entries).
+        memtable.entries_after(&InternalKey::lookup(b"k050", seq(1000)), 1, &mut out);
+        assert_eq!(out[0].0, all[50]);
     }
 
     #[test]
