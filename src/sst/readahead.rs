@@ -42,9 +42,15 @@ impl ReadAhead {
     /// waiting before the first merged entry.
     pub(crate) fn starting_at(table: &Arc<TableFile>, offset: u64) -> ReadAhead {
         let mut ahead = ReadAhead::new(table);
-        let align = table.reader.file().alignment().max(4096) as u64;
-        ahead.next = ahead.start(offset / align * align);
+        ahead.next = ahead.start(ahead.chunk_start(offset));
         ahead
+    }
+
+    /// Where a chunk covering `offset` starts: on a page boundary, and on the
+    /// file's O_DIRECT alignment should it be larger.
+    fn chunk_start(&self, offset: u64) -> u64 {
+        let align = self.table.reader.file().alignment().max(4096) as u64;
+        offset / align * align
     }
 
     /// Starts reading the chunk at `offset` (aligned) and submits it now.
@@ -71,9 +77,7 @@ impl ReadAhead {
 
     /// Makes the chunk at or just before `offset` current (and the one after it in flight).
     async fn advance_to(&mut self, offset: u64) -> Result<()> {
-        // Chunks start on page boundaries, and on the file's O_DIRECT alignment should it be larger.
-        let align = self.table.reader.file().alignment().max(4096) as u64;
-        let aligned = offset / align * align;
+        let aligned = self.chunk_start(offset);
         let reuse = self
             .next
             .as_ref()
