@@ -212,6 +212,9 @@ fn main() {
         .expect("fio-configs")
         .into_iter()
         .filter(|job| args.pattern.is_empty() || args.pattern.iter().any(|p| job.name.contains(p.as_str())))
+        // A job file with companion jobs models a whole engine activity
+        // (reads and writes at once): db_bench runs it next to the engine.
+        .filter(|job| job.companion_jobs == 0)
         .collect();
     let temp;
     let dir = match &args.dir {

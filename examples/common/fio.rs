@@ -21,6 +21,10 @@ pub struct Job {
     /// The job covers its file once (no `time_based`): it measures one pass
     /// over a new file rather than a time-limited loop.
     pub one_pass: bool,
+    /// Further job sections in the same file that run alongside this one (such
+    /// as a compaction's writes next to its reads). Only db_bench runs those
+    /// files; the figures reported are this (the first) job's.
+    pub companion_jobs: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,21 +61,32 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 pub fn parse_job(path: &Path) -> Result<Job, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut section = String::new();
+    // The global section and the first job section describe the job; later
+    // job sections are companions that fio runs at the same time.
+    let mut first_job: Option<String> = None;
+    let mut companion_jobs = 0;
     let mut keys: HashMap<String, String> = HashMap::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.to_string();
+            if name != "global" {
+                match &first_job {
+                    None => first_job = Some(name.to_string()),
+                    Some(_) => companion_jobs += 1,
+                }
+            }
+            continue;
+        }
+        if companion_jobs > 0 {
             continue;
         }
         let (key, value) = line.split_once('=').unwrap_or((line, "1"));
-        if section != "global" {
-            keys.insert("__job".into(), section.clone());
-        }
         keys.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    if let Some(name) = first_job {
+        keys.insert("__job".into(), name);
     }
     let get = |key: &str| keys.get(key).cloned().ok_or(format!("{}: no {key}=", path.display()));
     Ok(Job {
@@ -84,6 +99,7 @@ pub fn parse_job(path: &Path) -> Result<Job, String> {
         file_bytes: parse_size(&get("size")?).ok_or("bad size")?,
         fdatasync: keys.get("fdatasync").is_some_and(|v| v != "0"),
         one_pass: keys.get("time_based").is_none_or(|v| v == "0"),
+        companion_jobs,
     })
 }
 
