@@ -95,6 +95,9 @@ struct Args {
     /// CompactionOptions::max_subcompactions: threads one compaction may split its key range over.
     #[arg(long, default_value_t = ringdb::CompactionOptions::default().max_subcompactions)]
     subcompactions: usize,
+    /// Options::block_align_bytes: data blocks end on multiples of this (0: packed back to back).
+    #[arg(long, default_value_t = Options::default().block_align_bytes)]
+    block_align_bytes: usize,
     /// Print one JSON line per benchmark instead of the table.
     #[arg(long)]
     json: bool,
@@ -174,6 +177,7 @@ fn options(args: &Args) -> Options {
     let mut options = Options { group_commit_wait_us: args.group_commit_wait_us, ..Options::default() };
     options.io.ring_poll_us = args.ring_poll_us;
     options.compaction.max_subcompactions = args.subcompactions;
+    options.block_align_bytes = args.block_align_bytes;
     options
 }
 

@@ -23,6 +23,12 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// The number of bytes [`put_varint`] writes for `value`.
+pub(crate) fn varint_len(value: u64) -> usize {
+    // One byte per started group of 7 bits, and one byte for 0.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 /// A cursor over untrusted bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Reader<'a> {
@@ -90,6 +96,19 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn varint_len_matches_what_put_varint_writes() {
+        let mut values = vec![0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX - 1, u64::MAX];
+        values.extend((0..64).map(|shift| 1u64 << shift));
+        values.extend((1..64).map(|shift| (1u64 << shift) - 1));
+        for value in values {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(varint_len(value), out.len(), "value {value}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

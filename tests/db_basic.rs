@@ -124,6 +124,20 @@ fn limits_are_invalid_arguments() {
         let missing = dir.path().join("missing");
         let options = Options { create_if_missing: false, ..small_options() };
         assert!(matches!(Db::open(&missing, options).await, Err(Error::InvalidArgument(_))));
+        for bad_align in [1, 1000, 256, 2 << 20] {
+            let options = Options { block_align_bytes: bad_align, ..small_options() };
+            let other = dir.path().join(format!("align-{bad_align}"));
+            let result = Db::open(&other, options).await;
+            assert!(
+                matches!(&result, Err(Error::InvalidArgument(m)) if m.contains("block_align_bytes")),
+                "{bad_align}: {:?}",
+                result.err()
+            );
+        }
+        for good_align in [0, 512, 4096, 1 << 20] {
+            let options = Options { block_align_bytes: good_align, ..small_options() };
+            Db::open(dir.path().join(format!("align-{good_align}")), options).await.unwrap().close().await.unwrap();
+        }
     });
 }
 

@@ -34,6 +34,12 @@ pub struct Options {
     pub block_size_bytes: usize,
     /// Entries between full keys (restart points) in a data block. Default: 16.
     pub block_restart_interval: usize,
+    /// Data blocks are cut and zero-padded so they end on multiples of this
+    /// many bytes whenever that costs at most an eighth of it in padding, so
+    /// a cold point read is one read of one device page (see
+    /// `docs/format/sst.md`). A power of two of at least 512, or 0 for no
+    /// padding. Default: 4096.
+    pub block_align_bytes: usize,
     /// Bloom filter bits per key in each table (at most 64). Default: 10,
     /// about 0.8% false positives.
     pub bloom_bits_per_key: usize,
@@ -64,6 +70,7 @@ impl Default for Options {
             group_commit_wait_us: 200,
             block_size_bytes: 4096,
             block_restart_interval: 16,
+            block_align_bytes: 4096,
             bloom_bits_per_key: 10,
             block_cache_size_bytes: 64 << 20,
             compaction: crate::CompactionOptions::default(),
@@ -82,6 +89,10 @@ impl Options {
             "write_buffer_size_bytes and max_immutable_memtables must be positive"
         } else if self.block_size_bytes == 0 || self.block_size_bytes > 64 << 20 {
             "block_size_bytes must be 1..=64 MiB"
+        } else if self.block_align_bytes != 0
+            && (!self.block_align_bytes.is_power_of_two() || !(512..=1 << 20).contains(&self.block_align_bytes))
+        {
+            "block_align_bytes must be 0 or a power of two from 512 to 1 MiB"
         } else if self.block_restart_interval == 0 {
             "block_restart_interval must be positive"
         } else if self.bloom_bits_per_key > 64 {
@@ -97,6 +108,7 @@ impl Options {
             block_size_bytes: self.block_size_bytes,
             block_restart_interval: self.block_restart_interval,
             bloom_bits_per_key: self.bloom_bits_per_key,
+            block_align_bytes: self.block_align_bytes,
             ..Default::default()
         }
     }

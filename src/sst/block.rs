@@ -7,7 +7,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::coding::{Reader, put_u32, put_varint};
+use crate::coding::{Reader, put_u32, put_varint, varint_len};
 use crate::{Error, Result};
 
 /// Bytes after every block: type (1) + crc (4).
@@ -78,6 +78,25 @@ impl BlockBuilder {
     /// Size of the block if finished now, trailer excluded.
     pub(crate) fn estimated_size_bytes(&self) -> usize {
         self.buf.len() + 4 * self.restarts.len() + 4
+    }
+
+    /// The size (trailer excluded) the block would have after `add(key, value)`.
+    pub(crate) fn size_after_adding(&self, key: &[u8], value: &[u8]) -> usize {
+        let (shared, new_restart) = if self.since_restart == self.restart_interval {
+            (0, 4)
+        } else if self.entries == 0 {
+            (0, 0)
+        } else {
+            (shared_prefix_len(&self.last_key, key), 0)
+        };
+        let unshared = key.len() - shared;
+        self.estimated_size_bytes()
+            + new_restart
+            + varint_len(shared as u64)
+            + varint_len(unshared as u64)
+            + varint_len(value.len() as u64)
+            + unshared
+            + value.len()
     }
 
     /// The last key added.
@@ -440,6 +459,25 @@ mod tests {
             let expected = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
             prop_assert_eq!(shared_prefix_len(&a, &b), expected);
             prop_assert_eq!(shared_prefix_len(&a, &a), a.len());
+        }
+
+        #[test]
+        fn size_after_adding_is_the_size_after_adding(
+            keys in proptest::collection::btree_set(proptest::collection::vec(0u8..4, 1..30), 1..100),
+            interval in 1usize..20,
+            value_lens in proptest::collection::vec(0usize..300, 1..100),
+        ) {
+            let mut builder = BlockBuilder::new(interval);
+            for (i, key) in keys.iter().enumerate() {
+                let value = vec![7u8; value_lens[i % value_lens.len()]];
+                let predicted = builder.size_after_adding(key, &value);
+                builder.add(key, &value);
+                prop_assert_eq!(predicted, builder.estimated_size_bytes(), "entry {}", i);
+            }
+            let mut out = Vec::new();
+            let expected = builder.estimated_size_bytes();
+            builder.finish_into(&mut out);
+            prop_assert_eq!(out.len(), expected + TRAILER_BYTES);
         }
 
         #[test]
