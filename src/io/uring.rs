@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 use slab::Slab;
 
-use super::op::{IoStatsInner, OpKind, Submission};
+use super::op::{IoStatsInner, Op, OpKind, Submission};
 
 /// user_data of the eventfd read; op tokens are `slot << 1 | part`, far below it.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -171,11 +171,97 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
 }
 
-struct InFlight {
-    submission: Submission,
+/// An op between its submission to the kernel and its last CQE.
+pub(super) struct InFlight {
+    pub(super) submission: Submission,
     parts_left: u8,
     results: [i32; 2],
     retries: u32,
+}
+
+/// What a CQE means for its op.
+pub(super) enum CqeOutcome {
+    /// The op's other SQE has not completed yet.
+    Waiting,
+    /// Interrupted or out of kernel resources: push its SQEs again.
+    Retry,
+    /// Done: [`InFlight::finish`] delivers it.
+    Finished,
+}
+
+impl InFlight {
+    pub(super) fn new(submission: Submission) -> InFlight {
+        InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 }
+    }
+
+    /// The SQEs to push for this op (again, on a retry), tagged with
+    /// `token | part`; counts them as outstanding.
+    pub(super) fn entries(&mut self, token: u64) -> [Option<squeue::Entry>; 2] {
+        let entries = op_entries(&mut self.submission.op, token);
+        self.parts_left = entries.iter().flatten().count() as u8;
+        self.results = [0; 2];
+        entries
+    }
+
+    /// Records the result of SQE `part`.
+    pub(super) fn record(&mut self, part: usize, result: i32) -> CqeOutcome {
+        self.results[part] = result;
+        self.parts_left -= 1;
+        if self.parts_left > 0 {
+            return CqeOutcome::Waiting;
+        }
+        let retry = self.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
+        if retry && self.retries < MAX_RETRIES {
+            self.retries += 1;
+            return CqeOutcome::Retry;
+        }
+        CqeOutcome::Finished
+    }
+
+    /// Hands the results and the buffer back to the caller.
+    pub(super) fn finish(self, stats: &IoStatsInner) {
+        let linked = matches!(self.submission.op.kind, OpKind::Write { sync_after: true, .. });
+        let result = to_result(self.results[0]);
+        let sync_result = linked.then(|| to_result(self.results[1]).map(|_| ()));
+        self.submission.finish(result, sync_result, stats);
+    }
+}
+
+/// The SQEs of an op: one, or a write and the fdatasync linked to it. Part
+/// `i` carries user_data `token | i`. Asserts the O_DIRECT rules first.
+fn op_entries(op: &mut Op, token: u64) -> [Option<squeue::Entry>; 2] {
+    op.assert_aligned();
+    let fd = types::Fd(op.file.file.as_raw_fd());
+    let entries = match &mut op.kind {
+        OpKind::Read { buf, start, len, offset } => {
+            // SAFETY (pointer arithmetic): start + len <= capacity was asserted.
+            let ptr = buf.as_mut_ptr().wrapping_add(*start);
+            [Some(opcode::Read::new(fd, ptr, *len as u32).offset(*offset).build()), None]
+        }
+        OpKind::Write { buf, start, len, offset, sync_after } => {
+            let ptr = buf.as_mut_ptr().wrapping_add(*start).cast_const();
+            let write = opcode::Write::new(fd, ptr, *len as u32).offset(*offset).build();
+            if *sync_after {
+                let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+                [Some(write.flags(squeue::Flags::IO_LINK)), Some(sync)]
+            } else {
+                [Some(write), None]
+            }
+        }
+        OpKind::Sync { data_only } => {
+            let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+            [Some(opcode::Fsync::new(fd).flags(flags).build()), None]
+        }
+        OpKind::Allocate { offset, len } => [Some(opcode::Fallocate::new(fd, *len).offset(*offset).build()), None],
+    };
+    let mut part = 0;
+    entries.map(|entry| {
+        entry.map(|entry| {
+            let tagged = entry.user_data(token | part);
+            part += 1;
+            tagged
+        })
+    })
 }
 
 struct RingThread {
@@ -313,7 +399,7 @@ impl RingThread {
         };
         let moved = !batch.is_empty();
         for submission in batch {
-            let slot = self.in_flight.insert(InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 });
+            let slot = self.in_flight.insert(InFlight::new(submission));
             self.to_push.push_back(slot);
         }
         moved
@@ -333,44 +419,11 @@ impl RingThread {
                 continue;
             }
             self.to_push.pop_front();
-            let flight = &mut self.in_flight[slot];
-            let op = &mut flight.submission.op;
-            op.assert_aligned();
-            let fd = types::Fd(op.file.file.as_raw_fd());
-            let token = (slot as u64) << 1;
-            let entries: [Option<squeue::Entry>; 2] = match &mut op.kind {
-                OpKind::Read { buf, start, len, offset } => {
-                    // SAFETY (pointer arithmetic): start + len <= capacity was asserted.
-                    let ptr = buf.as_mut_ptr().wrapping_add(*start);
-                    [Some(opcode::Read::new(fd, ptr, *len as u32).offset(*offset).build()), None]
-                }
-                OpKind::Write { buf, start, len, offset, sync_after } => {
-                    let ptr = buf.as_mut_ptr().wrapping_add(*start).cast_const();
-                    let write = opcode::Write::new(fd, ptr, *len as u32).offset(*offset).build();
-                    if *sync_after {
-                        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
-                        [Some(write.flags(squeue::Flags::IO_LINK)), Some(sync)]
-                    } else {
-                        [Some(write), None]
-                    }
-                }
-                OpKind::Sync { data_only } => {
-                    let flags = if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
-                    [Some(opcode::Fsync::new(fd).flags(flags).build()), None]
-                }
-                OpKind::Allocate { offset, len } => {
-                    [Some(opcode::Fallocate::new(fd, *len).offset(*offset).build()), None]
-                }
-            };
-            flight.parts_left = 0;
-            flight.results = [0; 2];
-            for (part, entry) in entries.into_iter().flatten().enumerate() {
-                let entry = entry.user_data(token | part as u64);
+            for entry in self.in_flight[slot].entries((slot as u64) << 1).into_iter().flatten() {
                 // SAFETY: the buffer and file this entry points into are owned by
                 // the slab entry, which is removed only after its last CQE.
                 let pushed = unsafe { self.ring.submission().push(&entry) };
                 assert!(pushed.is_ok(), "SQ space was checked");
-                flight.parts_left += 1;
                 self.unsubmitted_op_sqes += 1;
                 self.stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
             }
@@ -387,24 +440,12 @@ impl RingThread {
                 continue;
             }
             let slot = (user_data >> 1) as usize;
-            let part = (user_data & 1) as usize;
             let flight = self.in_flight.get_mut(slot).expect("CQE for an unknown slot");
-            flight.results[part] = result;
-            flight.parts_left -= 1;
-            if flight.parts_left > 0 {
-                continue;
+            match flight.record((user_data & 1) as usize, result) {
+                CqeOutcome::Waiting => {}
+                CqeOutcome::Retry => self.to_push.push_back(slot),
+                CqeOutcome::Finished => self.in_flight.remove(slot).finish(&self.stats),
             }
-            let retry = flight.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
-            if retry && flight.retries < MAX_RETRIES {
-                flight.retries += 1;
-                self.to_push.push_back(slot);
-                continue;
-            }
-            let flight = self.in_flight.remove(slot);
-            let linked = matches!(flight.submission.op.kind, OpKind::Write { sync_after: true, .. });
-            let result = to_result(flight.results[0]);
-            let sync_result = linked.then(|| to_result(flight.results[1]).map(|_| ()));
-            flight.submission.finish(result, sync_result, &self.stats);
         }
         any
     }
