@@ -95,6 +95,10 @@ struct Args {
     /// CompactionOptions::max_subcompactions: threads one compaction may split its key range over.
     #[arg(long, default_value_t = ringdb::CompactionOptions::default().max_subcompactions)]
     subcompactions: usize,
+    /// IoOptions::tokio_reactor: gets and scans issued from this benchmark's
+    /// tokio runtime complete through the runtime's reactor, not the ring thread.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    tokio_reactor: bool,
     /// Options::block_align_bytes: data blocks end on multiples of this (0: packed back to back).
     #[arg(long, default_value_t = Options::default().block_align_bytes)]
     block_align_bytes: usize,
@@ -176,6 +180,7 @@ fn make_key(n: u64, size: usize) -> Vec<u8> {
 fn options(args: &Args) -> Options {
     let mut options = Options { group_commit_wait_us: args.group_commit_wait_us, ..Options::default() };
     options.io.ring_poll_us = args.ring_poll_us;
+    options.io.tokio_reactor = args.tokio_reactor;
     options.compaction.max_subcompactions = args.subcompactions;
     options.block_align_bytes = args.block_align_bytes;
     options
@@ -613,10 +618,11 @@ fn main() {
         .collect();
     if !args.json {
         println!(
-            "db_bench: dir {} | keys {} B, values {} B | fio: {}",
+            "db_bench: dir {} | keys {} B, values {} B | completions: {} | fio: {}",
             base.display(),
             args.key_size,
             args.value_size,
+            if args.tokio_reactor { "tokio reactor" } else { "ring thread" },
             if with_fio { "yes" } else { "not run (install fio to compare)" }
         );
         println!(

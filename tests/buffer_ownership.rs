@@ -72,15 +72,15 @@ fn iterations() -> usize {
     std::env::var("RINGDB_OWNERSHIP_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
 }
 
-#[test]
-fn dropping_in_flight_futures_neither_corrupts_nor_leaks() {
-    let dir = tempfile::tempdir().unwrap();
-    let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
+/// Submits thousands of reads and writes, polls each a random number of
+/// times and drops it, then checks what landed on disk. Returns the Io (whose
+/// drop drains what is still in flight) and how many ops finished.
+fn drop_futures_at_random(dir: &std::path::Path, options: IoOptions) -> (ringdb::io::Io, usize) {
     let faults = FaultInjector::new();
     // Some submissions fail before reaching the kernel: their buffers must come back too.
     faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).skip(500).times(50));
-    let io = io_with(IoOptions { queue_depth: 64, faults: Some(faults.clone()), ..IoOptions::default() });
-    let path = dir.path().join("blocks");
+    let io = io_with(IoOptions { queue_depth: 64, faults: Some(faults.clone()), ..options });
+    let path = dir.join("blocks");
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut dropped = 0usize;
     let mut finished = 0usize;
@@ -137,6 +137,42 @@ fn dropping_in_flight_futures_neither_corrupts_nor_leaks() {
     // Every future is gone, so no more submissions: this count is final.
     let submitted = io.stats().ops_submitted as usize;
     assert!(submitted > finished + 500, "many futures were dropped while their op was in flight");
+    (io, finished)
+}
+
+/// The allocation count is process-wide: the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn dropping_in_flight_futures_neither_corrupts_nor_leaks() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
+    let (io, _) = drop_futures_at_random(dir.path(), IoOptions::default());
     drop(io); // drains in-flight ops and joins the backend threads
+    assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "aligned buffers leaked or double-freed");
+}
+
+/// The same through a tokio runtime's own ring: the futures are polled on a
+/// thread inside the runtime's context, the reaper runs on its workers. The
+/// runtime shuts down while dropped futures' ops may still be in flight; its
+/// reaper must wait for them before any buffer is freed.
+#[test]
+fn dropping_in_flight_futures_on_a_tokio_reactor_neither_corrupts_nor_leaks() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let context = runtime.enter();
+    let (io, finished) = drop_futures_at_random(dir.path(), IoOptions { tokio_reactor: true, ..IoOptions::default() });
+    let stats = io.stats();
+    if io.backend() == ringdb::io::Backend::IoUring {
+        assert!(stats.reactor_ops as usize > finished, "the ops went through the reactor: {stats:?}");
+    } else {
+        assert_eq!(stats.reactor_ops, 0, "the portable backend has no reactor");
+    }
+    drop(context);
+    drop(runtime); // drops the reaper, which drains its ring
+    drop(io);
     assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "aligned buffers leaked or double-freed");
 }

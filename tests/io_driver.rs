@@ -137,3 +137,73 @@ fn handles_work_across_threads_and_outlive_each_other() {
         thread.join().unwrap();
     }
 }
+
+/// Writes (plain, and linked to a sync), reads back and checks `count` blocks
+/// from as many tasks, plus an fallocate and an fdatasync.
+async fn write_read_blocks(file: Arc<DirectFile>, first: u64, count: u64) {
+    file.allocate(first * 4096, count * 4096).await.unwrap();
+    let tasks: Vec<_> = (first..first + count)
+        .map(|i| {
+            let file = file.clone();
+            tokio::spawn(async move {
+                let mut buf = file.alloc_buf(4096);
+                buf.extend_from_slice(&pattern(4096, i * 4096, 3));
+                let buf = if i % 2 == 0 {
+                    file.write_at(buf, i * 4096).await.unwrap()
+                } else {
+                    file.write_at_and_sync(buf, i * 4096).await.unwrap()
+                };
+                let read = file.read_exact_at(buf, i * 4096, 4096).await.unwrap();
+                assert_eq!(&read[..], pattern(4096, i * 4096, 3).as_slice(), "block {i}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    file.sync_data().await.unwrap();
+}
+
+/// IoOptions::tokio_reactor: ops from a multi-thread runtime go through that
+/// runtime's own ring; current-thread runtimes and plain threads keep the
+/// ring thread; the reactor's reaper task ends when the Io goes.
+#[test]
+fn tokio_reactor_serves_multi_thread_runtimes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io_with(IoOptions { tokio_reactor: true, ..IoOptions::default() });
+    let uring = io.backend() == Backend::IoUring;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let file = Arc::new(runtime.block_on(DirectFile::create(&io, dir.path().join("f"))).unwrap());
+    let tasks_before = runtime.metrics().num_alive_tasks();
+    runtime.block_on(write_read_blocks(file.clone(), 0, 64));
+    let stats = io.stats();
+    assert_eq!(stats.ops_submitted, stats.ops_completed);
+    if uring {
+        // 64 writes, 64 reads, the fallocate and the fdatasync; the create's
+        // directory sync too, as it ran on the runtime's context.
+        assert_eq!(stats.reactor_ops, 131, "{stats:?}");
+    } else {
+        assert_eq!(stats.reactor_ops, 0, "the portable backend has no reactor");
+    }
+
+    let current_thread = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    current_thread.block_on(write_read_blocks(file.clone(), 64, 16));
+    futures::executor::block_on(async {
+        let buf = file.read_exact_at(file.alloc_buf(4096), 0, 4096).await.unwrap();
+        assert_eq!(&buf[..], pattern(4096, 0, 3).as_slice());
+    });
+    assert_eq!(io.stats().reactor_ops, stats.reactor_ops, "only the multi-thread runtime has a reactor");
+    assert_eq!(io.stats().ops_submitted, io.stats().ops_completed);
+
+    // The reaper (started by the create's directory sync) is a task of the
+    // runtime until the last handle of the Io goes.
+    let after_drop = tasks_before - usize::from(uring);
+    assert_eq!(runtime.metrics().num_alive_tasks(), tasks_before);
+    drop(file);
+    drop(io);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while runtime.metrics().num_alive_tasks() > after_drop && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(runtime.metrics().num_alive_tasks(), after_drop, "the reaper ended");
+}

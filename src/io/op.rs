@@ -109,8 +109,9 @@ impl Submission {
     /// kernel is done with it. The permit is released afterwards.
     pub(crate) fn finish(self, result: io::Result<usize>, sync_result: Option<io::Result<()>>, stats: &IoStatsInner) {
         let Submission { op, done, permit } = self;
-        let _ = done.send(op.complete(result, sync_result));
+        // Counted first, so a caller that sees its result also sees the count.
         stats.ops_completed.fetch_add(1, Ordering::Relaxed);
+        let _ = done.send(op.complete(result, sync_result));
         drop(permit);
     }
 }
@@ -123,4 +124,5 @@ pub(crate) struct IoStatsInner {
     pub(crate) kernel_enters: AtomicU64,
     pub(crate) submitting_enters: AtomicU64,
     pub(crate) sqes_submitted: AtomicU64,
+    pub(crate) reactor_ops: AtomicU64,
 }
