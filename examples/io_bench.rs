@@ -12,6 +12,7 @@
 //! (ringdb / fio) measured in one run are what to quote on a noisy machine.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -52,18 +53,40 @@ struct Args {
     /// Most SQEs per io_uring_enter (IoOptions::max_sqes_per_enter).
     #[arg(long, default_value_t = 8)]
     max_sqes_per_enter: usize,
-    /// Busy-poll the engine side's futures instead of parking the caller thread
-    /// (block_on). Separates the engine's own cost from the cost of waking a
-    /// parked thread, which an async caller pays and fio, waiting inside
-    /// io_uring_enter, does not.
-    #[arg(long)]
-    spin_caller: bool,
-    /// OS threads that run the engine side's workers (each a block_on over its share).
+    /// Who runs the engine side's workers (one per queue slot):
+    /// `tokio` (tasks of a 2-worker multi-thread runtime, completions through
+    /// its reactor: IoOptions::tokio_reactor), `tokio-ring-thread` (the same
+    /// tasks, completions through the ring thread), `block-on` (each caller
+    /// thread a futures block_on over its share, parking between
+    /// completions), or `spin` (the same, busy-polling instead of parking:
+    /// the engine's own cost without any thread wake-up).
+    #[arg(long, default_value = "tokio")]
+    caller: Caller,
+    /// OS threads of the `block-on` and `spin` callers.
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,
     /// Where the fio job files live.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fio-configs"))]
     fio_configs: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    Tokio,
+    TokioRingThread,
+    BlockOn,
+    Spin,
+}
+
+impl Caller {
+    fn describe(self) -> &'static str {
+        match self {
+            Caller::Tokio => "tokio tasks, completions via the runtime's reactor",
+            Caller::TokioRingThread => "tokio tasks, completions via the ring thread",
+            Caller::BlockOn => "block_on threads (park between completions)",
+            Caller::Spin => "spinning threads (never park)",
+        }
+    }
 }
 
 const RAMP: Duration = Duration::from_secs(1);
@@ -92,102 +115,135 @@ async fn lay_out(io: &Io, path: &Path, file_bytes: u64) {
     file.sync_data().await.expect("sync");
 }
 
+/// What the engine side's workers share during one pattern.
+struct Run {
+    job: Job,
+    file: DirectFile,
+    pool: BufPool,
+    blocks: u64,
+    writing: bool,
+    next_block: AtomicU64,
+    measured_ops: AtomicU64,
+    latency_ns: AtomicU64,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// One queue slot: issues the pattern's ops one after another until the end.
+async fn worker(run: Arc<Run>, seed: u64) {
+    let job = &run.job;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut payload = run.pool.get();
+    rng.fill(payload.as_full_mut_slice());
+    let mut payload = Some(payload);
+    loop {
+        let issued = Instant::now();
+        if issued >= run.end {
+            break;
+        }
+        let block = match job.rw.as_str() {
+            "randread" | "randwrite" => rng.gen_range(0..run.blocks),
+            _ if job.one_pass => match run.next_block.fetch_add(1, Ordering::Relaxed) {
+                block if block < run.blocks => block,
+                _ => break,
+            },
+            _ => run.next_block.fetch_add(1, Ordering::Relaxed) % run.blocks,
+        };
+        let offset = block * job.block_bytes as u64;
+        if run.writing {
+            let mut buf = payload.take().expect("payload");
+            buf.set_len(job.block_bytes);
+            let buf = if job.fdatasync {
+                run.file.write_at_and_sync(buf, offset).await
+            } else {
+                run.file.write_at(buf, offset).await
+            };
+            payload = Some(buf.expect("write"));
+        } else {
+            let buf = run.file.read_at(run.pool.get(), offset, job.block_bytes).await.expect("read");
+            assert_eq!(buf.len(), job.block_bytes);
+        }
+        let done = Instant::now();
+        if issued >= run.measure_from && done <= run.end {
+            run.measured_ops.fetch_add(1, Ordering::Relaxed);
+            run.latency_ns.fetch_add((done - issued).as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
-async fn run_engine(
+fn run_engine(
     io: &Io,
     job: &Job,
     dir: &Path,
     runtime: Duration,
+    caller: Caller,
     caller_threads: usize,
-    spin_caller: bool,
+    tokio: &tokio::runtime::Runtime,
 ) -> Figures {
     let path = dir.join(&job.file_name);
     let writing = job.rw == "write";
-    if writing {
-        let _ = std::fs::remove_file(&path);
-        let file = DirectFile::create(io, &path).await.expect("create");
-        // fio's default (fallocate=native) reserves the file before writing; so do we.
-        file.allocate(0, job.file_bytes).await.expect("allocate");
-    } else {
-        lay_out(io, &path, job.file_bytes).await;
-    }
-    let file = DirectFile::open(io, &path).await.expect("open");
-    let blocks = job.file_bytes / job.block_bytes as u64;
+    let file = futures::executor::block_on(async {
+        if writing {
+            let _ = std::fs::remove_file(&path);
+            let file = DirectFile::create(io, &path).await.expect("create");
+            // fio's default (fallocate=native) reserves the file before writing; so do we.
+            file.allocate(0, job.file_bytes).await.expect("allocate");
+        } else {
+            lay_out(io, &path, job.file_bytes).await;
+        }
+        DirectFile::open(io, &path).await.expect("open")
+    });
     let pool = BufPool::new(job.block_bytes, file.alignment(), job.queue_depth * 2);
-    let next_block = AtomicU64::new(0);
-    let measured_ops = AtomicU64::new(0);
-    let latency_ns = AtomicU64::new(0);
     let start = Instant::now();
     // A one-pass job writes its file once, all of it measured, however long that takes.
     let (measure_from, end) =
         if job.one_pass { (start, start + Duration::from_secs(3600)) } else { (start + RAMP, start + RAMP + runtime) };
-    let worker = |seed: u64| {
-        let (file, pool, next_block, measured_ops, latency_ns) =
-            (&file, &pool, &next_block, &measured_ops, &latency_ns);
-        async move {
-            let mut rng = SmallRng::seed_from_u64(seed);
-            let mut payload = pool.get();
-            rng.fill(payload.as_full_mut_slice());
-            let mut payload = Some(payload);
-            loop {
-                let issued = Instant::now();
-                if issued >= end {
-                    break;
-                }
-                let block = match job.rw.as_str() {
-                    "randread" | "randwrite" => rng.gen_range(0..blocks),
-                    _ if job.one_pass => match next_block.fetch_add(1, Ordering::Relaxed) {
-                        block if block < blocks => block,
-                        _ => break,
-                    },
-                    _ => next_block.fetch_add(1, Ordering::Relaxed) % blocks,
-                };
-                let offset = block * job.block_bytes as u64;
-                if writing {
-                    let mut buf = payload.take().expect("payload");
-                    buf.set_len(job.block_bytes);
-                    let buf = if job.fdatasync {
-                        file.write_at_and_sync(buf, offset).await
-                    } else {
-                        file.write_at(buf, offset).await
-                    };
-                    payload = Some(buf.expect("write"));
-                } else {
-                    let buf = file.read_at(pool.get(), offset, job.block_bytes).await.expect("read");
-                    assert_eq!(buf.len(), job.block_bytes);
-                }
-                let done = Instant::now();
-                if issued >= measure_from && done <= end {
-                    measured_ops.fetch_add(1, Ordering::Relaxed);
-                    latency_ns.fetch_add((done - issued).as_nanos() as u64, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    // queue_depth workers keep that many ops in flight, spread over caller threads.
-    std::thread::scope(|scope| {
-        for thread in 0..caller_threads {
-            let worker = &worker;
-            scope.spawn(move || {
-                let workers: FuturesUnordered<_> = (0..job.queue_depth as u64)
-                    .filter(|w| *w as usize % caller_threads == thread)
-                    .map(worker)
-                    .collect();
-                let all = workers.collect::<Vec<()>>();
-                if spin_caller {
-                    spin_on(all)
-                } else {
-                    futures::executor::block_on(all)
-                };
-            });
-        }
+    let run = Arc::new(Run {
+        job: job.clone(),
+        file,
+        pool,
+        blocks: job.file_bytes / job.block_bytes as u64,
+        writing,
+        next_block: AtomicU64::new(0),
+        measured_ops: AtomicU64::new(0),
+        latency_ns: AtomicU64::new(0),
+        measure_from,
+        end,
     });
-    let ops = measured_ops.load(Ordering::Relaxed) as f64;
+    match caller {
+        Caller::Tokio | Caller::TokioRingThread => tokio.block_on(async {
+            let tasks: Vec<_> =
+                (0..job.queue_depth as u64).map(|seed| tokio::spawn(worker(Arc::clone(&run), seed))).collect();
+            for task in tasks {
+                task.await.expect("worker");
+            }
+        }),
+        // queue_depth workers keep that many ops in flight, spread over caller threads.
+        Caller::BlockOn | Caller::Spin => std::thread::scope(|scope| {
+            for thread in 0..caller_threads {
+                let run = &run;
+                scope.spawn(move || {
+                    let workers: FuturesUnordered<_> = (0..job.queue_depth as u64)
+                        .filter(|w| *w as usize % caller_threads == thread)
+                        .map(|seed| worker(Arc::clone(run), seed))
+                        .collect();
+                    let all = workers.collect::<Vec<()>>();
+                    if caller == Caller::Spin {
+                        spin_on(all)
+                    } else {
+                        futures::executor::block_on(all)
+                    };
+                });
+            }
+        }),
+    }
+    let ops = run.measured_ops.load(Ordering::Relaxed) as f64;
     let secs = if job.one_pass { start.elapsed().as_secs_f64() } else { runtime.as_secs_f64() };
     Figures {
         iops: ops / secs,
         mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,
-        mean_latency_us: latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
+        mean_latency_us: run.latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
     }
 }
 
@@ -232,11 +288,14 @@ fn main() {
     let runtime = Duration::from_secs(args.runtime_secs.max(1));
     let with_fio = !args.no_fio && fio_available();
     let max_depth = jobs.iter().map(|j| j.queue_depth).max().unwrap_or(1) as u32;
+    // The `tokio` callers' runtime: 2 workers, as in db_bench (the test machine has 2 vCPUs).
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let io = Io::new(IoOptions {
         backend,
         queue_depth: max_depth.max(64),
         ring_poll_us: args.ring_poll_us,
         max_sqes_per_enter: args.max_sqes_per_enter,
+        tokio_reactor: args.caller == Caller::Tokio,
         ..IoOptions::default()
     })
     .expect("I/O backend");
@@ -249,7 +308,7 @@ fn main() {
         probe.alignment(),
         args.rounds.max(1),
         runtime.as_secs(),
-        if args.spin_caller { "spins" } else { "parks (block_on)" },
+        args.caller.describe(),
         if with_fio { "yes" } else { "not run (install fio to compare)" }
     );
     drop(probe);
@@ -267,8 +326,7 @@ fn main() {
             for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
                     let caller_threads = args.caller_threads.max(1);
-                    let run = run_engine(&io, job, &dir, runtime, caller_threads, args.spin_caller);
-                    engine_rounds.push(futures::executor::block_on(run));
+                    engine_rounds.push(run_engine(&io, job, &dir, runtime, args.caller, caller_threads, &tokio));
                 } else if with_fio {
                     fio_rounds.push(run_fio(job, &dir, runtime));
                 }

@@ -167,7 +167,10 @@ fn dropping_in_flight_futures_on_a_tokio_reactor_neither_corrupts_nor_leaks() {
     let (io, finished) = drop_futures_at_random(dir.path(), IoOptions { tokio_reactor: true, ..IoOptions::default() });
     let stats = io.stats();
     if io.backend() == ringdb::io::Backend::IoUring {
-        assert!(stats.reactor_ops as usize > finished, "the ops went through the reactor: {stats:?}");
+        // A reactor holds a few ops in flight and passes the rest to the ring thread.
+        assert!(stats.reactor_ops > 100, "ops went through the reactor: {stats:?}");
+        assert!(stats.reactor_ops < stats.ops_submitted, "and through the ring thread: {stats:?}");
+        assert!(finished > 0);
     } else {
         assert_eq!(stats.reactor_ops, 0, "the portable backend has no reactor");
     }

@@ -114,9 +114,11 @@ pub struct IoOptions {
     /// runtime's I/O driver directly (an eventfd the kernel signals) instead
     /// of through the ring thread: one thread wake-up fewer per operation.
     /// On this project's test VM that took 4 KiB QD1 reads under tokio from
-    /// about 0.7x to about 1.0x of fio's IOPS (`docs/io.md`). Everything
-    /// else (other runtimes, plain threads, the engine's own threads) keeps
-    /// using the ring thread.
+    /// 0.72-0.80x to 0.89-0.91x of fio's IOPS (`docs/io.md`). A runtime's ring
+    /// holds at most 2 ops in flight; deeper queues spill over to the ring
+    /// thread, which batches them better on small machines. Everything else
+    /// (current-thread runtimes, plain threads, the engine's own threads)
+    /// uses the ring thread.
     ///
     /// Off by default because tokio offers no way to ask whether a runtime
     /// has its I/O driver, and registering with one that has none panics.

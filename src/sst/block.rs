@@ -326,20 +326,28 @@ impl Block {
         file: &Path,
         offset: u64,
     ) -> Result<(BlockIter, Option<Entry>)> {
-        // Binary search for the last restart point whose key is < target.
+        // Binary search for the last restart point whose key is < target. One
+        // iterator probes them all: its key buffer is reused, and only the
+        // entry found gets its value (and a copy of its key). A get searches
+        // an index of thousands of restart points this way.
+        let mut iter = BlockIter { block: self.clone(), pos: 0, key: Vec::new() };
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            let mut iter = BlockIter { block: self.clone(), pos: self.restart(mid), key: Vec::new() };
-            match iter.next_entry(file, offset)? {
-                Some((key, _)) if cmp(&key, target) == Ordering::Less => lo = mid,
+            iter.pos = self.restart(mid);
+            // A restart entry shares nothing with the key before it.
+            iter.key.clear();
+            match iter.step(file, offset)? {
+                Some(_) if cmp(&iter.key, target) == Ordering::Less => lo = mid,
                 _ => hi = mid - 1,
             }
         }
-        let mut iter = BlockIter { block: self.clone(), pos: self.restart(lo), key: Vec::new() };
-        while let Some((key, value)) = iter.next_entry(file, offset)? {
-            if cmp(&key, target) != Ordering::Less {
-                return Ok((iter, Some((key, value))));
+        iter.pos = self.restart(lo);
+        iter.key.clear();
+        while let Some(value) = iter.step(file, offset)? {
+            if cmp(&iter.key, target) != Ordering::Less {
+                let entry = (iter.key.clone(), self.data.slice(value));
+                return Ok((iter, Some(entry)));
             }
         }
         Ok((iter, None))
@@ -375,6 +383,11 @@ impl BlockIter {
     /// [`key`](Self::key), decoded into a buffer the iterator reuses (no
     /// allocation per entry, unlike `next_entry`).
     pub(crate) fn advance(&mut self, file: &Path, offset: u64) -> Result<Option<Bytes>> {
+        Ok(self.step(file, offset)?.map(|value| self.block.data.slice(value)))
+    }
+
+    /// [`advance`](Self::advance), returning where the value lies in the block's data.
+    fn step(&mut self, file: &Path, offset: u64) -> Result<Option<std::ops::Range<usize>>> {
         if self.pos >= self.block.restarts_at {
             return Ok(None);
         }
@@ -397,7 +410,7 @@ impl BlockIter {
         self.key.truncate(shared);
         self.key.extend_from_slice(delta);
         self.pos += reader.position();
-        Ok(Some(self.block.data.slice(value_start..value_start + value_len)))
+        Ok(Some(value_start..value_start + value_len))
     }
 }
 
