@@ -226,3 +226,24 @@ fn tokio_reactor_serves_multi_thread_runtimes_only() {
     }
     assert_eq!(runtime.metrics().num_alive_tasks(), after_drop, "the reaper ended");
 }
+
+/// A reactor with the smallest queue depth and ops of two SQEs (a write
+/// linked to its sync) from many tasks at once: its SQ always has room, and
+/// every op completes.
+#[test]
+fn tokio_reactor_at_queue_depth_two_with_linked_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io_with(IoOptions { tokio_reactor: true, queue_depth: 2, ..IoOptions::default() });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let file = Arc::new(runtime.block_on(DirectFile::create(&io, dir.path().join("f"))).unwrap());
+    runtime.block_on(async {
+        for round in 0..20u64 {
+            write_read_blocks(file.clone(), round * 8, 8).await;
+        }
+    });
+    let stats = io.stats();
+    assert_eq!(stats.ops_submitted, stats.ops_completed);
+    if io.backend() == Backend::IoUring {
+        assert!(stats.reactor_ops > 0, "{stats:?}");
+    }
+}

@@ -269,8 +269,8 @@ impl Io {
             }
         };
         #[cfg(feature = "tokio")]
-        let reactors = (options.tokio_reactor && backend == Backend::IoUring)
-            .then(|| reactor::Reactors::new(options.queue_depth, Arc::clone(&stats)));
+        let reactors =
+            (options.tokio_reactor && backend == Backend::IoUring).then(|| reactor::Reactors::new(Arc::clone(&stats)));
         Ok(Io {
             inner: Arc::new(IoInner {
                 #[cfg(feature = "tokio")]

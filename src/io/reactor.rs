@@ -12,10 +12,7 @@
 //! Here each tokio runtime that submits gets a ring of its own, with an
 //! eventfd registered (IORING_REGISTER_EVENTFD) that the kernel signals as it
 //! posts a CQE. A submitting task pushes its SQEs and enters the kernel
-//! itself, unless the reaper has just completed ops: then the tasks it woke
-//! push their SQEs and the reaper, after letting them run, submits them all
-//! with one `io_uring_enter` (at QD32, one enter per burst instead of one per
-//! op). A reaper task on the runtime awaits the eventfd through tokio's
+//! itself. A reaper task on the runtime awaits the eventfd through tokio's
 //! `AsyncFd`, so the kernel wakes the runtime's I/O driver directly; the
 //! reaper then reaps the CQ and completes the ops from a worker thread, where
 //! waking the waiting task is a push onto that worker's run queue.
@@ -28,17 +25,18 @@
 //! runtime's context and then blocks on an op would wait forever.
 //!
 //! Ownership is the ring thread's: an op lives in the reactor's slab, under
-//! its mutex, from before its SQEs are pushed until its last CQE. When the
+//! its mutex, from when its SQEs are pushed until its last CQE. When the
 //! reaper task ends (its runtime shuts down, or the [`super::Io`] is dropped)
 //! it closes the reactor and waits, blocking, for every op still in flight
 //! before anything can be freed; later submissions from that runtime go to the
-//! ring thread.
+//! ring thread. If a broken invariant panicked while the reactor's state was
+//! locked (its mutex is then poisoned), the ops in flight may never see their
+//! CQEs: their buffers are leaked rather than freed under the kernel.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use io_uring::IoUring;
 use slab::Slab;
@@ -49,9 +47,26 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::op::{IoStatsInner, Submission};
 use super::uring::{CqeOutcome, InFlight};
 
+/// The most ops a reactor holds in flight; further submissions go to the
+/// ring thread. The reactor removes a thread wake-up from the path of each
+/// op, which is what an op waits for at low depth. At high depth the ring
+/// thread is better on a small machine: it batches submissions on a thread
+/// of its own, while a reactor's submitting tasks and reaper make their
+/// syscalls on the runtime's workers, beside the callers' own work. On this
+/// project's 2-vCPU test VM, 32 concurrent gets (db_bench
+/// readrandom_concurrent, 3 alternating rounds) reached 0.70-0.71 of fio's
+/// QD32 IOPS with every op on the reactor, 0.73-0.76 on the ring thread
+/// alone and 0.78-0.81 with at most 2 on the reactor.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// SQ entries of a reactor's ring: room for every SQE of `MAX_IN_FLIGHT` ops
+/// (a write and its linked sync are two), even if none was submitted yet
+/// (an interrupted enter). The CQ has twice as many.
+const RING_ENTRIES: u32 = 8;
+const _: () = assert!(RING_ENTRIES as usize >= 2 * MAX_IN_FLIGHT);
+
 /// The reactors of one [`super::Io`], one per tokio runtime that submitted.
 pub(crate) struct Reactors {
-    queue_depth: u32,
     stats: Arc<IoStatsInner>,
     /// `None` once that runtime's reactor closed or could not be set up: its
     /// submissions then go to the ring thread. Runtime ids are never reused.
@@ -59,12 +74,13 @@ pub(crate) struct Reactors {
 }
 
 impl Reactors {
-    pub(crate) fn new(queue_depth: u32, stats: Arc<IoStatsInner>) -> Reactors {
-        Reactors { queue_depth, stats, by_runtime: Mutex::new(Vec::new()) }
+    pub(crate) fn new(stats: Arc<IoStatsInner>) -> Reactors {
+        Reactors { stats, by_runtime: Mutex::new(Vec::new()) }
     }
 
     /// Submits through the current runtime's reactor, or hands the submission
-    /// back: not on a multi-thread tokio runtime, or its reactor is closed.
+    /// back: not on a multi-thread tokio runtime, its reactor is closed, or
+    /// it holds its most ops.
     pub(crate) fn submit(&self, submission: Submission) -> Result<(), Submission> {
         let Ok(handle) = Handle::try_current() else {
             return Err(submission);
@@ -81,13 +97,17 @@ impl Reactors {
     fn reactor_for(&self, handle: &Handle) -> Option<Arc<Reactor>> {
         let id = handle.id();
         let mut by_runtime = lock(&self.by_runtime);
-        if let Some((_, slot)) = by_runtime.iter_mut().find(|(runtime, _)| *runtime == id) {
-            if slot.as_ref().is_some_and(|reactor| reactor.is_closed()) {
+        // Let go of the rings of runtimes that shut down (or of this one, if
+        // its reactor closed): their reapers drained them.
+        for (_, slot) in by_runtime.iter_mut() {
+            if slot.as_ref().is_some_and(|reactor| reactor.closed.load(Ordering::Acquire)) {
                 *slot = None;
             }
+        }
+        if let Some((_, slot)) = by_runtime.iter().find(|(runtime, _)| *runtime == id) {
             return slot.clone();
         }
-        let reactor = match Reactor::start(handle, self.queue_depth, Arc::clone(&self.stats)) {
+        let reactor = match Reactor::start(handle, Arc::clone(&self.stats)) {
             Ok(reactor) => Some(reactor),
             Err(e) => {
                 tracing::warn!(
@@ -115,6 +135,11 @@ impl Reactors {
 /// One runtime's ring.
 pub(crate) struct Reactor {
     state: Mutex<State>,
+    /// No new submissions: the reaper is finishing or gone. Set under the
+    /// state lock (which submissions check it under); read without it too.
+    closed: AtomicBool,
+    /// The [`Reactors`] asked the reaper to finish.
+    close_requested: AtomicBool,
     eventfd: OwnedFd,
     stats: Arc<IoStatsInner>,
 }
@@ -122,33 +147,7 @@ pub(crate) struct Reactor {
 struct State {
     ring: IoUring,
     in_flight: Slab<InFlight>,
-    /// No new submissions: the reaper is finishing or gone.
-    closed: bool,
-    /// The [`Reactors`] asked the reaper to finish.
-    close_requested: bool,
-    /// Since when the reaper, having just completed ops, will enter the kernel
-    /// once their tasks had a turn: submissions meanwhile only push their
-    /// SQEs, and go to the kernel together in that one enter. A submission
-    /// enters itself if the reaper has not come back within
-    /// [`MAX_SUBMIT_DEFERRAL`] (its worker is busy with other work).
-    reaper_submits: Option<Instant>,
 }
-
-/// The most ops a reactor holds in flight; further submissions go to the
-/// ring thread. The reactor removes a thread wake-up from the path of each
-/// op, which is what an op waits for at low depth. At high depth the ring
-/// thread is better on a small machine: it batches submissions on a thread
-/// of its own, while a reactor's submitting tasks and reaper make their
-/// syscalls on the runtime's workers, beside the callers' own work. On this
-/// project's 2-vCPU test VM, 32 concurrent gets (db_bench
-/// readrandom_concurrent, 3 alternating rounds) reached 0.70-0.71 of fio's
-/// QD32 IOPS with every op on the reactor, 0.73-0.76 on the ring thread
-/// alone and 0.78-0.81 with at most 2 on the reactor.
-const MAX_IN_FLIGHT: usize = 2;
-
-/// The longest a submission waits for the reaper's shared `io_uring_enter`:
-/// about a quarter of a 4 KiB read on a fast device.
-const MAX_SUBMIT_DEFERRAL: Duration = Duration::from_micros(20);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -166,10 +165,8 @@ impl AsRawFd for EventFd {
 
 impl Reactor {
     /// A ring with its eventfd registered, and its reaper spawned on `handle`.
-    fn start(handle: &Handle, queue_depth: u32, stats: Arc<IoStatsInner>) -> io::Result<Arc<Reactor>> {
-        // The SQ holds one submission's SQEs at a time; the CQ (twice the SQ)
-        // holds a CQE for every part of every op the semaphore lets in.
-        let ring = IoUring::new(queue_depth.max(2).next_power_of_two())?;
+    fn start(handle: &Handle, stats: Arc<IoStatsInner>) -> io::Result<Arc<Reactor>> {
+        let ring = IoUring::new(RING_ENTRIES)?;
         // SAFETY: eventfd takes no pointers; the result is checked below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -189,13 +186,9 @@ impl Reactor {
                 .map_err(io::Error::from)?
         };
         let reactor = Arc::new(Reactor {
-            state: Mutex::new(State {
-                ring,
-                in_flight: Slab::new(),
-                closed: false,
-                close_requested: false,
-                reaper_submits: None,
-            }),
+            state: Mutex::new(State { ring, in_flight: Slab::new() }),
+            closed: AtomicBool::new(false),
+            close_requested: AtomicBool::new(false),
             eventfd,
             stats,
         });
@@ -205,22 +198,21 @@ impl Reactor {
         Ok(reactor)
     }
 
-    fn is_closed(&self) -> bool {
-        lock(&self.state).closed
-    }
-
     fn submit(&self, submission: Submission) -> Result<(), Submission> {
         let mut state = lock(&self.state);
-        if state.closed || state.in_flight.len() >= MAX_IN_FLIGHT {
+        if self.closed.load(Ordering::Acquire) || state.in_flight.len() >= MAX_IN_FLIGHT {
             return Err(submission);
         }
-        let slot = state.in_flight.insert(InFlight::new(submission));
-        let State { ring, in_flight, reaper_submits, .. } = &mut *state;
-        push_entries(ring, &mut in_flight[slot], slot, &self.stats);
+        let State { ring, in_flight } = &mut *state;
+        let slot = in_flight.vacant_entry();
+        let mut flight = InFlight::new(submission);
+        // Built before the op enters the slab: an assertion here leaves
+        // nothing behind that waits for a CQE.
+        let entries = flight.entries((slot.key() as u64) << 1);
+        push(ring, entries, &self.stats);
+        slot.insert(flight);
         self.stats.reactor_ops.fetch_add(1, Ordering::Relaxed);
-        if !reaper_submits.is_some_and(|since| since.elapsed() < MAX_SUBMIT_DEFERRAL) {
-            self.enter(ring, 0);
-        }
+        self.enter(ring, 0);
         Ok(())
     }
 
@@ -232,19 +224,18 @@ impl Reactor {
         }
         match ring.submit_and_wait(wait) {
             Ok(_) => {}
-            // The kernel is short of memory or CQ space, or a signal came: the
-            // SQEs stay queued and the next enter (the reaper's) submits them.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            // Interrupted, or the kernel is short of memory or CQ space: the
+            // SQEs stay queued. Wake the reaper, whose reap enters again.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => self.signal(),
             Err(e) => panic!("io_uring_enter on a reactor ring failed: {e}"),
         }
     }
 
     /// Reaps every CQE; completes finished ops after the lock is released.
-    /// True if it completed several: the reaper then submits for their tasks.
-    fn reap(&self) -> bool {
+    fn reap(&self) {
         let finished = {
             let mut state = lock(&self.state);
-            let State { ring, in_flight, .. } = &mut *state;
+            let State { ring, in_flight } = &mut *state;
             let mut finished = Vec::new();
             let cqes: Vec<(u64, i32)> = ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
             for (user_data, result) in cqes {
@@ -252,35 +243,22 @@ impl Reactor {
                 let flight = in_flight.get_mut(slot).expect("CQE for an unknown slot");
                 match flight.record((user_data & 1) as usize, result) {
                     CqeOutcome::Waiting => {}
-                    CqeOutcome::Retry => push_entries(ring, flight, slot, &self.stats),
+                    CqeOutcome::Retry => push(ring, flight.entries((slot as u64) << 1), &self.stats),
                     CqeOutcome::Finished => finished.push(in_flight.remove(slot)),
                 }
             }
             if !ring.submission().is_empty() {
                 self.enter(ring, 0);
             }
-            // One op back: its task may as well submit its next one itself.
-            state.reaper_submits = (finished.len() > 1 && !state.closed).then(Instant::now);
             finished
         };
-        let several = finished.len() > 1;
         for flight in finished {
             flight.finish(&self.stats);
-        }
-        several
-    }
-
-    /// Ends a [`Reactor::reap`] that completed ops: submits what their tasks pushed.
-    fn submit_pushed(&self) {
-        let mut state = lock(&self.state);
-        state.reaper_submits = None;
-        if !state.ring.submission().is_empty() {
-            self.enter(&mut state.ring, 0);
         }
     }
 
     fn request_close(&self) {
-        lock(&self.state).close_requested = true;
+        self.close_requested.store(true, Ordering::Release);
         self.signal();
     }
 
@@ -302,16 +280,28 @@ impl Reactor {
     /// Stops submissions, then waits (blocking) until every op in flight has
     /// its last CQE and is completed: only then may their buffers go.
     fn close_and_drain(&self) {
-        lock(&self.state).closed = true;
+        {
+            let _state = lock(&self.state);
+            self.closed.store(true, Ordering::Release);
+        }
         loop {
+            if self.state.is_poisoned() {
+                // A broken invariant panicked mid-reap: CQEs may be lost, so
+                // waiting could last forever. Leak what is in flight rather
+                // than free it under the kernel.
+                let mut state = lock(&self.state);
+                std::mem::forget(std::mem::take(&mut state.in_flight));
+                return;
+            }
             self.reap();
-            self.submit_pushed();
             let mut state = lock(&self.state);
             if state.in_flight.is_empty() {
                 return;
             }
             let State { ring, .. } = &mut *state;
             if ring.completion().is_empty() {
+                // Under the lock: submissions of this runtime wait at most
+                // this long to learn that the reactor closed.
                 self.enter(ring, 1);
             }
         }
@@ -322,18 +312,23 @@ impl Drop for Reactor {
     fn drop(&mut self) {
         // Normally a no-op: the reaper drained it. Never free a buffer the
         // kernel may still write into.
-        self.close_and_drain();
+        if std::thread::panicking() {
+            let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            std::mem::forget(std::mem::take(&mut state.in_flight));
+        } else {
+            self.close_and_drain();
+        }
     }
 }
 
-/// Pushes an op's SQEs and submits nothing yet; the SQ is empty between
-/// submissions, so there is always room.
-fn push_entries(ring: &mut IoUring, flight: &mut InFlight, slot: usize, stats: &IoStatsInner) {
-    for entry in flight.entries((slot as u64) << 1).into_iter().flatten() {
+/// Pushes SQEs; the SQ has room for every SQE of `MAX_IN_FLIGHT` ops.
+fn push(ring: &mut IoUring, entries: [Option<io_uring::squeue::Entry>; 2], stats: &IoStatsInner) {
+    for entry in entries.into_iter().flatten() {
         // SAFETY: the buffer and file this entry points into are owned by the
-        // slab entry, which is removed only after its last CQE.
+        // op's InFlight, which is in (or, before the lock is released, put
+        // into) the slab, and leaves it only after its last CQE.
         let pushed = unsafe { ring.submission().push(&entry) };
-        assert!(pushed.is_ok(), "a reactor's SQ holds at most one op's SQEs");
+        assert!(pushed.is_ok(), "a reactor's SQ has room for all its ops' SQEs");
         stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -368,14 +363,8 @@ async fn reap_until_closed(reaper: Reaper) {
             }
         }
         reactor.drain_eventfd();
-        if reactor.reap() {
-            // The tasks just woken usually submit their next op right away:
-            // let them run (they are on this worker's queue), then submit all
-            // of their SQEs with one io_uring_enter.
-            tokio::task::yield_now().await;
-            reactor.submit_pushed();
-        }
-        if lock(&reactor.state).close_requested {
+        reactor.reap();
+        if reactor.close_requested.load(Ordering::Acquire) {
             return;
         }
     }
