@@ -99,5 +99,23 @@ fn table(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, block, bloom, table);
+fn merge(c: &mut Criterion) {
+    // A level-0 compaction of 58 overlapping tables (db_bench compact): every
+    // run covers the whole key range, so each step may come from any run.
+    let runs_count = 58u64;
+    let per_run = 2_000u64;
+    let runs: Vec<Vec<(Vec<u8>, u64)>> = (0..runs_count)
+        .map(|run| (0..per_run).map(|i| (user_key(i * runs_count + run), i * runs_count + run + 1)).collect())
+        .collect();
+    let runs = internals::merge_runs(&runs);
+    let entries = runs_count * per_run;
+    assert_eq!(internals::merge_all(&runs).0 as u64, entries);
+    let mut group = c.benchmark_group("merge");
+    group.measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(entries));
+    group.bench_function("58_runs", |b| b.iter(|| internals::merge_all(std::hint::black_box(&runs))));
+    group.finish();
+}
+
+criterion_group!(benches, block, bloom, table, merge);
 criterion_main!(benches);

@@ -503,3 +503,40 @@ pub fn fuzz_manifest_edit(data: &[u8]) {
 pub fn fuzz_manifest_file(data: &[u8]) {
     let _ = load_manifest_bytes(data);
 }
+
+/// Sorted runs held as memtables, for the merge bench.
+pub struct MergeRuns(Vec<std::sync::Arc<crate::memtable::Memtable>>);
+
+/// One memtable per run of (user key, sequence number) puts with empty values.
+pub fn merge_runs(runs: &[Vec<(Vec<u8>, u64)>]) -> MergeRuns {
+    MergeRuns(
+        runs.iter()
+            .map(|run| {
+                let memtable = crate::memtable::Memtable::new();
+                for (key, seq) in run {
+                    memtable.insert(key, SeqNo(*seq), ValueKind::Put, Bytes::new());
+                }
+                std::sync::Arc::new(memtable)
+            })
+            .collect(),
+    )
+}
+
+/// Merges the runs front to back with the merging iterator; returns the
+/// entries seen and the sum of their sequence numbers (so the walk cannot be
+/// optimised away, and a bench can check it).
+pub fn merge_all(runs: &MergeRuns) -> (usize, u64) {
+    use crate::iter::{MemtableCursor, MergingIter, Source};
+    let sources = runs.0.iter().map(|m| Source::Memtable(MemtableCursor::new(std::sync::Arc::clone(m)))).collect();
+    let mut merged = MergingIter::new(sources);
+    futures_executor::block_on(async {
+        merged.seek_to_first().await.expect("memtables do not fail");
+        let (mut count, mut seq_sum) = (0, 0);
+        while let Some((key, _)) = merged.current() {
+            count += 1;
+            seq_sum += ParsedInternalKey::parse(key).expect("valid key").seq.0;
+            merged.advance().await.expect("memtables do not fail");
+        }
+        (count, seq_sum)
+    })
+}
