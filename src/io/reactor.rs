@@ -1,4 +1,4 @@
-//! Completions through the caller's tokio reactor ([`IoOptions::tokio_reactor`]).
+//! Completions through the caller's tokio reactor ([`super::IoOptions::tokio_reactor`]).
 //!
 //! With the ring thread alone, an operation's completion travels: device
 //! interrupt, ring thread reaps the CQE, ring thread wakes the caller's task

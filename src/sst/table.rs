@@ -166,13 +166,22 @@ impl<'f> TableWriter<'f> {
             return false;
         }
         let start = self.table_len;
-        let end_after = start + (self.data.size_after_adding(internal_key, value) + TRAILER_BYTES) as u64;
         // The first boundary after the start, or for blocks larger than the
         // alignment the last one the block's target size reaches.
         let target_end = start + (self.options.block_size_bytes + TRAILER_BYTES) as u64;
         let boundary = (start / align + 1).max(target_end / align) * align;
         let end_now = start + (self.data.estimated_size_bytes() + TRAILER_BYTES) as u64;
-        end_after > boundary && boundary.checked_sub(end_now).is_some_and(|gap| gap <= align / 8)
+        if boundary.checked_sub(end_now).is_none_or(|gap| gap > align / 8) {
+            return false;
+        }
+        // Most entries are far from the boundary: a bound (no shared prefix,
+        // longest varints, a new restart) decides without comparing keys.
+        const MOST_ENTRY_OVERHEAD: usize = 3 * 10 + 4;
+        if end_now + (MOST_ENTRY_OVERHEAD + internal_key.len() + value.len()) as u64 <= boundary {
+            return false;
+        }
+        let end_after = start + (self.data.size_after_adding(internal_key, value) + TRAILER_BYTES) as u64;
+        end_after > boundary
     }
 
     /// Before a data block starts: zero padding up to the next alignment
