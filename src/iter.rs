@@ -60,8 +60,12 @@ impl MemtableCursor {
         }
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
-        self.current.as_ref().map(|(key, value)| (key.encoded(), value))
+    fn current(&self) -> Option<(&[u8], &[u8])> {
+        self.current.as_ref().map(|(key, value)| (key.encoded(), value.as_ref()))
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        self.current.as_ref().map(|(_, value)| value.clone())
     }
 }
 
@@ -88,8 +92,10 @@ pub(crate) struct TableCursor {
     block: Option<BlockIter>,
     /// The offset of the current block, for error reports.
     block_offset: u64,
-    /// The current entry's value; `None` when the cursor is exhausted.
-    value: Option<Bytes>,
+    /// Where the current entry's value lies in the current block's data;
+    /// `None` when the cursor is exhausted. A range, not a `Bytes`: a merge
+    /// steps through millions of entries and copies most values right away.
+    value: Option<std::ops::Range<usize>>,
     /// Blocks loaded since the last seek.
     blocks_loaded: u32,
 }
@@ -156,7 +162,7 @@ impl TableCursor {
     /// Synchronous, so a merge steps most entries without building a future.
     fn step_in_block(&mut self) -> Result<bool> {
         if let Some(block) = &mut self.block
-            && let Some(value) = block.advance(self.table.reader.path(), self.block_offset)?
+            && let Some(value) = block.step(self.table.reader.path(), self.block_offset)?
         {
             self.value = Some(value);
             return Ok(true);
@@ -194,10 +200,10 @@ impl TableCursor {
         self.load_block(&handle).await?;
         let block = self.block.take().expect("just loaded");
         // The iterator stops just past the first entry >= target, holding its key.
-        let (rest, first) = block.block().iter_from(target, compare_internal_keys, &path, self.block_offset)?;
+        let (rest, first) = block.block().iter_to(target, compare_internal_keys, &path, self.block_offset)?;
         self.block = Some(rest);
         match first {
-            Some((_, value)) => self.value = Some(value),
+            Some(value) => self.value = Some(value),
             None => self.step().await?,
         }
         Ok(())
@@ -209,9 +215,15 @@ impl TableCursor {
         self.step().await
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
-        let value = self.value.as_ref()?;
-        Some((self.block.as_ref()?.key(), value))
+    fn current(&self) -> Option<(&[u8], &[u8])> {
+        let value = self.value.clone()?;
+        let block = self.block.as_ref()?;
+        Some((block.key(), &block.block().data()[value]))
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        let value = self.value.clone()?;
+        Some(self.block.as_ref()?.block().data().slice(value))
     }
 }
 
@@ -288,8 +300,12 @@ impl LevelCursor {
         }
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
+    fn current(&self) -> Option<(&[u8], &[u8])> {
         self.cursor.as_ref().and_then(|c| c.current())
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        self.cursor.as_ref().and_then(|c| c.current_value())
     }
 }
 
@@ -319,8 +335,12 @@ impl RevMemtableCursor {
         }
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
-        self.current.as_ref().map(|(key, value)| (key.encoded(), value))
+    fn current(&self) -> Option<(&[u8], &[u8])> {
+        self.current.as_ref().map(|(key, value)| (key.encoded(), value.as_ref()))
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        self.current.as_ref().map(|(_, value)| value.clone())
     }
 }
 
@@ -425,11 +445,15 @@ impl RevTableCursor {
         Ok(())
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
+    fn current(&self) -> Option<(&[u8], &[u8])> {
         self.pos.map(|pos| {
             let (key, value) = &self.entries[pos];
-            (key.as_slice(), value)
+            (key.as_slice(), value.as_ref())
         })
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        self.pos.map(|pos| self.entries[pos].1.clone())
     }
 }
 
@@ -494,8 +518,12 @@ impl RevLevelCursor {
         self.settle().await
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
+    fn current(&self) -> Option<(&[u8], &[u8])> {
         self.cursor.as_ref().and_then(|c| c.current())
+    }
+
+    fn current_value(&self) -> Option<Bytes> {
+        self.cursor.as_ref().and_then(|c| c.current_value())
     }
 }
 
@@ -581,7 +609,8 @@ impl Source {
         }
     }
 
-    fn current(&self) -> Option<(&[u8], &Bytes)> {
+    /// The current entry: its internal key and value.
+    fn current(&self) -> Option<(&[u8], &[u8])> {
         match self {
             Source::Memtable(c) => c.current(),
             Source::Table(c) => c.current(),
@@ -589,6 +618,18 @@ impl Source {
             Source::RevMemtable(c) => c.current(),
             Source::RevTable(c) => c.current(),
             Source::RevLevel(c) => c.current(),
+        }
+    }
+
+    /// The current entry's value as `Bytes` that share its block or batch.
+    fn current_value(&self) -> Option<Bytes> {
+        match self {
+            Source::Memtable(c) => c.current_value(),
+            Source::Table(c) => c.current_value(),
+            Source::Level(c) => c.current_value(),
+            Source::RevMemtable(c) => c.current_value(),
+            Source::RevTable(c) => c.current_value(),
+            Source::RevLevel(c) => c.current_value(),
         }
     }
 }
@@ -694,11 +735,18 @@ impl MergingIter {
         Ok(())
     }
 
-    /// The current entry, `None` when every source is exhausted.
-    pub(crate) fn current(&self) -> Option<(&[u8], &Bytes)> {
+    /// The current entry (internal key, value), `None` when every source is exhausted.
+    pub(crate) fn current(&self) -> Option<(&[u8], &[u8])> {
         let top = *self.tree.first()?;
         self.keys.get(top)?.as_ref()?;
         self.sources[top].current()
+    }
+
+    /// The current entry's value, sharing the memory it is in (no copy).
+    pub(crate) fn current_value(&self) -> Option<Bytes> {
+        let top = *self.tree.first()?;
+        self.keys.get(top)?.as_ref()?;
+        self.sources[top].current_value()
     }
 
     pub(crate) async fn advance(&mut self) -> Result<()> {

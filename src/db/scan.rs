@@ -39,7 +39,7 @@ impl Scan {
             }
         }
         loop {
-            let Some((key, value)) = self.merged.current() else {
+            let Some((key, _)) = self.merged.current() else {
                 self.done = true;
                 return Ok(None);
             };
@@ -56,8 +56,10 @@ impl Scan {
             }
             self.last_user_key = Some(parsed.user_key.to_vec());
             let excluded = matches!(&self.start, Bound::Excluded(start) if start.as_slice() == parsed.user_key);
-            let item = (parsed.kind == ValueKind::Put && !excluded)
-                .then(|| (Bytes::copy_from_slice(parsed.user_key), value.clone()));
+            let item = (parsed.kind == ValueKind::Put && !excluded).then(|| {
+                let value = self.merged.current_value().expect("the merge is at this entry");
+                (Bytes::copy_from_slice(parsed.user_key), value)
+            });
             self.merged.advance().await?;
             if item.is_some() {
                 return Ok(item);
@@ -111,9 +113,10 @@ impl RevScan {
         let mut gathering: Option<(Vec<u8>, Option<Visible>)> = None;
         loop {
             let entry = match self.merged.current() {
-                Some((key, value)) => {
+                Some((key, _)) => {
                     let parsed = parse(key)?;
-                    Some((parsed.user_key.to_vec(), parsed.seq, parsed.kind, value.clone()))
+                    let value = self.merged.current_value().expect("the merge is at this entry");
+                    Some((parsed.user_key.to_vec(), parsed.seq, parsed.kind, value))
                 }
                 None => None,
             };

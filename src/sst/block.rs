@@ -247,6 +247,11 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// The block's contents (entries and restart array).
+    pub(crate) fn data(&self) -> &Bytes {
+        &self.data
+    }
+
     /// Checks the restart array of `contents` (already trailer-verified).
     pub(crate) fn new(contents: Bytes, file: &Path, offset: u64) -> Result<Block> {
         let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
@@ -326,6 +331,20 @@ impl Block {
         file: &Path,
         offset: u64,
     ) -> Result<(BlockIter, Option<Entry>)> {
+        let (iter, found) = self.iter_to(target, cmp, file, offset)?;
+        let entry = found.map(|value| (iter.key.clone(), self.data.slice(value)));
+        Ok((iter, entry))
+    }
+
+    /// [`iter_from`](Self::iter_from) without copies: the iterator holds the
+    /// key of the entry found, and its value's place in [`Self::data`].
+    pub(crate) fn iter_to(
+        &self,
+        target: &[u8],
+        cmp: impl Fn(&[u8], &[u8]) -> Ordering,
+        file: &Path,
+        offset: u64,
+    ) -> Result<(BlockIter, Option<std::ops::Range<usize>>)> {
         // Binary search for the last restart point whose key is < target. One
         // iterator probes them all: its key buffer is reused, and only the
         // entry found gets its value (and a copy of its key). A get searches
@@ -346,8 +365,7 @@ impl Block {
         iter.key.clear();
         while let Some(value) = iter.step(file, offset)? {
             if cmp(&iter.key, target) != Ordering::Less {
-                let entry = (iter.key.clone(), self.data.slice(value));
-                return Ok((iter, Some(entry)));
+                return Ok((iter, Some(value)));
             }
         }
         Ok((iter, None))
@@ -386,8 +404,9 @@ impl BlockIter {
         Ok(self.step(file, offset)?.map(|value| self.block.data.slice(value)))
     }
 
-    /// [`advance`](Self::advance), returning where the value lies in the block's data.
-    fn step(&mut self, file: &Path, offset: u64) -> Result<Option<std::ops::Range<usize>>> {
+    /// [`advance`](Self::advance), returning where the value lies in the
+    /// block's data: no reference count is touched.
+    pub(crate) fn step(&mut self, file: &Path, offset: u64) -> Result<Option<std::ops::Range<usize>>> {
         if self.pos >= self.block.restarts_at {
             return Ok(None);
         }
