@@ -26,6 +26,21 @@ const DATA_NAME: &str = "traced.data";
 fn strace_child_workload() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
     let io = Io::new(IoOptions { backend: Backend::Auto, ..IoOptions::default() }).unwrap();
+    let db_dir = Path::new(&dir).join("db");
+    // Small memtables and levels: flushes, compactions and MANIFEST
+    // replacements all happen in the traced run.
+    let options = || ringdb::Options {
+        wal_preallocate_bytes: 1 << 20,
+        write_buffer_size_bytes: 16 << 10,
+        max_manifest_file_size_bytes: 16 << 10,
+        compaction: ringdb::CompactionOptions {
+            l0_compaction_trigger: 2,
+            level1_target_bytes: 32 << 10,
+            sst_target_size_bytes: 16 << 10,
+            ..Default::default()
+        },
+        ..ringdb::Options::default()
+    };
     futures::executor::block_on(async {
         let file = DirectFile::create(&io, Path::new(&dir).join(DATA_NAME)).await.unwrap();
         let block = 64 * 1024;
@@ -45,21 +60,6 @@ fn strace_child_workload() {
             assert_eq!(&buf[..], &pattern(block, i, 0)[..]);
         }
         // The database's log: appends, syncs, and the recovery reads of a reopen.
-        let db_dir = Path::new(&dir).join("db");
-        // Small memtables and levels: flushes, compactions and MANIFEST
-        // replacements all happen in the traced run.
-        let options = || ringdb::Options {
-            wal_preallocate_bytes: 1 << 20,
-            write_buffer_size_bytes: 16 << 10,
-            max_manifest_file_size_bytes: 16 << 10,
-            compaction: ringdb::CompactionOptions {
-                l0_compaction_trigger: 2,
-                level1_target_bytes: 32 << 10,
-                sst_target_size_bytes: 16 << 10,
-                ..Default::default()
-            },
-            ..ringdb::Options::default()
-        };
         let db = ringdb::Db::open(&db_dir, options()).await.unwrap();
         for i in 0..1000u32 {
             let mut batch = ringdb::WriteBatch::new();
@@ -78,6 +78,34 @@ fn strace_child_workload() {
         use futures::StreamExt;
         assert_eq!(db.scan::<&[u8]>(..).count().await, 1000);
         assert_eq!(db.scan_rev::<&[u8]>(..).count().await, 1000);
+        db.close().await.unwrap();
+    });
+    // Gets, scans and writes from tasks of a tokio runtime, completed
+    // through its reactor (IoOptions::tokio_reactor).
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let reactor_options =
+            ringdb::Options { io: IoOptions { tokio_reactor: true, ..IoOptions::default() }, ..options() };
+        let db = ringdb::Db::open(&db_dir, reactor_options).await.unwrap();
+        let tasks: Vec<_> = (0..4u32)
+            .map(|t| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for i in (t..1000).step_by(4) {
+                        assert!(db.get(i.to_be_bytes()).await.unwrap().is_some());
+                    }
+                    db.put((1000 + t).to_be_bytes(), [2u8; 100]).await.unwrap();
+                    use futures::StreamExt;
+                    db.scan::<&[u8]>(..).count().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap() >= 1000);
+        }
+        if db.io_stats().sqes_submitted > 0 {
+            assert!(db.io_stats().reactor_ops > 0, "reads went through the reactor");
+        }
         db.close().await.unwrap();
     });
 }
