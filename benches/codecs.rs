@@ -76,6 +76,13 @@ fn bloom(c: &mut Criterion) {
         b.iter(|| internals::bloom_count_may_contain(&filter, std::hint::black_box(&absent)))
     });
     group.finish();
+    // A flush's filter: a million keys, 1.2 MB of bits, far beyond L1.
+    let many: Vec<Vec<u8>> = (0..1_000_000).map(user_key).collect();
+    let mut group = c.benchmark_group("bloom");
+    group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(many.len() as u64));
+    group.bench_function("add_1m", |b| b.iter(|| internals::bloom_build(std::hint::black_box(&many), 10)));
+    group.finish();
 }
 
 fn table(c: &mut Criterion) {
