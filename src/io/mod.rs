@@ -114,7 +114,7 @@ pub struct IoOptions {
     /// runtime's I/O driver directly (an eventfd the kernel signals) instead
     /// of through the ring thread: one thread wake-up fewer per operation.
     /// On this project's test VM that took 4 KiB QD1 reads under tokio from
-    /// 0.72-0.80x to 0.89-0.91x of fio's IOPS (`docs/io.md`). A runtime's ring
+    /// 0.72-0.80x to 0.84-0.91x of fio's IOPS (`docs/io.md`). A runtime's ring
     /// holds at most 2 ops in flight; deeper queues spill over to the ring
     /// thread, which batches them better on small machines. Everything else
     /// (current-thread runtimes, plain threads, the engine's own threads)
