@@ -110,11 +110,14 @@ impl Reactors {
         let reactor = match Reactor::start(handle, Arc::clone(&self.stats)) {
             Ok(reactor) => Some(reactor),
             Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "ringdb: no io_uring for this tokio runtime's reactor ({e}); its I/O completes \
-                     through the ring thread, one thread wake-up more per operation"
-                );
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "ringdb: no io_uring for a tokio runtime's reactor ({e}); its I/O completes \
+                         through the ring thread, one thread wake-up more per operation"
+                    );
+                }
                 None
             }
         };
