@@ -7,12 +7,13 @@
 //! own what they read from (`Arc`s of memtables and tables), so they can live
 //! in a background job or a stream without borrowing the database.
 
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::key::{InternalKey, compare_internal_keys};
+use crate::key::{InternalKey, compare_internal_keys, user_key_prefix};
 use crate::memtable::Memtable;
 use crate::sst::block::{BlockHandle, BlockIter};
 use crate::sst::readahead::ReadAhead;
@@ -648,6 +649,9 @@ pub(crate) struct MergingIter {
     /// move) so that comparing needs no call into the source; `None` when
     /// the source is exhausted, which loses to every key.
     keys: Vec<Option<Vec<u8>>>,
+    /// [`user_key_prefix`] of each current key: most matches are settled by
+    /// comparing these, without touching the keys.
+    prefixes: Vec<u128>,
     /// `tree[0]` is the winning source; `tree[p]` for `p` in `1..k` is the
     /// loser of the match at internal node `p`. Source `i` is leaf `k + i`,
     /// node `p`'s parent is `p / 2`.
@@ -666,7 +670,7 @@ impl MergingIter {
 
     fn with_direction(sources: Vec<Source>, reverse: bool) -> MergingIter {
         let k = sources.len();
-        MergingIter { keys: vec![None; k], tree: vec![0; k.max(1)], sources, reverse }
+        MergingIter { keys: vec![None; k], prefixes: vec![0; k], tree: vec![0; k.max(1)], sources, reverse }
     }
 
     /// Whether source `a`'s entry comes out before source `b`'s.
@@ -675,7 +679,10 @@ impl MergingIter {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(x), Some(y)) => {
-                let order = compare_internal_keys(x, y);
+                let order = match self.prefixes[a].cmp(&self.prefixes[b]) {
+                    Ordering::Equal => compare_internal_keys(x, y),
+                    decided => decided,
+                };
                 if self.reverse { order.then(a.cmp(&b)).is_gt() } else { order.then(a.cmp(&b)).is_lt() }
             }
         }
@@ -683,8 +690,9 @@ impl MergingIter {
 
     /// Copies every source's current key and plays the whole tournament.
     fn rebuild(&mut self) {
-        for (key, source) in self.keys.iter_mut().zip(&self.sources) {
-            *key = source.current().map(|(current, _)| current.to_vec());
+        for (i, source) in self.sources.iter().enumerate() {
+            self.keys[i] = source.current().map(|(current, _)| current.to_vec());
+            self.prefixes[i] = source.current().map_or(0, |(current, _)| user_key_prefix(current));
         }
         let k = self.sources.len();
         if k == 0 {
@@ -765,6 +773,7 @@ impl MergingIter {
                 let slot = self.keys[top].as_mut().expect("checked above");
                 slot.clear();
                 slot.extend_from_slice(key);
+                self.prefixes[top] = user_key_prefix(key);
             }
             None => self.keys[top] = None,
         }
