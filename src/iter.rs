@@ -7,7 +7,6 @@
 //! own what they read from (`Arc`s of memtables and tables), so they can live
 //! in a background job or a stream without borrowing the database.
 
-use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -650,7 +649,10 @@ pub(crate) struct MergingIter {
     /// the source is exhausted, which loses to every key.
     keys: Vec<Option<Vec<u8>>>,
     /// [`user_key_prefix`] of each current key: most matches are settled by
-    /// comparing these, without touching the keys.
+    /// comparing these, without touching the keys. An exhausted source has
+    /// the prefix that loses to every other ([`Self::exhausted_prefix`]); a
+    /// live key with that same prefix goes to the full comparison, which
+    /// knows the difference.
     prefixes: Vec<u128>,
     /// `tree[0]` is the winning source; `tree[p]` for `p` in `1..k` is the
     /// loser of the match at internal node `p`. Source `i` is leaf `k + i`,
@@ -673,16 +675,22 @@ impl MergingIter {
         MergingIter { keys: vec![None; k], prefixes: vec![0; k], tree: vec![0; k.max(1)], sources, reverse }
     }
 
+    fn exhausted_prefix(&self) -> u128 {
+        if self.reverse { 0 } else { u128::MAX }
+    }
+
     /// Whether source `a`'s entry comes out before source `b`'s.
+    #[inline]
     fn wins(&self, a: usize, b: usize) -> bool {
+        let (pa, pb) = (self.prefixes[a], self.prefixes[b]);
+        if pa != pb {
+            return (pa < pb) != self.reverse;
+        }
         match (&self.keys[a], &self.keys[b]) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(x), Some(y)) => {
-                let order = match self.prefixes[a].cmp(&self.prefixes[b]) {
-                    Ordering::Equal => compare_internal_keys(x, y),
-                    decided => decided,
-                };
+                let order = compare_internal_keys(x, y);
                 if self.reverse { order.then(a.cmp(&b)).is_gt() } else { order.then(a.cmp(&b)).is_lt() }
             }
         }
@@ -692,7 +700,8 @@ impl MergingIter {
     fn rebuild(&mut self) {
         for (i, source) in self.sources.iter().enumerate() {
             self.keys[i] = source.current().map(|(current, _)| current.to_vec());
-            self.prefixes[i] = source.current().map_or(0, |(current, _)| user_key_prefix(current));
+            self.prefixes[i] =
+                source.current().map_or(self.exhausted_prefix(), |(current, _)| user_key_prefix(current));
         }
         let k = self.sources.len();
         if k == 0 {
@@ -775,7 +784,10 @@ impl MergingIter {
                 slot.extend_from_slice(key);
                 self.prefixes[top] = user_key_prefix(key);
             }
-            None => self.keys[top] = None,
+            None => {
+                self.keys[top] = None;
+                self.prefixes[top] = self.exhausted_prefix();
+            }
         }
         self.replay(top);
         Ok(())
@@ -788,6 +800,19 @@ mod tests {
     use crate::key::{ParsedInternalKey, SeqNo, ValueKind};
     use proptest::prelude::*;
 
+    /// The user key for `key`, in the same order: the upper half gets 16
+    /// bytes of 0xff in front, so that their prefixes equal the one an
+    /// exhausted source has in a forward merge (0 does in a reverse merge).
+    fn user_key(key: u8) -> Vec<u8> {
+        if key < 128 {
+            vec![key]
+        } else {
+            let mut long = vec![0xff; 16];
+            long.push(key);
+            long
+        }
+    }
+
     /// Merges memtables (each a source) and returns (user key, seq) in merge order.
     fn merge(runs: &[Vec<(u8, u64)>], reverse: bool) -> Vec<(u8, u64)> {
         let sources = runs
@@ -795,7 +820,7 @@ mod tests {
             .map(|run| {
                 let memtable = Arc::new(Memtable::new());
                 for &(key, seq) in run {
-                    memtable.insert(&[key], SeqNo(seq), ValueKind::Put, Bytes::new());
+                    memtable.insert(&user_key(key), SeqNo(seq), ValueKind::Put, Bytes::new());
                 }
                 if reverse {
                     Source::RevMemtable(RevMemtableCursor::new(memtable))
@@ -810,7 +835,7 @@ mod tests {
             let mut out = Vec::new();
             while let Some((key, _)) = merged.current() {
                 let parsed = ParsedInternalKey::parse(key).unwrap();
-                out.push((parsed.user_key[0], parsed.seq.0));
+                out.push((*parsed.user_key.last().unwrap(), parsed.seq.0));
                 merged.advance().await.unwrap();
             }
             // Advancing past the end stays at the end.
