@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use futures::executor::block_on;
+use rand::{Rng, SeedableRng};
 use ringdb::internals;
 use ringdb::io::{Io, IoOptions};
 
@@ -108,12 +109,15 @@ fn table(c: &mut Criterion) {
 
 fn merge(c: &mut Criterion) {
     // A level-0 compaction of 58 overlapping tables (db_bench compact): every
-    // run covers the whole key range, so each step may come from any run.
+    // run covers the whole key range, and which run holds the next key is
+    // random, as with random writes.
     let runs_count = 58u64;
     let per_run = 2_000u64;
-    let runs: Vec<Vec<(Vec<u8>, u64)>> = (0..runs_count)
-        .map(|run| (0..per_run).map(|i| (user_key(i * runs_count + run), i * runs_count + run + 1)).collect())
-        .collect();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(58);
+    let mut runs: Vec<Vec<(Vec<u8>, u64)>> = vec![Vec::new(); runs_count as usize];
+    for i in 0..runs_count * per_run {
+        runs[rng.gen_range(0..runs_count as usize)].push((user_key(i), i + 1));
+    }
     let runs = internals::merge_runs(&runs);
     let entries = runs_count * per_run;
     assert_eq!(internals::merge_all(&runs).0 as u64, entries);

@@ -287,7 +287,7 @@ async fn run_scans(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
         while let Some(item) = scan.next().await {
             item.expect("scan");
             entries += 1;
-            if entries % 65536 == 0 {
+            if entries.is_multiple_of(65536) {
                 progress.set_position(entries);
             }
         }

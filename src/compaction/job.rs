@@ -306,7 +306,7 @@ async fn merge_into_tables(
                 entries += 1;
             }
             merged.advance().await?;
-            if (entries + dropped) % 4096 == 0 && (ctx.cancelled)() {
+            if (entries + dropped).is_multiple_of(4096) && (ctx.cancelled)() {
                 return Err(Error::Closed);
             }
         }

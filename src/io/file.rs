@@ -171,7 +171,11 @@ impl DirectFile {
 
     fn check(&self, buf: &AlignedBuf, offset: u64, len: usize, what: &str) -> Result<()> {
         let align = self.align;
-        if buf.alignment() < align || offset % align as u64 != 0 || len % align != 0 || len > buf.capacity() {
+        if buf.alignment() < align
+            || !offset.is_multiple_of(align as u64)
+            || !len.is_multiple_of(align)
+            || len > buf.capacity()
+        {
             return Err(Error::InvalidArgument(format!(
                 "{what} on {}: offset {offset} and length {len} must be multiples of {align}, the buffer \
                  (alignment {}, capacity {}) aligned to it and large enough",

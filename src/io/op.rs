@@ -68,7 +68,7 @@ impl Op {
         }
         let addr = buf.as_mut_ptr() as usize + start;
         assert!(
-            addr % align == 0 && len % align == 0 && offset % align as u64 == 0,
+            addr.is_multiple_of(align) && len.is_multiple_of(align) && offset.is_multiple_of(align as u64),
             "unaligned O_DIRECT request on {}: addr {addr:#x} len {len} offset {offset} align {align}",
             self.file.path.display()
         );

@@ -79,8 +79,8 @@ impl BlockCache {
 
     /// A pooled buffer for a read of `span_bytes` at `alignment`, if one fits.
     pub(crate) fn read_buf(&self, span_bytes: usize, alignment: usize) -> Option<AlignedBuf> {
-        let fits =
-            span_bytes <= self.read_buffers.buf_capacity_bytes() && self.read_buffers.alignment() % alignment == 0;
+        let fits = span_bytes <= self.read_buffers.buf_capacity_bytes()
+            && self.read_buffers.alignment().is_multiple_of(alignment);
         fits.then(|| self.read_buffers.get())
     }
 

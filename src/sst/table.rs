@@ -103,7 +103,7 @@ pub(crate) struct TableWriter<'f> {
 impl<'f> TableWriter<'f> {
     /// A writer into `file` (new and empty).
     pub(crate) fn new(file: &'f DirectFile, options: TableOptions) -> TableWriter<'f> {
-        assert!(options.staging_buffer_bytes % file.alignment() == 0, "staging buffers are whole sectors");
+        assert!(options.staging_buffer_bytes.is_multiple_of(file.alignment()), "staging buffers are whole sectors");
         TableWriter {
             file,
             data: BlockBuilder::new(options.block_restart_interval),

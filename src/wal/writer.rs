@@ -62,7 +62,7 @@ impl WalWriter {
     #[cfg(test)]
     /// Continues an existing log at `next_offset` (from recovery's `end_offset`).
     pub(crate) async fn open_for_append(io: &Io, path: &Path, log_number: u64, next_offset: u64) -> Result<WalWriter> {
-        if next_offset < SECTOR_BYTES as u64 || next_offset % SECTOR_BYTES as u64 != 0 {
+        if next_offset < SECTOR_BYTES as u64 || !next_offset.is_multiple_of(SECTOR_BYTES as u64) {
             return Err(crate::Error::InvalidArgument(format!(
                 "WAL append offset {next_offset} is not a record position"
             )));
