@@ -382,7 +382,7 @@ pub fn decode_manifest_edit(data: &[u8]) -> Result<ManifestEdit> {
     Ok(ManifestEdit(edit))
 }
 
-/// Writes MANIFEST `number` into `dir` as the engine does ([`ManifestWriter`], which also
+/// Writes MANIFEST `number` into `dir` as the engine does (`ManifestWriter`, which also
 /// points `CURRENT` at it): the first record is the snapshot of the state `edits[0]` leads to
 /// from an empty one (an empty state without edits), each later edit a record of its own,
 /// written as given. Returns the MANIFEST's path. A first edit that does not apply to an

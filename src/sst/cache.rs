@@ -38,7 +38,7 @@ pub(crate) struct BlockCache {
     misses: AtomicU64,
 }
 
-/// Hit and miss counters of a [`BlockCache`].
+/// Hit and miss counters of the block cache (`Options::block_cache_size_bytes`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BlockCacheStats {
     /// Lookups served from memory.
