@@ -698,10 +698,11 @@ impl MergingIter {
 
     /// Copies every source's current key and plays the whole tournament.
     fn rebuild(&mut self) {
+        let exhausted = self.exhausted_prefix();
         for (i, source) in self.sources.iter().enumerate() {
-            self.keys[i] = source.current().map(|(current, _)| current.to_vec());
-            self.prefixes[i] =
-                source.current().map_or(self.exhausted_prefix(), |(current, _)| user_key_prefix(current));
+            let current = source.current().map(|(key, _)| key);
+            self.keys[i] = current.map(<[u8]>::to_vec);
+            self.prefixes[i] = current.map_or(exhausted, user_key_prefix);
         }
         let k = self.sources.len();
         if k == 0 {

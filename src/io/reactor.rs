@@ -45,7 +45,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::op::{IoStatsInner, Submission};
-use super::uring::{CqeOutcome, InFlight};
+use super::uring::{CqeOutcome, InFlight, slot_and_part};
 
 /// The most ops a reactor holds in flight; further submissions go to the
 /// ring thread. The reactor removes a thread wake-up from the path of each
@@ -211,7 +211,7 @@ impl Reactor {
         let mut flight = InFlight::new(submission);
         // Built before the op enters the slab: an assertion here leaves
         // nothing behind that waits for a CQE.
-        let entries = flight.entries((slot.key() as u64) << 1);
+        let entries = flight.entries(slot.key());
         push(ring, entries, &self.stats);
         slot.insert(flight);
         self.stats.reactor_ops.fetch_add(1, Ordering::Relaxed);
@@ -242,11 +242,11 @@ impl Reactor {
             let mut finished = Vec::new();
             let cqes: Vec<(u64, i32)> = ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
             for (user_data, result) in cqes {
-                let slot = (user_data >> 1) as usize;
+                let (slot, part) = slot_and_part(user_data);
                 let flight = in_flight.get_mut(slot).expect("CQE for an unknown slot");
-                match flight.record((user_data & 1) as usize, result) {
+                match flight.record(part, result) {
                     CqeOutcome::Waiting => {}
-                    CqeOutcome::Retry => push(ring, flight.entries((slot as u64) << 1), &self.stats),
+                    CqeOutcome::Retry => push(ring, flight.entries(slot), &self.stats),
                     CqeOutcome::Finished => finished.push(in_flight.remove(slot)),
                 }
             }

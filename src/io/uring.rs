@@ -23,7 +23,7 @@ use slab::Slab;
 
 use super::op::{IoStatsInner, Op, OpKind, Submission};
 
-/// user_data of the eventfd read; op tokens are `slot << 1 | part`, far below it.
+/// user_data of the eventfd read; op [`token`]s are `slot << 1 | part`, far below it.
 const WAKE_TOKEN: u64 = u64::MAX;
 /// How often an op is resubmitted after EAGAIN/EINTR before the error is returned.
 const MAX_RETRIES: u32 = 64;
@@ -173,10 +173,20 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
 
 /// An op between its submission to the kernel and its last CQE.
 pub(super) struct InFlight {
-    pub(super) submission: Submission,
+    submission: Submission,
     parts_left: u8,
     results: [i32; 2],
     retries: u32,
+}
+
+/// The user_data of part `part` (0, or 1 for a linked sync) of the op in `slot`.
+pub(super) fn token(slot: usize, part: u64) -> u64 {
+    (slot as u64) << 1 | part
+}
+
+/// The slot and part a CQE's user_data names (the inverse of [`token`]).
+pub(super) fn slot_and_part(user_data: u64) -> (usize, usize) {
+    ((user_data >> 1) as usize, (user_data & 1) as usize)
 }
 
 /// What a CQE means for its op.
@@ -194,10 +204,10 @@ impl InFlight {
         InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 }
     }
 
-    /// The SQEs to push for this op (again, on a retry), tagged with
-    /// `token | part`; counts them as outstanding.
-    pub(super) fn entries(&mut self, token: u64) -> [Option<squeue::Entry>; 2] {
-        let entries = op_entries(&mut self.submission.op, token);
+    /// The SQEs to push for this op, in `slot` (again, on a retry), tagged
+    /// with its [`token`]s; counts them as outstanding.
+    pub(super) fn entries(&mut self, slot: usize) -> [Option<squeue::Entry>; 2] {
+        let entries = op_entries(&mut self.submission.op, slot);
         self.parts_left = entries.iter().flatten().count() as u8;
         self.results = [0; 2];
         entries
@@ -228,8 +238,8 @@ impl InFlight {
 }
 
 /// The SQEs of an op: one, or a write and the fdatasync linked to it. Part
-/// `i` carries user_data `token | i`. Asserts the O_DIRECT rules first.
-fn op_entries(op: &mut Op, token: u64) -> [Option<squeue::Entry>; 2] {
+/// `i` carries user_data `token(slot, i)`. Asserts the O_DIRECT rules first.
+fn op_entries(op: &mut Op, slot: usize) -> [Option<squeue::Entry>; 2] {
     op.assert_aligned();
     let fd = types::Fd(op.file.file.as_raw_fd());
     let entries = match &mut op.kind {
@@ -257,7 +267,7 @@ fn op_entries(op: &mut Op, token: u64) -> [Option<squeue::Entry>; 2] {
     let mut part = 0;
     entries.map(|entry| {
         entry.map(|entry| {
-            let tagged = entry.user_data(token | part);
+            let tagged = entry.user_data(token(slot, part));
             part += 1;
             tagged
         })
@@ -419,7 +429,7 @@ impl RingThread {
                 continue;
             }
             self.to_push.pop_front();
-            for entry in self.in_flight[slot].entries((slot as u64) << 1).into_iter().flatten() {
+            for entry in self.in_flight[slot].entries(slot).into_iter().flatten() {
                 // SAFETY: the buffer and file this entry points into are owned by
                 // the slab entry, which is removed only after its last CQE.
                 let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -439,9 +449,9 @@ impl RingThread {
                 self.wake_armed = false;
                 continue;
             }
-            let slot = (user_data >> 1) as usize;
+            let (slot, part) = slot_and_part(user_data);
             let flight = self.in_flight.get_mut(slot).expect("CQE for an unknown slot");
-            match flight.record((user_data & 1) as usize, result) {
+            match flight.record(part, result) {
                 CqeOutcome::Waiting => {}
                 CqeOutcome::Retry => self.to_push.push_back(slot),
                 CqeOutcome::Finished => self.in_flight.remove(slot).finish(&self.stats),

@@ -389,7 +389,7 @@ impl BlockIter {
 
     /// The next entry (full key, value), `None` at the end, or corruption.
     pub(crate) fn next_entry(&mut self, file: &Path, offset: u64) -> Result<Option<(Vec<u8>, Bytes)>> {
-        Ok(self.advance(file, offset)?.map(|value| (self.key.clone(), value)))
+        Ok(self.step(file, offset)?.map(|value| (self.key.clone(), self.block.data.slice(value))))
     }
 
     /// The key of the entry `advance` returned last (empty before the first).
@@ -397,15 +397,10 @@ impl BlockIter {
         &self.key
     }
 
-    /// Moves to the next entry and returns its value; its key is then
+    /// Moves to the next entry and returns where its value lies in the
+    /// block's data (no reference count is touched); its key is then
     /// [`key`](Self::key), decoded into a buffer the iterator reuses (no
     /// allocation per entry, unlike `next_entry`).
-    pub(crate) fn advance(&mut self, file: &Path, offset: u64) -> Result<Option<Bytes>> {
-        Ok(self.step(file, offset)?.map(|value| self.block.data.slice(value)))
-    }
-
-    /// [`advance`](Self::advance), returning where the value lies in the
-    /// block's data: no reference count is touched.
     pub(crate) fn step(&mut self, file: &Path, offset: u64) -> Result<Option<std::ops::Range<usize>>> {
         if self.pos >= self.block.restarts_at {
             return Ok(None);
