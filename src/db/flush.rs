@@ -209,6 +209,7 @@ async fn build_table(
     file.allocate(0, reserve_bytes).await?;
     let started = Instant::now();
     let mut writer = TableWriter::new(&file, options.clone());
+    writer.reserve_keys(job.memtable.len());
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_entry = None;
     let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);

@@ -181,7 +181,23 @@ struct IoInner {
     permits: Arc<Semaphore>,
     faults: Option<FaultInjector>,
     stats: Arc<IoStatsInner>,
+    /// Recycled [`LARGE_BUF_BYTES`] buffers for compaction read-ahead and
+    /// table-writer staging (see [`DirectFile::pooled_buf`]).
+    large_bufs: BufPool,
 }
+
+/// Capacity of the buffers [`DirectFile::pooled_buf`] recycles: the
+/// read-ahead chunk and the table writer's staging buffer.
+pub(crate) const LARGE_BUF_BYTES: usize = 1 << 20;
+
+/// Alignment of recycled large buffers: a page, which covers the direct-I/O
+/// alignment of every file seen so far (a file needing more gets new buffers).
+const LARGE_BUF_ALIGN: usize = 4096;
+
+/// Idle large buffers kept for reuse (16 MiB at most). A compaction releases a
+/// chunk just before or after it takes the next one, so a few suffice; the
+/// rest of a burst is freed.
+const LARGE_BUF_MAX_IDLE: usize = 16;
 
 impl Drop for IoInner {
     fn drop(&mut self) {
@@ -281,6 +297,7 @@ impl Io {
                 permits: Arc::new(Semaphore::new(options.queue_depth as usize)),
                 faults: options.faults,
                 stats,
+                large_bufs: BufPool::new(LARGE_BUF_BYTES, LARGE_BUF_ALIGN, LARGE_BUF_MAX_IDLE),
             }),
         })
     }
@@ -306,6 +323,11 @@ impl Io {
             sqes_submitted: s.sqes_submitted.load(Ordering::Relaxed),
             reactor_ops: s.reactor_ops.load(Ordering::Relaxed),
         }
+    }
+
+    /// The pool behind [`DirectFile::pooled_buf`].
+    pub(crate) fn large_bufs(&self) -> &BufPool {
+        &self.inner.large_bufs
     }
 
     pub(crate) fn faults(&self) -> Option<&FaultInjector> {

@@ -64,7 +64,7 @@ impl ReadAhead {
         let mut read: ChunkRead = Box::pin(async move {
             let file = table.reader.file();
             let len = len.next_multiple_of(file.alignment());
-            file.read_at(file.alloc_buf(len), offset, len).await
+            file.read_at(file.pooled_buf(len), offset, len).await
         });
         // Poll once so the read is submitted before the caller waits for it.
         let waker = std::task::Waker::noop();

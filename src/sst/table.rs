@@ -89,9 +89,6 @@ pub(crate) struct TableWriter<'f> {
     /// File offset of the next staging buffer.
     written_len: u64,
     in_flight: VecDeque<WriteFuture<'f>>,
-    /// The buffer of the last finished write, filled next: a fresh 1 MiB
-    /// buffer per write cost an allocation and 256 page faults.
-    spare: Option<AlignedBuf>,
     entries: u64,
     data_blocks: u64,
     /// Time spent waiting for a write to finish before encoding could go on.
@@ -111,16 +108,21 @@ impl<'f> TableWriter<'f> {
             filter: BloomBuilder::new(options.bloom_bits_per_key),
             options,
             last_user_key: Vec::new(),
-            stream: Vec::new(),
+            stream: SPARE_STREAM.take(),
             table_len: 0,
             written_len: 0,
             in_flight: VecDeque::new(),
-            spare: None,
             entries: 0,
             data_blocks: 0,
             write_wait: std::time::Duration::ZERO,
             pending_index: None,
         }
+    }
+
+    /// Makes room for `keys` distinct user keys up front (a flush knows its
+    /// memtable's entry count): the filter's key hashes then never regrow.
+    pub(crate) fn reserve_keys(&mut self, keys: usize) {
+        self.filter.reserve(keys);
     }
 
     /// Adds an entry (internal key, value).
@@ -232,13 +234,9 @@ impl<'f> TableWriter<'f> {
     async fn stage(&mut self) -> Result<()> {
         let size = self.options.staging_buffer_bytes;
         while self.stream.len() >= size {
-            let mut buf = match self.spare.take() {
-                Some(mut spare) if spare.capacity() >= size => {
-                    spare.clear();
-                    spare
-                }
-                _ => self.file.alloc_buf(size),
-            };
+            // Recycled: a fresh 1 MiB buffer per write cost an allocation and
+            // its page faults.
+            let mut buf = self.file.pooled_buf(size);
             buf.extend_from_slice(&self.stream[..size]);
             self.stream.drain(..size);
             self.submit(buf).await?;
@@ -250,7 +248,7 @@ impl<'f> TableWriter<'f> {
         if self.in_flight.len() >= self.options.max_writes_in_flight.max(1) {
             let oldest = self.in_flight.pop_front().expect("non-empty");
             let waiting_since = std::time::Instant::now();
-            self.spare = Some(oldest.await?);
+            oldest.await?;
             self.write_wait += waiting_since.elapsed();
         }
         let offset = self.written_len;
@@ -258,7 +256,7 @@ impl<'f> TableWriter<'f> {
         let mut write: WriteFuture<'f> = Box::pin(self.file.write_at(buf, offset));
         // Poll once so the write is submitted now and runs while we keep encoding.
         if let Some(done) = poll_once(&mut write) {
-            self.spare = Some(done?);
+            done?;
         } else {
             self.in_flight.push_back(write);
         }
@@ -278,9 +276,8 @@ impl<'f> TableWriter<'f> {
         if let Some((last_key, handle)) = self.pending_index.take() {
             self.add_index_entry(&last_key, handle);
         }
-        let filter = std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish();
         let before = self.stream.len();
-        self.stream.extend_from_slice(&filter);
+        std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish_into(&mut self.stream);
         super::block::append_trailer(&mut self.stream, before);
         let filter_handle = self.block_handle(before);
 
@@ -301,7 +298,7 @@ impl<'f> TableWriter<'f> {
         self.table_len += FOOTER_BYTES as u64;
         self.stage().await?;
         if !self.stream.is_empty() {
-            let mut buf = self.file.alloc_buf(self.stream.len());
+            let mut buf = self.file.pooled_buf(self.stream.len());
             buf.extend_from_slice(&self.stream);
             buf.pad_to_alignment();
             self.stream.clear();
@@ -321,6 +318,25 @@ impl<'f> TableWriter<'f> {
             data_blocks: self.data_blocks,
             io_wait: self.write_wait,
         })
+    }
+}
+
+thread_local! {
+    /// The encode stream of the last table written on this thread, reused by
+    /// the next (it grows to a staging buffer plus the filter and index
+    /// blocks, memory that is slow to touch fresh; see `DirectFile::pooled_buf`).
+    static SPARE_STREAM: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Drop for TableWriter<'_> {
+    fn drop(&mut self) {
+        let mut stream = std::mem::take(&mut self.stream);
+        stream.clear();
+        // `try_with`: the thread may be exiting.
+        let _ = SPARE_STREAM.try_with(|spare| {
+            let kept = spare.take();
+            spare.set(if kept.capacity() >= stream.capacity() { kept } else { stream });
+        });
     }
 }
 
