@@ -10,6 +10,7 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -213,14 +214,23 @@ struct PoolShared {
     capacity_bytes: usize,
     align: usize,
     max_idle: usize,
-    idle: Mutex<Vec<RawBuf>>,
+    /// Idle buffers unused for longer are freed at the next `put`.
+    idle_ttl: Option<Duration>,
+    /// Oldest first; `get` takes the newest (its memory is the most likely
+    /// to be cached), so the oldest age out.
+    idle: Mutex<Vec<(RawBuf, Instant)>>,
 }
 
 impl PoolShared {
     fn put(&self, raw: RawBuf) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ttl) = self.idle_ttl {
+            let expired = idle.iter().take_while(|(_, since)| now.duration_since(*since) > ttl).count();
+            idle.drain(..expired);
+        }
         if idle.len() < self.max_idle {
-            idle.push(raw);
+            idle.push((raw, now));
         }
         // else: raw drops here and its memory is freed.
     }
@@ -241,12 +251,24 @@ impl BufPool {
     /// # Panics
     /// If `align` is not a power of two of at least 512 bytes.
     pub fn new(capacity_bytes: usize, align: usize, max_idle: usize) -> BufPool {
+        BufPool::build(capacity_bytes, align, max_idle, None)
+    }
+
+    /// Like [`new`](Self::new), but an idle buffer unused for longer than
+    /// `idle_ttl` is freed when another buffer comes back: a burst may keep
+    /// many buffers for reuse without holding them once it is over.
+    pub fn with_idle_ttl(capacity_bytes: usize, align: usize, max_idle: usize, idle_ttl: Duration) -> BufPool {
+        BufPool::build(capacity_bytes, align, max_idle, Some(idle_ttl))
+    }
+
+    fn build(capacity_bytes: usize, align: usize, max_idle: usize, idle_ttl: Option<Duration>) -> BufPool {
         assert!(align.is_power_of_two() && align >= MIN_ALIGNMENT, "bad alignment {align}");
         BufPool {
             shared: Arc::new(PoolShared {
                 capacity_bytes: round_up(capacity_bytes.max(align), align),
                 align,
                 max_idle,
+                idle_ttl,
                 idle: Mutex::new(Vec::new()),
             }),
         }
@@ -254,7 +276,7 @@ impl BufPool {
 
     /// Takes an idle buffer (contents unspecified, `len` 0) or allocates a zeroed one.
     pub fn get(&self) -> AlignedBuf {
-        let reused = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).pop().map(|(raw, _)| raw);
         let raw = reused.unwrap_or_else(|| RawBuf::new(self.shared.capacity_bytes, self.shared.align));
         AlignedBuf { raw: Some(raw), len: 0, home: Some(Arc::clone(&self.shared)) }
     }
@@ -322,6 +344,28 @@ mod tests {
         assert_eq!(buf.extend_from_slice(&[7u8; 1000]), 512);
         assert_eq!(buf.len(), 1024);
         assert_eq!(buf.remaining(), 0);
+    }
+
+    #[test]
+    fn idle_buffers_past_their_ttl_are_freed_when_another_comes_back() {
+        // A ttl nothing reaches: every returned buffer is kept, up to max_idle.
+        let keeping = BufPool::with_idle_ttl(4096, 512, 3, Duration::from_secs(3600));
+        let bufs: Vec<_> = (0..4).map(|_| keeping.get()).collect();
+        drop(bufs);
+        assert_eq!(keeping.idle_count(), 3);
+
+        let aging = BufPool::with_idle_ttl(4096, 512, 8, Duration::from_millis(1));
+        let (a, b, c) = (aging.get(), aging.get(), aging.get());
+        drop((a, b));
+        assert_eq!(aging.idle_count(), 2, "expiry is checked when a buffer comes back, not before");
+        std::thread::sleep(Duration::from_millis(20));
+        drop(c);
+        assert_eq!(aging.idle_count(), 1, "the two old buffers were freed, the new one kept");
+        // The newest comes out first.
+        let mut again = aging.get();
+        assert_eq!(aging.idle_count(), 0);
+        assert_eq!(again.capacity(), 4096);
+        assert!(again.as_full_mut_slice().len() == 4096);
     }
 
     #[test]
