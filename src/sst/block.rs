@@ -23,9 +23,18 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// Builds one block. Keys must be added in increasing order (the caller's order:
 /// internal keys in data blocks, separators in the index, names in the metaindex).
+///
+/// The block is encoded at the end of the builder's buffer, after whatever the
+/// buffer already holds: a table writer keeps its output stream there, so each
+/// data block is finished in place (no copy into the stream; that copy was 7%
+/// of a flush).
 #[derive(Debug)]
 pub(crate) struct BlockBuilder {
+    /// Earlier output (see [`output`](Self::output)), then the block being built.
     buf: Vec<u8>,
+    /// Where the block being built starts in `buf` (set by its first entry).
+    block_start: usize,
+    /// Restart offsets, relative to `block_start`.
     restarts: Vec<u32>,
     restart_interval: usize,
     since_restart: usize,
@@ -36,9 +45,16 @@ pub(crate) struct BlockBuilder {
 impl BlockBuilder {
     /// A builder with a restart point every `restart_interval` entries (>= 1).
     pub(crate) fn new(restart_interval: usize) -> BlockBuilder {
+        BlockBuilder::with_buffer(restart_interval, Vec::new())
+    }
+
+    /// A builder whose output buffer is `buf` (cleared; its allocation is reused).
+    pub(crate) fn with_buffer(restart_interval: usize, mut buf: Vec<u8>) -> BlockBuilder {
         assert!(restart_interval >= 1, "restart interval must be positive");
+        buf.clear();
         BlockBuilder {
-            buf: Vec::new(),
+            buf,
+            block_start: 0,
             restarts: vec![0],
             restart_interval,
             since_restart: 0,
@@ -49,8 +65,12 @@ impl BlockBuilder {
 
     /// Appends an entry; `key` must sort after the previous key.
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
+        if self.entries == 0 {
+            self.block_start = self.buf.len();
+        }
         let shared = if self.since_restart == self.restart_interval {
-            self.restarts.push(u32::try_from(self.buf.len()).expect("blocks stay far below 4 GiB"));
+            let offset = self.buf.len() - self.block_start;
+            self.restarts.push(u32::try_from(offset).expect("blocks stay far below 4 GiB"));
             self.since_restart = 0;
             0
         } else if self.entries == 0 {
@@ -77,7 +97,8 @@ impl BlockBuilder {
 
     /// Size of the block if finished now, trailer excluded.
     pub(crate) fn estimated_size_bytes(&self) -> usize {
-        self.buf.len() + 4 * self.restarts.len() + 4
+        let entries_bytes = if self.entries == 0 { 0 } else { self.buf.len() - self.block_start };
+        entries_bytes + 4 * self.restarts.len() + 4
     }
 
     /// The size (trailer excluded) the block would have after `add(key, value)`.
@@ -104,26 +125,50 @@ impl BlockBuilder {
         &self.last_key
     }
 
-    /// Appends the finished block (contents and trailer) to `out`, and resets the builder.
-    pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&self.buf);
-        for restart in &self.restarts {
-            put_u32(out, *restart);
+    /// Finishes the block (restarts, their count, trailer) where it was built,
+    /// at the end of the buffer, and returns its length with the trailer.
+    pub(crate) fn finish_in_place(&mut self) -> usize {
+        if self.entries == 0 {
+            self.block_start = self.buf.len();
         }
-        put_u32(out, self.restarts.len() as u32);
-        append_trailer(out, start);
-        self.buf.clear();
+        for restart in &self.restarts {
+            put_u32(&mut self.buf, *restart);
+        }
+        put_u32(&mut self.buf, self.restarts.len() as u32);
+        append_trailer(&mut self.buf, self.block_start);
+        let len = self.buf.len() - self.block_start;
         self.restarts.clear();
         self.restarts.push(0);
         self.since_restart = 0;
         self.last_key.clear();
         self.entries = 0;
+        len
+    }
+
+    /// Appends the finished block (contents and trailer) to `out`, and resets the builder.
+    pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
+        let len = self.finish_in_place();
+        let start = self.buf.len() - len;
+        out.extend_from_slice(&self.buf[start..]);
+        self.buf.truncate(start);
+    }
+
+    /// The output before the next block: finished blocks and whatever the
+    /// caller put there, for it to append to or drain from the front.
+    ///
+    /// # Panics
+    /// If a block is being built (its bytes are at the end of this buffer).
+    pub(crate) fn output(&mut self) -> &mut Vec<u8> {
+        assert!(self.entries == 0, "the output is not touched while a block is being built");
+        &mut self.buf
+    }
+
+    /// The buffer (output and any unfinished block), for reuse by a later builder.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 }
 
-/// Length of the common prefix of `a` and `b`, eight bytes at a time: this runs once per
-/// entry of every flush and compaction output.
 fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
     let limit = a.len().min(b.len());
     let mut n = 0;
@@ -179,6 +224,22 @@ impl BlockHandle {
     pub(crate) fn encode_to(&self, out: &mut Vec<u8>) {
         put_varint(out, self.offset);
         put_varint(out, self.size);
+    }
+
+    /// Encodes the handle into `out` (two varints fit in 20 bytes) and
+    /// returns its length: no allocation per index entry.
+    pub(crate) fn encode_into(&self, out: &mut [u8; 20]) -> usize {
+        let mut len = 0;
+        for mut value in [self.offset, self.size] {
+            while value >= 0x80 {
+                out[len] = value as u8 | 0x80;
+                value >>= 7;
+                len += 1;
+            }
+            out[len] = value as u8;
+            len += 1;
+        }
+        len
     }
 
     pub(crate) fn decode_from(reader: &mut Reader<'_>) -> Option<BlockHandle> {
@@ -478,6 +539,59 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn handle_encode_into_matches_encode_to(offset in any::<u64>(), size in any::<u64>(), shift in 0u32..64) {
+            for handle in [BlockHandle { offset, size }, BlockHandle { offset: offset >> shift, size: size >> shift }] {
+                let mut expected = Vec::new();
+                handle.encode_to(&mut expected);
+                let mut out = [0u8; 20];
+                let len = handle.encode_into(&mut out);
+                prop_assert_eq!(&out[..len], &expected[..]);
+            }
+        }
+
+        /// Blocks built in place after earlier output, with output appended
+        /// and drained between them, encode exactly like blocks built alone.
+        #[test]
+        fn blocks_finished_in_place_match_blocks_built_alone(
+            blocks in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    proptest::collection::vec(any::<u8>(), 1..12),
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                    0..40,
+                ),
+                1..4,
+            ),
+            restart in 1usize..5,
+            filler in proptest::collection::vec(any::<u8>(), 0..30),
+            drain in 0usize..50,
+        ) {
+            let mut in_place = BlockBuilder::with_buffer(restart, vec![7; 3]);
+            in_place.output().extend_from_slice(&filler);
+            let mut expected_stream = filler.clone();
+            for entries in &blocks {
+                let mut alone = BlockBuilder::new(restart);
+                for (key, value) in entries {
+                    alone.add(key, value);
+                    in_place.add(key, value);
+                }
+                prop_assert_eq!(in_place.estimated_size_bytes(), alone.estimated_size_bytes());
+                let mut alone_block = Vec::new();
+                alone.finish_into(&mut alone_block);
+                expected_stream.extend_from_slice(&alone_block);
+                let len = in_place.finish_in_place();
+                prop_assert_eq!(len, alone_block.len());
+                let stream = in_place.output();
+                prop_assert_eq!(&stream[..], &expected_stream[..]);
+                // The caller drains staged bytes and pads between blocks.
+                let cut = drain.min(stream.len());
+                stream.drain(..cut);
+                expected_stream.drain(..cut);
+                stream.push(0);
+                expected_stream.push(0);
+            }
+        }
+
         #[test]
         fn shared_prefix_len_matches_bytewise(
             a in proptest::collection::vec(0u8..3, 0..40),

@@ -1,6 +1,7 @@
 //! Writing and reading whole tables (`docs/format/sst.md`).
 //!
-//! The writer encodes blocks into a byte stream and hands every full staging
+//! The writer encodes blocks into a byte stream (data blocks are built in
+//! place at its end) and hands every full staging
 //! buffer (aligned, `staging_buffer_bytes`) to the I/O layer as an O_DIRECT
 //! write while it goes on encoding; at most `max_writes_in_flight` buffers
 //! are in flight, then it waits for the oldest. The last buffer is padded to
@@ -82,8 +83,6 @@ pub(crate) struct TableWriter<'f> {
     index: BlockBuilder,
     filter: BloomBuilder,
     last_user_key: Vec<u8>,
-    /// Encoded bytes not yet in a staging buffer.
-    stream: Vec<u8>,
     /// Table bytes produced so far (the offset of the next block).
     table_len: u64,
     /// File offset of the next staging buffer.
@@ -94,7 +93,11 @@ pub(crate) struct TableWriter<'f> {
     /// Time spent waiting for a write to finish before encoding could go on.
     write_wait: std::time::Duration,
     /// The last key and handle of a finished data block not yet indexed.
-    pending_index: Option<(Vec<u8>, BlockHandle)>,
+    pending_index: Option<BlockHandle>,
+    /// The last key of the block `pending_index` points at (reused per block).
+    pending_last_key: Vec<u8>,
+    /// The separator being built (reused per block).
+    separator: Vec<u8>,
 }
 
 impl<'f> TableWriter<'f> {
@@ -103,12 +106,13 @@ impl<'f> TableWriter<'f> {
         assert!(options.staging_buffer_bytes.is_multiple_of(file.alignment()), "staging buffers are whole sectors");
         TableWriter {
             file,
-            data: BlockBuilder::new(options.block_restart_interval),
+            // The data block builder's buffer is the writer's stream: encoded
+            // bytes not yet in a staging buffer, the open block at its end.
+            data: BlockBuilder::with_buffer(options.block_restart_interval, SPARE_STREAM.take()),
             index: BlockBuilder::new(1),
             filter: BloomBuilder::new(options.bloom_bits_per_key),
             options,
             last_user_key: Vec::new(),
-            stream: SPARE_STREAM.take(),
             table_len: 0,
             written_len: 0,
             in_flight: VecDeque::new(),
@@ -116,6 +120,8 @@ impl<'f> TableWriter<'f> {
             data_blocks: 0,
             write_wait: std::time::Duration::ZERO,
             pending_index: None,
+            pending_last_key: Vec::new(),
+            separator: Vec::new(),
         }
     }
 
@@ -145,10 +151,10 @@ impl<'f> TableWriter<'f> {
         if self.data.is_empty() {
             self.pad_to_boundary();
         }
-        if let Some((last_key, handle)) = self.pending_index.take() {
+        if let Some(handle) = self.pending_index.take() {
             // The previous block is indexed by a key between its last key and this one.
-            let separator = shortest_separator(&last_key, internal_key);
-            self.add_index_entry(&separator, handle);
+            shortest_separator_into(&self.pending_last_key, internal_key, &mut self.separator);
+            add_index_entry(&mut self.index, &self.separator, handle);
         }
         self.data.add(internal_key, value);
         self.entries += 1;
@@ -195,7 +201,8 @@ impl<'f> TableWriter<'f> {
         }
         let gap = self.table_len.next_multiple_of(align) - self.table_len;
         if gap > 0 && gap <= align / 8 {
-            self.stream.resize(self.stream.len() + gap as usize, 0);
+            let stream = self.data.output();
+            stream.resize(stream.len() + gap as usize, 0);
             self.table_len += gap;
         }
     }
@@ -206,24 +213,17 @@ impl<'f> TableWriter<'f> {
         if self.data.is_empty() {
             return;
         }
-        let last_key = self.data.last_key().to_vec();
-        let before = self.stream.len();
-        self.data.finish_into(&mut self.stream);
-        let handle = self.block_handle(before);
-        self.pending_index = Some((last_key, handle));
+        self.pending_last_key.clear();
+        self.pending_last_key.extend_from_slice(self.data.last_key());
+        let block_len = self.data.finish_in_place();
+        self.pending_index = Some(self.block_handle(block_len));
         self.data_blocks += 1;
     }
 
-    fn add_index_entry(&mut self, separator: &[u8], handle: BlockHandle) {
-        let mut encoded = Vec::with_capacity(20);
-        handle.encode_to(&mut encoded);
-        self.index.add(separator, &encoded);
-    }
-
-    /// The handle of the block appended to the stream since `before`, which
-    /// also advances the table length past it.
-    fn block_handle(&mut self, before: usize) -> BlockHandle {
-        let block_len = (self.stream.len() - before) as u64;
+    /// The handle of the block of `block_len` bytes (trailer included) just
+    /// appended to the stream, which also advances the table length past it.
+    fn block_handle(&mut self, block_len: usize) -> BlockHandle {
+        let block_len = block_len as u64;
         let handle = BlockHandle { offset: self.table_len, size: block_len - TRAILER_BYTES as u64 };
         self.table_len += block_len;
         handle
@@ -233,12 +233,13 @@ impl<'f> TableWriter<'f> {
     /// when `max_writes_in_flight` are out.
     async fn stage(&mut self) -> Result<()> {
         let size = self.options.staging_buffer_bytes;
-        while self.stream.len() >= size {
+        while self.data.output().len() >= size {
             // Recycled: a fresh 1 MiB buffer per write cost an allocation and
             // its page faults.
             let mut buf = self.file.pooled_buf(size);
-            buf.extend_from_slice(&self.stream[..size]);
-            self.stream.drain(..size);
+            let stream = self.data.output();
+            buf.extend_from_slice(&stream[..size]);
+            stream.drain(..size);
             self.submit(buf).await?;
         }
         Ok(())
@@ -273,35 +274,42 @@ impl<'f> TableWriter<'f> {
     /// restores the exact length and fdatasyncs the file.
     pub(crate) async fn finish(mut self) -> Result<TableInfo> {
         self.finish_data_block();
-        if let Some((last_key, handle)) = self.pending_index.take() {
-            self.add_index_entry(&last_key, handle);
+        if let Some(handle) = self.pending_index.take() {
+            add_index_entry(&mut self.index, &self.pending_last_key, handle);
         }
-        let before = self.stream.len();
-        std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish_into(&mut self.stream);
-        super::block::append_trailer(&mut self.stream, before);
-        let filter_handle = self.block_handle(before);
+        let stream = self.data.output();
+        let before = stream.len();
+        std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish_into(stream);
+        super::block::append_trailer(stream, before);
+        let filter_len = stream.len() - before;
+        let filter_handle = self.block_handle(filter_len);
 
         let mut metaindex = BlockBuilder::new(1);
         let mut encoded = Vec::new();
         filter_handle.encode_to(&mut encoded);
         metaindex.add(FILTER_NAME, &encoded);
-        let before = self.stream.len();
-        metaindex.finish_into(&mut self.stream);
-        let metaindex_handle = self.block_handle(before);
+        let stream = self.data.output();
+        let before = stream.len();
+        metaindex.finish_into(stream);
+        let metaindex_len = stream.len() - before;
+        let metaindex_handle = self.block_handle(metaindex_len);
 
-        let before = self.stream.len();
-        self.index.finish_into(&mut self.stream);
-        let index_handle = self.block_handle(before);
+        let stream = self.data.output();
+        let before = stream.len();
+        self.index.finish_into(stream);
+        let index_len = stream.len() - before;
+        let index_handle = self.block_handle(index_len);
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
-        self.stream.extend_from_slice(&footer);
+        self.data.output().extend_from_slice(&footer);
         self.table_len += FOOTER_BYTES as u64;
         self.stage().await?;
-        if !self.stream.is_empty() {
-            let mut buf = self.file.pooled_buf(self.stream.len());
-            buf.extend_from_slice(&self.stream);
+        let stream = self.data.output();
+        if !stream.is_empty() {
+            let mut buf = self.file.pooled_buf(stream.len());
+            buf.extend_from_slice(stream);
             buf.pad_to_alignment();
-            self.stream.clear();
+            stream.clear();
             self.submit(buf).await?;
         }
         let waiting_since = std::time::Instant::now();
@@ -330,7 +338,7 @@ thread_local! {
 
 impl Drop for TableWriter<'_> {
     fn drop(&mut self) {
-        let mut stream = std::mem::take(&mut self.stream);
+        let mut stream = std::mem::replace(&mut self.data, BlockBuilder::new(1)).into_buffer();
         stream.clear();
         // `try_with`: the thread may be exiting.
         let _ = SPARE_STREAM.try_with(|spare| {
@@ -343,7 +351,17 @@ impl Drop for TableWriter<'_> {
 /// An internal key `s` with `last <= s < next` (both internal keys, `last < next`),
 /// as short as the user keys allow (LevelDB's `FindShortestSeparator`): the
 /// index holds one per data block, and short separators keep it small.
+#[cfg(test)]
 fn shortest_separator(last: &[u8], next: &[u8]) -> Vec<u8> {
+    let mut separator = Vec::new();
+    shortest_separator_into(last, next, &mut separator);
+    separator
+}
+
+/// [`shortest_separator`] into `out` (replacing its contents; no allocation
+/// once `out` has grown to a key's length).
+fn shortest_separator_into(last: &[u8], next: &[u8], out: &mut Vec<u8>) {
+    out.clear();
     let (Some(a), Some(b)) = (ParsedInternalKey::parse(last), ParsedInternalKey::parse(next)) else {
         unreachable!("table keys are valid internal keys");
     };
@@ -352,17 +370,24 @@ fn shortest_separator(last: &[u8], next: &[u8]) -> Vec<u8> {
     if common < a.len().min(b.len()) {
         let byte = a[common];
         if byte < 0xff && byte + 1 < b[common] {
-            let mut user_key = a[..=common].to_vec();
-            user_key[common] += 1;
-            // The first internal key of `user_key`: after every entry of `a`
-            // (a smaller user key), before every entry of `b` (a larger one).
-            let separator = crate::key::encode_internal_key(&user_key, SeqNo::MAX, ValueKind::MAX);
-            debug_assert!(compare_internal_keys(last, &separator).is_lt());
-            debug_assert!(compare_internal_keys(&separator, next).is_lt());
-            return separator;
+            // The first internal key of `a[..=common]` with its last byte
+            // raised: after every entry of `a` (a smaller user key), before
+            // every entry of `b` (a larger one).
+            crate::key::encode_internal_key_to(out, &a[..=common], SeqNo::MAX, ValueKind::MAX);
+            out[common] += 1;
+            debug_assert!(compare_internal_keys(last, out).is_lt());
+            debug_assert!(compare_internal_keys(out, next).is_lt());
+            return;
         }
     }
-    last.to_vec()
+    out.extend_from_slice(last);
+}
+
+/// Adds the index entry `separator -> handle`, the handle encoded on the stack.
+fn add_index_entry(index: &mut BlockBuilder, separator: &[u8], handle: BlockHandle) {
+    let mut encoded = [0u8; 20];
+    let len = handle.encode_into(&mut encoded);
+    index.add(separator, &encoded[..len]);
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
