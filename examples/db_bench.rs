@@ -221,6 +221,7 @@ async fn run_flush(dir: &Path, args: &Args) -> Outcome {
     let first = db.stats().flush;
     db.flush().await.expect("flush");
     let first_encode_us = db.stats().flush.encode_time_us - first.encode_time_us;
+    let first_build_us = db.stats().flush.build_time_us - first.build_time_us;
     load(&db, args.load_num, args).await;
     let before = db.stats().flush;
     let start = Instant::now();
@@ -243,6 +244,7 @@ async fn run_flush(dir: &Path, args: &Args) -> Outcome {
             ("build_ms".into(), (build.as_secs_f64() * 1e3).into()),
             ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
             ("first_encode_ms".into(), (first_encode_us as f64 / 1e3).into()),
+            ("first_build_ms".into(), (first_build_us as f64 / 1e3).into()),
         ],
         bytes_per_sec: Some(bytes as f64 / build.as_secs_f64()),
     }
