@@ -167,8 +167,9 @@ async fn full_memtables_are_flushed_to_tables_and_their_logs_deleted() {
     assert!(stats.flush.flushes >= 4, "{stats:?}");
     assert_eq!(stats.tables() as u64, stats.flush.flushes);
     assert_eq!(files_with_extension(dir.path(), "sst"), stats.tables());
-    // Left: the active memtable's log and the spare prepared for the next one.
-    assert!(files_with_extension(dir.path(), "wal") <= 2, "flushed logs are deleted");
+    // Left: the active memtable's log, the spare prepared for the next one,
+    // and at most one flushed log kept to become a later spare.
+    assert!(files_with_extension(dir.path(), "wal") <= 3, "flushed logs are deleted or reused");
     for i in (0..2000u32).step_by(7) {
         assert_eq!(db.get(i.to_be_bytes()).await.unwrap().as_deref(), Some(&[7u8; 100][..]), "key {i}");
     }
@@ -181,6 +182,99 @@ async fn full_memtables_are_flushed_to_tables_and_their_logs_deleted() {
     }
     db.flush().await.unwrap();
     assert_eq!(db.get(5u32.to_be_bytes()).await.unwrap(), None, "the tombstone shadows the table's value");
+}
+
+/// `.wal` files by inode: (log number, path).
+fn wal_files_by_inode(dir: &std::path::Path) -> std::collections::HashMap<u64, (u64, std::path::PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|x| x == "wal"))
+        .map(|path| {
+            let number = path.file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+            (std::fs::metadata(&path).unwrap().ino(), (number, path))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_log_becomes_a_later_log_and_its_stale_records_are_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), options.clone()).await.unwrap();
+    // The active log is the lowest-numbered one (the spare comes after it).
+    let (first_inode, (first_number, first_path)) =
+        wal_files_by_inode(dir.path()).into_iter().min_by_key(|(_, (number, _))| *number).unwrap();
+    let key = |round: u32, i: u32| format!("key-{i:04}-{}", if round == 1 { "only-round-1" } else { "" });
+    for i in 0..200u32 {
+        db.put(key(1, i), format!("v1-{i}")).await.unwrap();
+        db.put(key(2, i), format!("v1-{i}")).await.unwrap();
+    }
+    // The first log's memtable is flushed: the log is kept for reuse.
+    db.flush().await.unwrap();
+    for i in 0..200u32 {
+        db.put(key(2, i), format!("v2-{i}")).await.unwrap();
+    }
+    // The first write of round 2 moved to the spare and started the next spare
+    // from the first log; this flush hands round 2's log over for reuse too.
+    db.flush().await.unwrap();
+    db.delete(key(2, 0)).await.unwrap();
+    db.put("round-3", "x").await.unwrap();
+
+    let now = wal_files_by_inode(dir.path());
+    assert!(!first_path.exists(), "the first log was renamed, not left behind");
+    let (number, path) = now.get(&first_inode).expect("the first log's file lives on as another log");
+    assert!(*number > first_number, "reused under a new log number ({number} after {first_number})");
+    // Reused, not recreated (a new file could get a freed inode number): the
+    // first log's records are still in it, behind the new header.
+    let bytes = std::fs::read(path).unwrap();
+    assert!(bytes.windows(12).any(|w| w == b"only-round-1"), "round 1's records are still in the file");
+    drop(db); // without close: round 3 is in a log only
+
+    // Recovery reads round 3's records from the reused file and none of the
+    // first log's records behind them (they carry the first log's number).
+    let db = Db::open(dir.path(), options).await.unwrap();
+    assert_eq!(db.get("round-3").await.unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(db.get(key(2, 0)).await.unwrap(), None, "round 3's delete was replayed");
+    for i in 1..200u32 {
+        assert_eq!(db.get(key(2, i)).await.unwrap().unwrap(), format!("v2-{i}").as_bytes(), "key {i}");
+        assert_eq!(db.get(key(1, i)).await.unwrap().unwrap(), format!("v1-{i}").as_bytes(), "key {i}");
+    }
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_reused_is_replaced_by_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    // Opening temporary log files: the new log at open, its spare, then the
+    // first reuse of a flushed log, which fails; the new log made instead opens fine.
+    faults.add(FaultRule::new(FaultAction::Error(5)).op(IoOp::Open).path_contains(".wal.tmp").skip(2).times(1));
+    let options = Options {
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), options.clone()).await.unwrap();
+    for round in 0..3u32 {
+        for i in 0..100u32 {
+            db.put(format!("key-{i}"), format!("round-{round}")).await.unwrap();
+        }
+        db.flush().await.unwrap();
+    }
+    db.put("last", "x").await.unwrap();
+    assert_eq!(faults.fired(), 1, "the reuse failed once");
+    drop(db);
+    let db = Db::open(dir.path(), Options { io: IoOptions::default(), ..options }).await.unwrap();
+    assert_eq!(db.get("last").await.unwrap().as_deref(), Some(&b"x"[..]));
+    for i in 0..100u32 {
+        assert_eq!(db.get(format!("key-{i}")).await.unwrap().unwrap(), &b"round-2"[..], "key {i}");
+    }
+    db.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

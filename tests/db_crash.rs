@@ -204,7 +204,8 @@ async fn check_no_orphans(dir: &std::path::Path, db: &Db, round: usize) {
         db.stats().tables(),
         "round {round}: every table file is live: {names:?}"
     );
-    assert!(count(&|n| n.ends_with(".wal")) <= 2, "round {round}: flushed logs are gone: {names:?}");
+    // The active log, the spare, and at most one flushed log kept for reuse.
+    assert!(count(&|n| n.ends_with(".wal")) <= 3, "round {round}: flushed logs are gone: {names:?}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::log::{LogShared, log_path};
+use super::log::{LogShared, MAX_RECYCLABLE_LOGS, log_path};
 use super::versions::VersionSet;
 use crate::Result;
 use crate::io::{DirectFile, Io};
@@ -90,10 +90,10 @@ pub(crate) fn flush_thread(mut flusher: Flusher) {
         }
         let result = futures_executor::block_on(flusher.flush(&job));
         match result {
-            Ok(()) => {
+            Ok(obsolete_logs) => {
                 flusher.shared.room.notify(usize::MAX);
                 flusher.shared.compact_work.notify_all();
-                for &log in &job.log_numbers {
+                for log in obsolete_logs {
                     let path = log_path(&flusher.shared.dir, log);
                     if let Err(e) = futures_executor::block_on(flusher.io.remove_file(&path)) {
                         // Harmless: the next open deletes logs below the MANIFEST's log number.
@@ -155,7 +155,9 @@ fn wait_until_logged(shared: &LogShared) -> bool {
 }
 
 impl Flusher {
-    async fn flush(&mut self, job: &Job) -> Result<()> {
+    /// Writes the job's table and records it; returns the memtable's logs to
+    /// delete (one of them may have been kept instead, to become a later log).
+    async fn flush(&mut self, job: &Job) -> Result<Vec<u64>> {
         let dir = self.shared.dir.clone();
         let path = table_path(&dir, job.table_number);
         let started = Instant::now();
@@ -172,11 +174,22 @@ impl Flusher {
         let table =
             Arc::new(TableFile { meta: meta.clone(), reader: LiveTable::new(reader, self.versions.graveyard.clone()) });
         // The table and the memtable swap places in one step for readers.
+        // The memtable's logs are obsolete from here on: one may be kept to
+        // become a later log (in the same step, so the next spare, which may be
+        // started as soon as `Db::flush` returns, finds it), the rest are deleted.
+        let mut obsolete_logs = Vec::new();
         self.versions
             .log_and_apply(&self.shared, edit, vec![table], |state| {
                 let flushed = state.immutables.remove(0);
                 assert!(Arc::ptr_eq(&flushed.memtable, &job.memtable), "memtables are flushed in order");
                 state.flushed_memtables += 1;
+                for &log in &job.log_numbers {
+                    if !state.closing && state.recyclable_logs.len() < MAX_RECYCLABLE_LOGS {
+                        state.recyclable_logs.push(log);
+                    } else {
+                        obsolete_logs.push(log);
+                    }
+                }
             })
             .await?;
         let counters = &self.counters;
@@ -185,7 +198,7 @@ impl Flusher {
         counters.entries_written.fetch_add(job.memtable.len() as u64, Ordering::Relaxed);
         counters.build_time_us.fetch_add(build_time.as_micros() as u64, Ordering::Relaxed);
         counters.encode_time_us.fetch_add(encode_time.as_micros() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(obsolete_logs)
     }
 }
 

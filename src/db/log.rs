@@ -69,6 +69,9 @@ pub(crate) struct LogState {
     pub(crate) spare_payloads: Vec<Vec<u8>>,
     /// The number of the log being prepared for the next memtable switch.
     pub(crate) spare_log: Option<u64>,
+    /// Logs of flushed memtables kept to become the next spare (see
+    /// `WalWriter::recycle`), at most [`MAX_RECYCLABLE_LOGS`]; the rest are deleted.
+    pub(crate) recyclable_logs: Vec<u64>,
     /// `Db::compact_range` requests for the compaction thread.
     pub(crate) manual_compactions: std::collections::VecDeque<super::compact::ManualCompaction>,
     /// The live tables; replaced (never modified) by flushes.
@@ -177,6 +180,11 @@ impl LogShared {
     }
 }
 
+/// Flushed logs kept for reuse as the next log. One covers the steady state:
+/// a memtable switch takes the spare and starts the next one, by which time
+/// the memtable before the previous one has usually been flushed.
+pub(crate) const MAX_RECYCLABLE_LOGS: usize = 1;
+
 pub(crate) fn log_path(dir: &std::path::Path, log_number: u64) -> PathBuf {
     dir.join(format!("{log_number:06}.wal"))
 }
@@ -231,7 +239,7 @@ struct SpareLog {
 
 impl SpareLog {
     fn start(shared: &LogShared, io: &Io) -> Option<SpareLog> {
-        let log_number = {
+        let (log_number, recycled) = {
             let mut state = shared.lock();
             if state.closing || state.poisoned.is_some() || state.spare_log.is_some() {
                 return None;
@@ -239,12 +247,25 @@ impl SpareLog {
             let number = state.next_file_number;
             state.next_file_number += 1;
             state.spare_log = Some(number);
-            number
+            (number, state.recyclable_logs.pop())
         };
+        let recycled = recycled.map(|old| log_path(&shared.dir, old));
         let (io, path, bytes) = (io.clone(), log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
         let creating = std::thread::Builder::new()
             .name("ringdb-wal-spare".into())
-            .spawn(move || futures_executor::block_on(WalWriter::create(&io, &path, log_number, bytes)))
+            .spawn(move || {
+                futures_executor::block_on(async {
+                    if let Some(old) = recycled {
+                        match WalWriter::recycle(&io, &old, &path, log_number).await {
+                            Ok(wal) => return Ok(wal),
+                            // Not fatal: a new log is as good. What is left of the
+                            // old one is deleted by the next open.
+                            Err(e) => tracing::warn!(error = %e, "could not reuse a flushed log; creating one"),
+                        }
+                    }
+                    WalWriter::create(&io, &path, log_number, bytes).await
+                })
+            })
             .ok()?;
         Some(SpareLog { log_number, creating })
     }
@@ -299,6 +320,12 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                     if spare.finish().is_ok() && unclaimed == Some(number) {
                         let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
                     }
+                }
+                // Flushed logs kept for reuse: nothing will reuse them now. (The
+                // flush thread keeps none once `closing` is set.)
+                let recyclable = std::mem::take(&mut shared.lock().recyclable_logs);
+                for number in recyclable {
+                    let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
                 }
                 break;
             }

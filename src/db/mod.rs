@@ -225,6 +225,7 @@ impl Db {
             next_file_number: log_number + 1,
             spare_payloads: Vec::new(),
             spare_log: None,
+            recyclable_logs: Vec::new(),
             manual_compactions: Default::default(),
             version: Arc::new(Version::new(recovered.tables)),
         };

@@ -59,6 +59,33 @@ impl WalWriter {
         Ok(WalWriter { file, log_number, next_offset: first, synced_through: first, buf: None })
     }
 
+    /// Makes the log `old` (obsolete: its memtable is flushed and recorded)
+    /// the new log `path`: renamed to the temporary name, its header sector
+    /// rewritten for `log_number` and synced, then renamed into place. Its
+    /// blocks are already written, so appends cost no extent conversion,
+    /// without the zeroes [`create`](Self::create) writes (64 MiB per memtable
+    /// switch by default, which competed with the flush's own writes). The
+    /// stale records left behind carry the old log number, so recovery never
+    /// takes them for records of this log (`docs/format/wal.md`).
+    ///
+    /// A crash at any step leaves either the old log (deleted at the next open:
+    /// it is below the MANIFEST's log number) or the temporary file (deleted
+    /// too), never a `.wal` without a valid header.
+    pub(crate) async fn recycle(io: &Io, old: &Path, path: &Path, log_number: u64) -> Result<WalWriter> {
+        let temp = temp_path(path);
+        io.rename(old, &temp).await?;
+        let file = DirectFile::open(io, &temp).await?;
+        let mut header = file.alloc_buf(SECTOR_BYTES);
+        header.set_len(SECTOR_BYTES);
+        encode_file_header(&mut header, log_number);
+        file.write_at_and_sync(header, 0).await?;
+        drop(file);
+        io.rename(&temp, path).await?;
+        let file = DirectFile::open(io, path).await?;
+        let first = SECTOR_BYTES as u64;
+        Ok(WalWriter { file, log_number, next_offset: first, synced_through: first, buf: None })
+    }
+
     #[cfg(test)]
     /// Continues an existing log at `next_offset` (from recovery's `end_offset`).
     pub(crate) async fn open_for_append(io: &Io, path: &Path, log_number: u64, next_offset: u64) -> Result<WalWriter> {
