@@ -258,8 +258,13 @@ async fn merge_into_tables(
         let path = table_path(ctx.dir, number);
         written_paths.push(path.clone());
         let file = DirectFile::create(ctx.io, &path).await?;
-        // See the flush: writes inside the file size run asynchronously.
-        let reserve = (ctx.options.sst_target_size_bytes + (1 << 20)).next_multiple_of(file.alignment() as u64);
+        // See the flush: writes inside the file size run asynchronously. The
+        // output ends at the first user key past the target, then the filter
+        // and index follow: about 2% of the data at 100-byte values (1.1 MB
+        // for 64 MiB), more for smaller ones, so a fixed 1 MiB margin let the
+        // last writes extend the file. `finish` cuts what is not used.
+        let target = ctx.options.sst_target_size_bytes;
+        let reserve = (target + target / 16 + (1 << 20)).next_multiple_of(file.alignment() as u64);
         file.allocate(0, reserve).await?;
         let mut writer = TableWriter::new(&file, ctx.table_options.clone());
         let mut smallest_key: Option<Vec<u8>> = None;
