@@ -51,12 +51,7 @@ impl WalWriter {
                 offset += len as u64;
             }
         }
-        file.write_at_and_sync(header, 0).await?;
-        drop(file);
-        io.rename(&temp, path).await?;
-        let file = DirectFile::open(io, path).await?;
-        let first = SECTOR_BYTES as u64;
-        Ok(WalWriter { file, log_number, next_offset: first, synced_through: first, buf: None })
+        WalWriter::install(io, file, header, &temp, path, log_number).await
     }
 
     /// Makes the log `old` (obsolete: its memtable is flushed and recorded)
@@ -78,9 +73,23 @@ impl WalWriter {
         let mut header = file.alloc_buf(SECTOR_BYTES);
         header.set_len(SECTOR_BYTES);
         encode_file_header(&mut header, log_number);
+        WalWriter::install(io, file, header, &temp, path, log_number).await
+    }
+
+    /// Writes the header sector of the log built at `temp` (linked to an
+    /// fdatasync, so everything written before it is durable too), renames it
+    /// to `path` and opens it for appending after the header.
+    async fn install(
+        io: &Io,
+        file: DirectFile,
+        header: AlignedBuf,
+        temp: &Path,
+        path: &Path,
+        log_number: u64,
+    ) -> Result<WalWriter> {
         file.write_at_and_sync(header, 0).await?;
         drop(file);
-        io.rename(&temp, path).await?;
+        io.rename(temp, path).await?;
         let file = DirectFile::open(io, path).await?;
         let first = SECTOR_BYTES as u64;
         Ok(WalWriter { file, log_number, next_offset: first, synced_through: first, buf: None })
