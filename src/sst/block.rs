@@ -169,6 +169,8 @@ impl BlockBuilder {
     }
 }
 
+/// Length of the common prefix of `a` and `b`, eight bytes at a time: this runs once per
+/// entry of every flush and compaction output.
 fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
     let limit = a.len().min(b.len());
     let mut n = 0;
@@ -224,22 +226,6 @@ impl BlockHandle {
     pub(crate) fn encode_to(&self, out: &mut Vec<u8>) {
         put_varint(out, self.offset);
         put_varint(out, self.size);
-    }
-
-    /// Encodes the handle into `out` (two varints fit in 20 bytes) and
-    /// returns its length: no allocation per index entry.
-    pub(crate) fn encode_into(&self, out: &mut [u8; 20]) -> usize {
-        let mut len = 0;
-        for mut value in [self.offset, self.size] {
-            while value >= 0x80 {
-                out[len] = value as u8 | 0x80;
-                value >>= 7;
-                len += 1;
-            }
-            out[len] = value as u8;
-            len += 1;
-        }
-        len
     }
 
     pub(crate) fn decode_from(reader: &mut Reader<'_>) -> Option<BlockHandle> {
@@ -539,17 +525,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn handle_encode_into_matches_encode_to(offset in any::<u64>(), size in any::<u64>(), shift in 0u32..64) {
-            for handle in [BlockHandle { offset, size }, BlockHandle { offset: offset >> shift, size: size >> shift }] {
-                let mut expected = Vec::new();
-                handle.encode_to(&mut expected);
-                let mut out = [0u8; 20];
-                let len = handle.encode_into(&mut out);
-                prop_assert_eq!(&out[..len], &expected[..]);
-            }
-        }
-
         /// Blocks built in place after earlier output, with output appended
         /// and drained between them, encode exactly like blocks built alone.
         #[test]

@@ -184,12 +184,7 @@ impl BloomBuilder {
 
 impl Drop for BloomBuilder {
     fn drop(&mut self) {
-        let hashes = std::mem::take(&mut self.hashes);
-        // Keep the larger of the two buffers; `try_with`: the thread may be exiting.
-        let _ = SPARE_HASHES.try_with(|spare| {
-            let kept = spare.take();
-            spare.set(if kept.capacity() >= hashes.capacity() { kept } else { hashes });
-        });
+        super::keep_spare(&SPARE_HASHES, std::mem::take(&mut self.hashes));
     }
 }
 

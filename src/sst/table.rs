@@ -98,6 +98,8 @@ pub(crate) struct TableWriter<'f> {
     pending_last_key: Vec<u8>,
     /// The separator being built (reused per block).
     separator: Vec<u8>,
+    /// An encoded block handle (reused per index entry).
+    encoded_handle: Vec<u8>,
 }
 
 impl<'f> TableWriter<'f> {
@@ -122,6 +124,7 @@ impl<'f> TableWriter<'f> {
             pending_index: None,
             pending_last_key: Vec::new(),
             separator: Vec::new(),
+            encoded_handle: Vec::new(),
         }
     }
 
@@ -154,7 +157,7 @@ impl<'f> TableWriter<'f> {
         if let Some(handle) = self.pending_index.take() {
             // The previous block is indexed by a key between its last key and this one.
             shortest_separator_into(&self.pending_last_key, internal_key, &mut self.separator);
-            add_index_entry(&mut self.index, &self.separator, handle);
+            add_index_entry(&mut self.index, &self.separator, handle, &mut self.encoded_handle);
         }
         self.data.add(internal_key, value);
         self.entries += 1;
@@ -275,7 +278,7 @@ impl<'f> TableWriter<'f> {
     pub(crate) async fn finish(mut self) -> Result<TableInfo> {
         self.finish_data_block();
         if let Some(handle) = self.pending_index.take() {
-            add_index_entry(&mut self.index, &self.pending_last_key, handle);
+            add_index_entry(&mut self.index, &self.pending_last_key, handle, &mut self.encoded_handle);
         }
         let stream = self.data.output();
         let before = stream.len();
@@ -338,13 +341,8 @@ thread_local! {
 
 impl Drop for TableWriter<'_> {
     fn drop(&mut self) {
-        let mut stream = std::mem::replace(&mut self.data, BlockBuilder::new(1)).into_buffer();
-        stream.clear();
-        // `try_with`: the thread may be exiting.
-        let _ = SPARE_STREAM.try_with(|spare| {
-            let kept = spare.take();
-            spare.set(if kept.capacity() >= stream.capacity() { kept } else { stream });
-        });
+        let stream = std::mem::replace(&mut self.data, BlockBuilder::new(1)).into_buffer();
+        super::keep_spare(&SPARE_STREAM, stream);
     }
 }
 
@@ -383,11 +381,12 @@ fn shortest_separator_into(last: &[u8], next: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(last);
 }
 
-/// Adds the index entry `separator -> handle`, the handle encoded on the stack.
-fn add_index_entry(index: &mut BlockBuilder, separator: &[u8], handle: BlockHandle) {
-    let mut encoded = [0u8; 20];
-    let len = handle.encode_into(&mut encoded);
-    index.add(separator, &encoded[..len]);
+/// Adds the index entry `separator -> handle`, the handle encoded in `scratch`
+/// (reused: no allocation per data block).
+fn add_index_entry(index: &mut BlockBuilder, separator: &[u8], handle: BlockHandle, scratch: &mut Vec<u8>) {
+    scratch.clear();
+    handle.encode_to(scratch);
+    index.add(separator, scratch);
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
