@@ -92,6 +92,9 @@ struct Args {
     /// Options::group_commit_wait_us.
     #[arg(long, default_value_t = Options::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// Options::flush_threads: threads that encode one flush in parallel parts.
+    #[arg(long, default_value_t = ringdb::Options::default().flush_threads)]
+    flush_threads: usize,
     /// CompactionOptions::max_subcompactions: threads one compaction may split its key range over.
     #[arg(long, default_value_t = ringdb::CompactionOptions::default().max_subcompactions)]
     subcompactions: usize,
@@ -182,6 +185,7 @@ fn options(args: &Args) -> Options {
     options.io.ring_poll_us = args.ring_poll_us;
     options.io.tokio_reactor = args.tokio_reactor;
     options.compaction.max_subcompactions = args.subcompactions;
+    options.flush_threads = args.flush_threads;
     options.block_align_bytes = args.block_align_bytes;
     options
 }

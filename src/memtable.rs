@@ -28,11 +28,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::mem::size_of;
 use std::ops::Bound;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use crossbeam_epoch::Guard;
-use crossbeam_skiplist::base::{Iter, SkipList};
+use crossbeam_skiplist::base::{Entry, Iter, SkipList};
 
 use crate::key::{InternalKey, SeqNo, ValueKind};
 
@@ -66,15 +67,32 @@ pub(crate) struct Memtable {
     size_bytes: AtomicUsize,
     /// The largest seq inserted so far; 0 while empty.
     max_seq: AtomicU64,
+    /// A user key is sampled each time `size_bytes` crosses a multiple of this.
+    sample_every_bytes: usize,
+    /// User keys sampled in insertion order, evenly by charged bytes: a
+    /// flush estimates quantiles of the key range from them to cut the
+    /// memtable into parts of similar size (the skiplist has no ranks).
+    samples: Mutex<Vec<Vec<u8>>>,
 }
 
+/// [`Memtable::new`]'s sampling interval.
+const DEFAULT_SAMPLE_EVERY_BYTES: usize = 64 << 10;
+
 impl Memtable {
-    /// An empty memtable.
+    /// An empty memtable that samples a key every 64 KiB of charged size.
     pub(crate) fn new() -> Memtable {
+        Memtable::with_sample_interval(DEFAULT_SAMPLE_EVERY_BYTES)
+    }
+
+    /// An empty memtable that samples a user key (see [`split_keys`](Self::split_keys))
+    /// each time its charged size crosses a multiple of `sample_every_bytes`.
+    pub(crate) fn with_sample_interval(sample_every_bytes: usize) -> Memtable {
         Memtable {
             map: SkipList::new(crossbeam_epoch::default_collector().clone()),
             size_bytes: AtomicUsize::new(0),
             max_seq: AtomicU64::new(0),
+            sample_every_bytes: sample_every_bytes.max(1),
+            samples: Mutex::new(Vec::new()),
         }
     }
 
@@ -93,8 +111,44 @@ impl Memtable {
         // Relaxed: both counters are statistics read by the flush trigger and by code that
         // already synchronized with the inserters (a frozen memtable's writers have finished).
         // They order no other memory.
-        self.size_bytes.fetch_add(charge, Ordering::Relaxed);
+        let before = self.size_bytes.fetch_add(charge, Ordering::Relaxed);
         self.max_seq.fetch_max(seq.get(), Ordering::Relaxed);
+        if before / self.sample_every_bytes != (before + charge) / self.sample_every_bytes {
+            self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(user_key.to_vec());
+        }
+    }
+
+    /// Up to `parts - 1` distinct user keys, ascending, that cut the memtable
+    /// into `parts` key ranges of about equal charged size (estimated from
+    /// the samples): part `i` holds the user keys from bound `i - 1`
+    /// (inclusive) to bound `i` (exclusive). Fewer when there are too few
+    /// samples; none for a memtable of fewer than two samples.
+    pub(crate) fn split_keys(&self, parts: usize) -> Vec<Vec<u8>> {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        samples.sort_unstable();
+        samples.dedup();
+        // Each part starts at a sample: the k-th of `parts` quantiles.
+        let mut bounds: Vec<Vec<u8>> =
+            (1..parts).filter_map(|k| samples.get(k * samples.len() / parts).cloned()).collect();
+        bounds.dedup();
+        bounds
+    }
+
+    /// The entries whose user keys lie in `[start, end)` (`None`: unbounded),
+    /// in internal-key order, by reference while `guard` stays pinned.
+    pub(crate) fn entries_between<'a>(
+        &'a self,
+        start: Option<&[u8]>,
+        end: Option<&'a [u8]>,
+        guard: &'a Guard,
+    ) -> impl Iterator<Item = Entry<'a, 'a, InternalKey, Bytes>> + 'a {
+        let first = match start {
+            // Sorts before every version of `start`.
+            Some(start) => self.map.lower_bound(Bound::Included(&InternalKey::lookup(start, SeqNo::MAX)), guard),
+            None => self.map.front(guard),
+        };
+        std::iter::successors(first, |entry| entry.next())
+            .take_while(move |entry| end.is_none_or(|end| entry.key().user_key() < end))
     }
 
     /// The newest entry for `user_key` with `seq <= snapshot`, or `None` if the memtable holds no
@@ -458,6 +512,61 @@ mod tests {
             prop_assert_eq!(iterated, flat);
             prop_assert_eq!(memtable.len(), ops.len());
             prop_assert_eq!(memtable.max_seq().get(), ops.iter().map(|(s, _)| *s).max().unwrap_or(0));
+        }
+    }
+
+    #[test]
+    fn split_keys_cut_sequential_keys_into_parts_of_about_equal_size() {
+        let memtable = Memtable::with_sample_interval(4096);
+        for i in 0..20_000u32 {
+            memtable.insert(
+                format!("k{i:06}").as_bytes(),
+                seq(u64::from(i) + 1),
+                ValueKind::Put,
+                Bytes::from_static(b"v"),
+            );
+        }
+        let bounds = memtable.split_keys(8);
+        assert_eq!(bounds.len(), 7, "{bounds:?}");
+        let guard = crossbeam_epoch::pin();
+        let starts = std::iter::once(None).chain(bounds.iter().map(|b| Some(b.as_slice())));
+        let ends = bounds.iter().map(|b| Some(b.as_slice())).chain(std::iter::once(None));
+        for (start, end) in starts.zip(ends) {
+            let part = memtable.entries_between(start, end, &guard).count();
+            // 2500 each if the samples were perfect quantiles.
+            assert!((1500..=3500).contains(&part), "{part} entries in {start:?}..{end:?}");
+        }
+        assert!(Memtable::with_sample_interval(1 << 30).split_keys(8).is_empty(), "no samples, no cuts");
+    }
+
+    proptest! {
+        #[test]
+        fn parts_between_the_split_keys_hold_every_entry_once_in_order(
+            ops in ops_strategy(),
+            sample_every_bytes in 1usize..400,
+            parts in 1usize..12,
+        ) {
+            let memtable = Memtable::with_sample_interval(sample_every_bytes);
+            for (s, (user_key, value)) in &ops {
+                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+                memtable.insert(user_key, seq(*s), kind, Bytes::copy_from_slice(value.as_deref().unwrap_or_default()));
+            }
+            let bounds = memtable.split_keys(parts);
+            prop_assert!(bounds.len() < parts.max(1));
+            prop_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "strictly ascending: {:?}", bounds);
+            let guard = crossbeam_epoch::pin();
+            let mut joined = Vec::new();
+            for i in 0..=bounds.len() {
+                let start = i.checked_sub(1).map(|j| bounds[j].as_slice());
+                let end = bounds.get(i).map(Vec::as_slice);
+                for entry in memtable.entries_between(start, end, &guard) {
+                    let user_key = entry.key().user_key();
+                    prop_assert!(start.is_none_or(|s| user_key >= s) && end.is_none_or(|e| user_key < e));
+                    joined.push(entry.key().clone());
+                }
+            }
+            let all: Vec<InternalKey> = memtable.iter().map(|(k, _)| k).collect();
+            prop_assert_eq!(joined, all);
         }
     }
 }

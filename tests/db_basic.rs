@@ -134,6 +134,11 @@ fn limits_are_invalid_arguments() {
                 result.err()
             );
         }
+        for bad_threads in [0, 65] {
+            let options = Options { flush_threads: bad_threads, ..small_options() };
+            let result = Db::open(dir.path().join(format!("threads-{bad_threads}")), options).await;
+            assert!(matches!(&result, Err(Error::InvalidArgument(m)) if m.contains("flush_threads")), "{bad_threads}");
+        }
         for good_align in [0, 512, 4096, 1 << 20] {
             let options = Options { block_align_bytes: good_align, ..small_options() };
             Db::open(dir.path().join(format!("align-{good_align}")), options).await.unwrap().close().await.unwrap();
@@ -182,6 +187,78 @@ async fn full_memtables_are_flushed_to_tables_and_their_logs_deleted() {
     }
     db.flush().await.unwrap();
     assert_eq!(db.get(5u32.to_be_bytes()).await.unwrap(), None, "the tombstone shadows the table's value");
+}
+
+/// Every key and value a forward scan of `db` returns.
+async fn scan_all(db: &Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use futures::StreamExt;
+    let items: Vec<_> = db.scan::<&[u8]>(..).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec()))).collect().await;
+    items.into_iter().collect::<Result<_, _>>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_in_parallel_parts_holds_what_a_flush_on_one_thread_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut contents = Vec::new();
+    for (flush_threads, block_align_bytes) in [(1, 4096), (2, 4096), (3, 0)] {
+        let options = Options {
+            // One memtable (about 2.6 MiB charged) flushed in 6 parts of 512 KiB.
+            write_buffer_size_bytes: 4 << 20,
+            flush_threads,
+            block_align_bytes,
+            compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+            ..small_options()
+        };
+        let path = dir.path().join(format!("threads-{flush_threads}"));
+        let db = Db::open(&path, options.clone()).await.unwrap();
+        // Overwrites and deletes, so parts hold several versions of a key and tombstones.
+        for round in 0..3u32 {
+            let mut batch = WriteBatch::new();
+            for i in 0..4000u32 {
+                let key = format!("key-{:06}", i * 7 % 4000);
+                match (i + round) % 11 {
+                    0 => batch.delete(key),
+                    n => batch.put(key, vec![n as u8; 40 + (i as usize % 90)]),
+                };
+            }
+            db.write(batch, WriteOptions::default()).await.unwrap();
+        }
+        let snapshot = db.snapshot();
+        db.put("key-000000", "after the snapshot").await.unwrap();
+        db.flush().await.unwrap();
+        let stats = db.stats();
+        assert_eq!((stats.flush.flushes, stats.tables()), (1, 1), "{stats:?}");
+        assert_eq!(stats.flush.entries_written, 3 * 4000 + 1);
+        let seen = scan_all(&db).await;
+        let at_snapshot = snapshot.get("key-000000").await.unwrap();
+        assert_ne!(at_snapshot.as_deref(), Some(&b"after the snapshot"[..]), "the snapshot sees the older version");
+        for (key, value) in seen.iter().step_by(13) {
+            assert_eq!(db.get(key).await.unwrap().as_deref(), Some(&value[..]));
+        }
+        drop(snapshot);
+        db.close().await.unwrap();
+        // The table alone, after reopen.
+        let db = Db::open(&path, options).await.unwrap();
+        assert_eq!(scan_all(&db).await, seen);
+        db.close().await.unwrap();
+        contents.push((seen, at_snapshot));
+    }
+    assert!(contents[0].0.len() > 3000, "{}", contents[0].0.len());
+    assert_eq!(contents[0], contents[1], "2 encoder threads");
+    assert_eq!(contents[0], contents[2], "3 encoder threads, no block alignment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_a_flush_as_soon_as_flush_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_options()).await.unwrap();
+    for i in 1..=30u64 {
+        db.put(i.to_be_bytes(), "v").await.unwrap();
+        db.flush().await.unwrap();
+        let flush = db.stats().flush;
+        assert_eq!((flush.flushes, flush.entries_written), (i, i));
+        assert!(flush.bytes_written > 0 && flush.build_time_us > 0, "{flush:?}");
+    }
 }
 
 /// `.wal` files by inode: (log number, path).

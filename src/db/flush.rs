@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::flush_parts::{EncoderPool, build_in_parts, part_count};
 use super::log::{LogShared, MAX_RECYCLABLE_LOGS, log_path};
 use super::versions::VersionSet;
 use crate::Result;
@@ -71,6 +72,11 @@ pub(crate) struct Flusher {
     pub(crate) table_options: TableOptions,
     pub(crate) cache: Option<Arc<BlockCache>>,
     pub(crate) counters: Arc<FlushCounters>,
+    /// Threads that encode a large memtable's parts (`Options::flush_threads`
+    /// above 1); `None`: this thread encodes alone.
+    pub(crate) encoders: Option<EncoderPool>,
+    /// Charged memtable bytes per part of a parallel flush.
+    pub(crate) part_bytes: usize,
 }
 
 /// One frozen memtable to flush.
@@ -161,7 +167,7 @@ impl Flusher {
         let dir = self.shared.dir.clone();
         let path = table_path(&dir, job.table_number);
         let started = Instant::now();
-        let (meta, encode_time) = build_table(&self.io, &path, job, &self.table_options).await?;
+        let (meta, encode_time) = self.build_table(&path, job).await?;
         self.io.sync_dir(&dir).await?;
         let build_time = started.elapsed();
         let reader = TableReader::open(&self.io, &path, job.table_number, self.cache.clone()).await?;
@@ -178,10 +184,18 @@ impl Flusher {
         // become a later log (in the same step, so the next spare, which may be
         // started as soon as `Db::flush` returns, finds it), the rest are deleted.
         let mut obsolete_logs = Vec::new();
+        let counters = &self.counters;
         self.versions
             .log_and_apply(&self.shared, edit, vec![table], |state| {
                 let flushed = state.immutables.remove(0);
                 assert!(Arc::ptr_eq(&flushed.memtable, &job.memtable), "memtables are flushed in order");
+                // Counted in the same step, so `Db::flush`, which returns once
+                // `flushed_memtables` has moved, finds its flush in the stats.
+                counters.flushes.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_written.fetch_add(meta.size_bytes, Ordering::Relaxed);
+                counters.entries_written.fetch_add(job.memtable.len() as u64, Ordering::Relaxed);
+                counters.build_time_us.fetch_add(build_time.as_micros() as u64, Ordering::Relaxed);
+                counters.encode_time_us.fetch_add(encode_time.as_micros() as u64, Ordering::Relaxed);
                 state.flushed_memtables += 1;
                 for &log in &job.log_numbers {
                     if !state.closing && state.recyclable_logs.len() < MAX_RECYCLABLE_LOGS {
@@ -192,36 +206,42 @@ impl Flusher {
                 }
             })
             .await?;
-        let counters = &self.counters;
-        counters.flushes.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_written.fetch_add(meta.size_bytes, Ordering::Relaxed);
-        counters.entries_written.fetch_add(job.memtable.len() as u64, Ordering::Relaxed);
-        counters.build_time_us.fetch_add(build_time.as_micros() as u64, Ordering::Relaxed);
-        counters.encode_time_us.fetch_add(encode_time.as_micros() as u64, Ordering::Relaxed);
         Ok(obsolete_logs)
     }
 }
 
-/// Writes the memtable as a table at `path` (synced). Returns its metadata and
-/// the time spent in the encoder.
-async fn build_table(
-    io: &Io,
-    path: &Path,
-    job: &Job,
-    options: &TableOptions,
-) -> Result<(FileMeta, std::time::Duration)> {
-    let file = DirectFile::create(io, path).await?;
-    // Reserve the space first: an O_DIRECT write that extends the file is
-    // completed synchronously by ext4 (io_uring hands it to a worker thread, one
-    // at a time), while writes inside the file size run as real async I/O.
-    // The memtable's charge (entries plus per-entry overhead) exceeds the table
-    // size; `finish` cuts the file to its exact length. Without this, a flush of
-    // 4 KiB values took 2.2x the slower of encoding and writing alone; see
-    // docs/format/sst.md "Writing".
-    let reserve_bytes = (job.memtable.approximate_size_bytes() as u64).next_multiple_of(file.alignment() as u64);
-    file.allocate(0, reserve_bytes).await?;
+impl Flusher {
+    /// Writes the memtable as a table at `path` (synced): in parts on the
+    /// encoder threads when it is large enough, else on this thread. Returns
+    /// its metadata and the time spent encoding.
+    async fn build_table(&self, path: &Path, job: &Job) -> Result<(FileMeta, std::time::Duration)> {
+        let file = DirectFile::create(&self.io, path).await?;
+        // Reserve the space first: an O_DIRECT write that extends the file is
+        // completed synchronously by ext4 (io_uring hands it to a worker thread, one
+        // at a time), while writes inside the file size run as real async I/O.
+        // The memtable's charge (entries plus per-entry overhead) exceeds the table
+        // size; `finish` cuts the file to its exact length. Without this, a flush of
+        // 4 KiB values took 2.2x the slower of encoding and writing alone; see
+        // docs/format/sst.md "Writing".
+        let reserve_bytes = (job.memtable.approximate_size_bytes() as u64).next_multiple_of(file.alignment() as u64);
+        file.allocate(0, reserve_bytes).await?;
+        let parts = part_count(&job.memtable, self.part_bytes);
+        let staging_from_pool = self.table_options.staging_buffer_bytes == self.io.large_bufs().buf_capacity_bytes();
+        match &self.encoders {
+            Some(pool) if parts >= 2 && staging_from_pool => {
+                let options = &self.table_options;
+                build_in_parts(&self.io, &file, &job.memtable, job.table_number, options, pool, parts).await
+            }
+            _ => build_table(&file, job, &self.table_options).await,
+        }
+    }
+}
+
+/// Writes the memtable as a table into `file` (created, its space reserved)
+/// on this thread. Returns its metadata and the time spent in the encoder.
+async fn build_table(file: &DirectFile, job: &Job, options: &TableOptions) -> Result<(FileMeta, std::time::Duration)> {
     let started = Instant::now();
-    let mut writer = TableWriter::new(&file, options.clone());
+    let mut writer = TableWriter::new(file, options.clone());
     writer.reserve_keys(job.memtable.len());
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_entry = None;

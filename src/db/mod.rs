@@ -2,6 +2,7 @@
 
 mod compact;
 mod flush;
+mod flush_parts;
 mod log;
 mod options;
 mod recovery;
@@ -212,7 +213,10 @@ impl Db {
         }
         let state = LogState {
             next_seq: recovered.last_seq.next(),
-            active: MemtableSlot { memtable: Arc::new(Memtable::new()), log_numbers: vec![log_number] },
+            active: MemtableSlot {
+                memtable: Arc::new(Memtable::with_sample_interval(options.memtable_sample_bytes())),
+                log_numbers: vec![log_number],
+            },
             frozen_memtables: immutables.len() as u64,
             flushed_memtables: 0,
             immutables,
@@ -266,6 +270,11 @@ impl Db {
             table_options: options.table_options(),
             cache: cache.clone(),
             counters: Arc::clone(&flush_counters),
+            encoders: match options.flush_threads {
+                1 => None,
+                threads => Some(flush_parts::EncoderPool::new(threads).map_err(spawn_error)?),
+            },
+            part_bytes: options.flush_part_bytes(),
         };
         let compaction_counters = Arc::new(CompactionCounters::default());
         let compactor = Compactor {
@@ -422,7 +431,10 @@ impl Db {
             state.next_file_number += 1;
             state.next_file_number - 1
         });
-        let fresh = MemtableSlot { memtable: Arc::new(Memtable::new()), log_numbers: vec![log_number] };
+        let fresh = MemtableSlot {
+            memtable: Arc::new(Memtable::with_sample_interval(self.inner.options.memtable_sample_bytes())),
+            log_numbers: vec![log_number],
+        };
         let frozen = std::mem::replace(&mut state.active, fresh);
         state.immutables.push(frozen);
         state.frozen_memtables += 1;

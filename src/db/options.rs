@@ -30,6 +30,12 @@ pub struct Options {
     /// waits only after a synced group and only while fewer writers are queued
     /// than were in that group, so a lone writer never waits. Default: 200.
     pub group_commit_wait_us: u64,
+    /// Threads that encode one flush in parallel, each taking a key range of
+    /// the memtable in turn, while the flush thread writes the table (which
+    /// then needs no more CPU than writing). 1: the flush thread encodes and
+    /// writes alone. Encoding small entries costs about as much CPU time as
+    /// a fast disk takes to write them. Default: 2.
+    pub flush_threads: usize,
     /// Target size of a table's data blocks before the checksum trailer, in
     /// bytes (a block holds at least one entry, so large values exceed it).
     /// Default: 4096.
@@ -70,6 +76,7 @@ impl Default for Options {
             wal_flush_interval_ms: 100,
             wal_buffer_size_bytes: 1 << 20,
             group_commit_wait_us: 200,
+            flush_threads: 2,
             block_size_bytes: 4096,
             block_restart_interval: 16,
             block_align_bytes: 4096,
@@ -89,6 +96,8 @@ impl Options {
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let problem = if self.write_buffer_size_bytes == 0 || self.max_immutable_memtables == 0 {
             "write_buffer_size_bytes and max_immutable_memtables must be positive"
+        } else if !(1..=64).contains(&self.flush_threads) {
+            "flush_threads must be 1..=64"
         } else if self.block_size_bytes == 0 || self.block_size_bytes > 64 << 20 {
             "block_size_bytes must be 1..=64 MiB"
         } else if self.block_align_bytes != 0
@@ -103,6 +112,20 @@ impl Options {
             return self.compaction.validate().map_err(crate::Error::InvalidArgument);
         };
         Err(crate::Error::InvalidArgument(problem.into()))
+    }
+
+    /// Charged memtable bytes per part of a parallel flush: an eighth of a
+    /// memtable, at most 8 MiB (small enough for the encoder threads to share
+    /// the work evenly, large enough that a part's last, partial buffer is a
+    /// small share of its writes).
+    pub(crate) fn flush_part_bytes(&self) -> usize {
+        (self.write_buffer_size_bytes / 8).clamp(4 << 10, 8 << 20)
+    }
+
+    /// How often a memtable samples a key for cutting its flush into parts:
+    /// about 16 samples per part.
+    pub(crate) fn memtable_sample_bytes(&self) -> usize {
+        self.flush_part_bytes() / 16
     }
 
     pub(crate) fn table_options(&self) -> crate::sst::table::TableOptions {

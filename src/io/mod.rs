@@ -445,3 +445,15 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+/// Lowers the calling thread's CPU priority by `nice` steps (Linux `nice`
+/// is per thread): for engine threads that encode, so that the threads that
+/// submit and complete I/O (and the kernel's completion work) get a CPU at
+/// once when they wake. Best effort: failure only costs throughput.
+pub(crate) fn lower_thread_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower an engine thread's priority");
+    }
+}

@@ -163,6 +163,22 @@ impl BlockBuilder {
         &mut self.buf
     }
 
+    /// The output before the open block (all of the buffer when none is open).
+    pub(crate) fn finished(&self) -> &[u8] {
+        let end = if self.entries == 0 { self.buf.len() } else { self.block_start };
+        &self.buf[..end]
+    }
+
+    /// Removes the first `n` bytes of [`finished`](Self::finished) output,
+    /// which may be done while a block is open.
+    pub(crate) fn consume_front(&mut self, n: usize) {
+        assert!(n <= self.finished().len(), "only finished output is consumed");
+        self.buf.drain(..n);
+        if self.entries > 0 {
+            self.block_start -= n;
+        }
+    }
+
     /// The buffer (output and any unfinished block), for reuse by a later builder.
     pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.buf

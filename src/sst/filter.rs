@@ -154,6 +154,11 @@ impl BloomBuilder {
         self.hashes.push(key_hash(user_key));
     }
 
+    /// The hashes of the keys added so far.
+    pub(crate) fn hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
     /// Encodes the filter block: `bits[m / 8] | num_probes u8`.
     ///
     /// With no keys added this is a 64-bit filter of zero bits, which answers "absent" to
@@ -168,17 +173,67 @@ impl BloomBuilder {
     /// bits are set where they will be written from: a separate block would be
     /// one more fresh allocation and copy per table.
     pub(crate) fn finish_into(self, out: &mut Vec<u8>) {
-        let num_probes = num_probes_for(self.bits_per_key);
-        let m = self.hashes.len().saturating_mul(self.bits_per_key).max(MIN_BITS).next_multiple_of(8);
+        let m = filter_bits(self.hashes.len(), self.bits_per_key);
         let start = out.len();
         out.resize(start + m / 8 + 1, 0);
-        let block = &mut out[start..];
-        for &h in &self.hashes {
-            for bit in probe_bits(h, num_probes, m as u64) {
-                block[(bit / 8) as usize] |= 1 << (bit % 8);
-            }
+        let num_probes = num_probes_for(self.bits_per_key);
+        set_bits(&mut out[start..start + m / 8], &self.hashes, num_probes);
+        out[start + m / 8] = num_probes;
+    }
+}
+
+/// `m` for `keys` keys: see the module doc.
+fn filter_bits(keys: usize, bits_per_key: usize) -> usize {
+    keys.saturating_mul(bits_per_key).max(MIN_BITS).next_multiple_of(8)
+}
+
+/// Sets the probe bits of the keys with these hashes in `bits` (`m = 8 * bits.len()`).
+fn set_bits(bits: &mut [u8], hashes: &[u64], num_probes: u8) {
+    let m = bits.len() as u64 * 8;
+    for &h in hashes {
+        for bit in probe_bits(h, num_probes, m) {
+            bits[(bit / 8) as usize] |= 1 << (bit % 8);
         }
-        block[m / 8] = num_probes;
+    }
+}
+
+/// The bits of a filter sized up front for at most `keys` keys, set part by
+/// part: the threads of a parallel flush each fill their own copy as they
+/// encode, and the copies are OR-ed into the filter block ([`merge`](Self::merge)).
+/// The flush sizes it by the memtable's entry count, which counts every
+/// version of a key, so the filter may get more bits per distinct key than
+/// `bits_per_key` (fewer false positives; the reader takes `m` from the block).
+#[derive(Debug)]
+pub(crate) struct FilterBits {
+    bits: Vec<u8>,
+    num_probes: u8,
+}
+
+impl FilterBits {
+    /// All bits clear, for up to `keys` keys; `buf` is memory to reuse.
+    pub(crate) fn new(keys: usize, bits_per_key: usize, mut buf: Vec<u8>) -> FilterBits {
+        buf.clear();
+        buf.resize(filter_bits(keys, bits_per_key) / 8, 0);
+        FilterBits { bits: buf, num_probes: num_probes_for(bits_per_key) }
+    }
+
+    /// Sets the bits of the keys with these hashes (from [`BloomBuilder`]).
+    pub(crate) fn add_hashes(&mut self, hashes: &[u64]) {
+        set_bits(&mut self.bits, hashes, self.num_probes);
+    }
+
+    /// Adds every key of `other`, a filter of the same size.
+    pub(crate) fn merge(&mut self, other: &FilterBits) {
+        assert_eq!(self.bits.len(), other.bits.len(), "only filters of one table are merged");
+        for (mine, theirs) in self.bits.iter_mut().zip(&other.bits) {
+            *mine |= theirs;
+        }
+    }
+
+    /// The filter block's contents.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.bits.push(self.num_probes);
+        self.bits
     }
 }
 
@@ -273,6 +328,37 @@ mod tests {
         for key in &keys {
             assert!(filter.may_contain(key), "false negative for {key:02x?}");
         }
+    }
+
+    #[test]
+    fn filter_bits_filled_in_pieces_equal_the_filter_of_all_keys() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let keys = random_keys(&mut rng, 0, 5000);
+        let whole = build(10, &keys);
+        // Three threads' copies, each with some of the keys, sized for all of them.
+        let mut copies: Vec<FilterBits> = (0..3).map(|_| FilterBits::new(keys.len(), 10, Vec::new())).collect();
+        for (i, chunk) in keys.chunks(700).enumerate() {
+            let mut builder = BloomBuilder::new(10);
+            for key in chunk {
+                builder.add_key(key);
+            }
+            copies[i % 3].add_hashes(builder.hashes());
+        }
+        let mut copies = copies.into_iter();
+        let mut merged = copies.next().unwrap();
+        for copy in copies {
+            merged.merge(&copy);
+        }
+        assert_eq!(merged.finish(), whole);
+        // Sized for more keys than it holds (a memtable's entries count every
+        // version): larger, and still no false negatives.
+        let mut roomy = FilterBits::new(3 * keys.len(), 10, Vec::new());
+        let mut builder = BloomBuilder::new(10);
+        keys.iter().for_each(|key| builder.add_key(key));
+        roomy.add_hashes(builder.hashes());
+        let roomy = roomy.finish();
+        assert!(roomy.len() > 2 * whole.len());
+        assert!(keys.iter().all(|key| BloomFilter::from_block(&roomy).may_contain(key)));
     }
 
     #[test]

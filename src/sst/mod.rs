@@ -3,6 +3,7 @@
 
 pub(crate) mod block;
 pub(crate) mod cache;
+pub(crate) mod encoder;
 pub(crate) mod filter;
 pub(crate) mod readahead;
 pub(crate) mod table;

@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use super::block::{Block, BlockBuilder, BlockHandle, FOOTER_BYTES, Footer, TRAILER_BYTES, verify_trailer};
 use super::cache::BlockCache;
+use super::encoder::{EncodedPart, Encoder};
 use super::filter::{BloomBuilder, BloomFilter};
 use crate::coding::Reader;
 use crate::io::{AlignedBuf, DirectFile, Io};
@@ -75,31 +76,19 @@ pub(crate) struct TableInfo {
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<AlignedBuf>> + Send + 'a>>;
 
-/// Builds one table file. Entries must be added in internal-key order.
+/// Builds one table file. Entries must be added in internal-key order, or
+/// whole parts encoded elsewhere appended in key order.
 pub(crate) struct TableWriter<'f> {
     file: &'f DirectFile,
-    options: TableOptions,
-    data: BlockBuilder,
-    index: BlockBuilder,
-    filter: BloomBuilder,
-    last_user_key: Vec<u8>,
-    /// Table bytes produced so far (the offset of the next block).
-    table_len: u64,
-    /// File offset of the next staging buffer.
+    encoder: Encoder,
+    /// File offset of the next write.
     written_len: u64,
     in_flight: VecDeque<WriteFuture<'f>>,
-    entries: u64,
-    data_blocks: u64,
     /// Time spent waiting for a write to finish before encoding could go on.
     write_wait: std::time::Duration,
-    /// The last key and handle of a finished data block not yet indexed.
-    pending_index: Option<BlockHandle>,
-    /// The last key of the block `pending_index` points at (reused per block).
-    pending_last_key: Vec<u8>,
-    /// The separator being built (reused per block).
-    separator: Vec<u8>,
-    /// An encoded block handle (reused per index entry).
-    encoded_handle: Vec<u8>,
+    /// The filter was taken ([`take_filter`](Self::take_filter)): appended
+    /// parts no longer add their keys, and `finish` is given the block.
+    filter_taken: bool,
 }
 
 impl<'f> TableWriter<'f> {
@@ -110,146 +99,84 @@ impl<'f> TableWriter<'f> {
             file,
             // The data block builder's buffer is the writer's stream: encoded
             // bytes not yet in a staging buffer, the open block at its end.
-            data: BlockBuilder::with_buffer(options.block_restart_interval, SPARE_STREAM.take()),
-            index: BlockBuilder::new(1),
-            filter: BloomBuilder::new(options.bloom_bits_per_key),
-            options,
-            last_user_key: Vec::new(),
-            table_len: 0,
+            encoder: Encoder::new(options, SPARE_STREAM.take()),
             written_len: 0,
             in_flight: VecDeque::new(),
-            entries: 0,
-            data_blocks: 0,
             write_wait: std::time::Duration::ZERO,
-            pending_index: None,
-            pending_last_key: Vec::new(),
-            separator: Vec::new(),
-            encoded_handle: Vec::new(),
+            filter_taken: false,
         }
     }
 
     /// Makes room for `keys` distinct user keys up front (a flush knows its
     /// memtable's entry count): the filter's key hashes then never regrow.
     pub(crate) fn reserve_keys(&mut self, keys: usize) {
-        self.filter.reserve(keys);
+        self.encoder.filter.reserve(keys);
     }
 
     /// Adds an entry (internal key, value).
     pub(crate) async fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
-        let parsed = ParsedInternalKey::parse(internal_key).expect("tables are built from valid internal keys");
-        debug_assert!(
-            self.data.is_empty() || compare_internal_keys(self.data.last_key(), internal_key).is_lt(),
-            "entries must be added in order"
-        );
-        if self.entries == 0 || self.last_user_key != parsed.user_key {
-            self.filter.add_key(parsed.user_key);
-            // Reused, not reallocated: this runs once per entry of a flush.
-            self.last_user_key.clear();
-            self.last_user_key.extend_from_slice(parsed.user_key);
-        }
-        if self.ends_block_before(internal_key, value) {
-            self.finish_data_block();
-            self.stage().await?;
-        }
-        if self.data.is_empty() {
-            self.pad_to_boundary();
-        }
-        if let Some(handle) = self.pending_index.take() {
-            // The previous block is indexed by a key between its last key and this one.
-            shortest_separator_into(&self.pending_last_key, internal_key, &mut self.separator);
-            add_index_entry(&mut self.index, &self.separator, handle, &mut self.encoded_handle);
-        }
-        self.data.add(internal_key, value);
-        self.entries += 1;
-        if self.data.estimated_size_bytes() >= self.options.block_size_bytes {
-            self.finish_data_block();
+        if self.encoder.add(internal_key, value) {
             self.stage().await?;
         }
         Ok(())
     }
 
-    /// Whether the current block should end before this entry: the entry
-    /// would carry it across the alignment boundary it aims for, and ending
-    /// it here leaves little enough padding.
-    fn ends_block_before(&self, internal_key: &[u8], value: &[u8]) -> bool {
-        let align = self.options.block_align_bytes as u64;
-        if align == 0 || self.data.is_empty() {
-            return false;
-        }
-        let start = self.table_len;
-        // The first boundary after the start, or for blocks larger than the
-        // alignment the last one the block's target size reaches.
-        let target_end = start + (self.options.block_size_bytes + TRAILER_BYTES) as u64;
-        let boundary = (start / align + 1).max(target_end / align) * align;
-        let end_now = start + (self.data.estimated_size_bytes() + TRAILER_BYTES) as u64;
-        if boundary.checked_sub(end_now).is_none_or(|gap| gap > align / 8) {
-            return false;
-        }
-        // Most entries are far from the boundary: a bound (no shared prefix,
-        // longest varints, a new restart) decides without comparing keys.
-        const MOST_ENTRY_OVERHEAD: usize = 3 * 10 + 4;
-        if end_now + (MOST_ENTRY_OVERHEAD + internal_key.len() + value.len()) as u64 <= boundary {
-            return false;
-        }
-        let end_after = start + (self.data.size_after_adding(internal_key, value) + TRAILER_BYTES) as u64;
-        end_after > boundary
+    /// Where the next part must start: parts are encoded as if at offset 0,
+    /// so a part's start keeps its blocks' alignment, and its buffers are
+    /// written as they are, so it also keeps the file's sector alignment.
+    pub(crate) fn part_align_bytes(&self) -> usize {
+        self.encoder_options().block_align_bytes.max(self.file.alignment())
     }
 
-    /// Before a data block starts: zero padding up to the next alignment
-    /// boundary, when that is at most an eighth of the alignment away.
-    fn pad_to_boundary(&mut self) {
-        let align = self.options.block_align_bytes as u64;
-        if align == 0 {
-            return;
-        }
-        let gap = self.table_len.next_multiple_of(align) - self.table_len;
-        if gap > 0 && gap <= align / 8 {
-            let stream = self.data.output();
-            stream.resize(stream.len() + gap as usize, 0);
-            self.table_len += gap;
-        }
+    fn encoder_options(&self) -> &TableOptions {
+        self.encoder.options()
     }
 
-    /// Closes the current data block. Its index entry waits for the next
-    /// block's first key (or the end of the table), to pick a short separator.
-    fn finish_data_block(&mut self) {
-        if self.data.is_empty() {
-            return;
+    /// Appends a part encoded by a [`PartEncoder`](super::encoder::PartEncoder)
+    /// (finished with [`part_align_bytes`](Self::part_align_bytes)): its
+    /// buffers are written as they are, at the end of the table so far.
+    /// Only parts may be appended to a writer that takes parts. Returns the
+    pub(crate) async fn append_part(&mut self, part: EncodedPart) -> Result<()> {
+        assert!(self.filter_taken, "the filter of a table of parts is built by their encoders");
+        assert!(self.encoder.finished_bytes().is_empty(), "a writer that takes parts holds no bytes of its own");
+        assert!(self.encoder.len().is_multiple_of(self.part_align_bytes() as u64), "parts start aligned");
+        self.encoder.absorb(&part);
+        for buf in part.bufs {
+            self.submit(buf).await?;
         }
-        self.pending_last_key.clear();
-        self.pending_last_key.extend_from_slice(self.data.last_key());
-        let block_len = self.data.finish_in_place();
-        self.pending_index = Some(self.block_handle(block_len));
-        self.data_blocks += 1;
+        debug_assert_eq!(self.written_len, self.encoder.len());
+        Ok(())
     }
 
-    /// The handle of the block of `block_len` bytes (trailer included) just
-    /// appended to the stream, which also advances the table length past it.
-    fn block_handle(&mut self, block_len: usize) -> BlockHandle {
-        let block_len = block_len as u64;
-        let handle = BlockHandle { offset: self.table_len, size: block_len - TRAILER_BYTES as u64 };
-        self.table_len += block_len;
-        handle
+    /// Makes this a writer whose filter is built elsewhere (by the encoders
+    /// of its parts); the table is finished with
+    /// [`finish_with_filter`](Self::finish_with_filter).
+    pub(crate) fn filter_built_elsewhere(&mut self) {
+        self.filter_taken = true;
+    }
+
+    /// Time spent waiting for the device so far.
+    pub(crate) fn io_wait(&self) -> std::time::Duration {
+        self.write_wait
     }
 
     /// Hands every full staging buffer to the kernel, waiting for the oldest write
     /// when `max_writes_in_flight` are out.
     async fn stage(&mut self) -> Result<()> {
-        let size = self.options.staging_buffer_bytes;
-        while self.data.output().len() >= size {
+        let size = self.encoder_options().staging_buffer_bytes;
+        while self.encoder.finished_bytes().len() >= size {
             // Recycled: a fresh 1 MiB buffer per write cost an allocation and
             // its page faults.
             let mut buf = self.file.pooled_buf(size);
-            let stream = self.data.output();
-            buf.extend_from_slice(&stream[..size]);
-            stream.drain(..size);
+            buf.extend_from_slice(&self.encoder.finished_bytes()[..size]);
+            self.encoder.consume(size);
             self.submit(buf).await?;
         }
         Ok(())
     }
 
     async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
-        if self.in_flight.len() >= self.options.max_writes_in_flight.max(1) {
+        if self.in_flight.len() >= self.encoder_options().max_writes_in_flight.max(1) {
             let oldest = self.in_flight.pop_front().expect("non-empty");
             let waiting_since = std::time::Instant::now();
             oldest.await?;
@@ -270,49 +197,66 @@ impl<'f> TableWriter<'f> {
     /// Bytes the table would have if finished now (close to it: the filter,
     /// index and footer are not counted). Compaction splits outputs on it.
     pub(crate) fn estimated_size_bytes(&self) -> u64 {
-        self.table_len + self.data.estimated_size_bytes() as u64
+        self.encoder.estimated_size_bytes()
     }
 
     /// Writes the filter, metaindex, index and footer, waits for every write,
     /// restores the exact length and fdatasyncs the file.
-    pub(crate) async fn finish(mut self) -> Result<TableInfo> {
-        self.finish_data_block();
-        if let Some(handle) = self.pending_index.take() {
-            add_index_entry(&mut self.index, &self.pending_last_key, handle, &mut self.encoded_handle);
-        }
-        let stream = self.data.output();
+    pub(crate) async fn finish(self) -> Result<TableInfo> {
+        assert!(!self.filter_taken, "a filter built elsewhere comes back through finish_with_filter");
+        self.finish_with_filter(None).await
+    }
+
+    /// [`finish`](Self::finish), with the contents of the filter block when
+    /// it was [built elsewhere](Self::filter_built_elsewhere).
+    pub(crate) async fn finish_with_filter(mut self, filter_block: Option<Vec<u8>>) -> Result<TableInfo> {
+        assert_eq!(self.filter_taken, filter_block.is_some(), "a filter built elsewhere comes back built");
+        let encoder = &mut self.encoder;
+        encoder.finish_data_block();
+        encoder.index_last_block();
+        let filter = std::mem::replace(&mut encoder.filter, BloomBuilder::new(1));
+        let stream = encoder.stream();
         let before = stream.len();
-        std::mem::replace(&mut self.filter, BloomBuilder::new(1)).finish_into(stream);
+        match filter_block {
+            Some(block) => stream.extend_from_slice(&block),
+            None => filter.finish_into(stream),
+        }
         super::block::append_trailer(stream, before);
         let filter_len = stream.len() - before;
-        let filter_handle = self.block_handle(filter_len);
+        let filter_handle = encoder.block_handle(filter_len);
 
         let mut metaindex = BlockBuilder::new(1);
         let mut encoded = Vec::new();
         filter_handle.encode_to(&mut encoded);
         metaindex.add(FILTER_NAME, &encoded);
-        let stream = self.data.output();
+        let stream = encoder.stream();
         let before = stream.len();
         metaindex.finish_into(stream);
         let metaindex_len = stream.len() - before;
-        let metaindex_handle = self.block_handle(metaindex_len);
+        let metaindex_handle = encoder.block_handle(metaindex_len);
 
-        let stream = self.data.output();
+        let mut index = BlockBuilder::new(1);
+        for (separator, handle) in encoder.index().iter() {
+            encoded.clear();
+            handle.encode_to(&mut encoded);
+            index.add(separator, &encoded);
+        }
+        let stream = encoder.stream();
         let before = stream.len();
-        self.index.finish_into(stream);
+        index.finish_into(stream);
         let index_len = stream.len() - before;
-        let index_handle = self.block_handle(index_len);
+        let index_handle = encoder.block_handle(index_len);
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
-        self.data.output().extend_from_slice(&footer);
-        self.table_len += FOOTER_BYTES as u64;
+        encoder.stream().extend_from_slice(&footer);
+        let table_len = encoder.len() + FOOTER_BYTES as u64;
         self.stage().await?;
-        let stream = self.data.output();
-        if !stream.is_empty() {
-            let mut buf = self.file.pooled_buf(stream.len());
-            buf.extend_from_slice(stream);
+        let rest = self.encoder.stream();
+        if !rest.is_empty() {
+            let mut buf = self.file.pooled_buf(rest.len());
+            buf.extend_from_slice(rest);
             buf.pad_to_alignment();
-            stream.clear();
+            rest.clear();
             self.submit(buf).await?;
         }
         let waiting_since = std::time::Instant::now();
@@ -320,13 +264,13 @@ impl<'f> TableWriter<'f> {
             write.await?;
         }
         // The last write was padded to the alignment: cut the padding off.
-        self.file.set_len(self.table_len).await?;
+        self.file.set_len(table_len).await?;
         self.file.sync_data().await?;
         self.write_wait += waiting_since.elapsed();
         Ok(TableInfo {
-            size_bytes: self.table_len,
-            entries: self.entries,
-            data_blocks: self.data_blocks,
+            size_bytes: table_len,
+            entries: self.encoder.entries(),
+            data_blocks: self.encoder.data_blocks(),
             io_wait: self.write_wait,
         })
     }
@@ -341,52 +285,8 @@ thread_local! {
 
 impl Drop for TableWriter<'_> {
     fn drop(&mut self) {
-        let stream = std::mem::replace(&mut self.data, BlockBuilder::new(1)).into_buffer();
-        super::keep_spare(&SPARE_STREAM, stream);
+        super::keep_spare(&SPARE_STREAM, self.encoder.take_stream());
     }
-}
-
-/// An internal key `s` with `last <= s < next` (both internal keys, `last < next`),
-/// as short as the user keys allow (LevelDB's `FindShortestSeparator`): the
-/// index holds one per data block, and short separators keep it small.
-#[cfg(test)]
-fn shortest_separator(last: &[u8], next: &[u8]) -> Vec<u8> {
-    let mut separator = Vec::new();
-    shortest_separator_into(last, next, &mut separator);
-    separator
-}
-
-/// [`shortest_separator`] into `out` (replacing its contents; no allocation
-/// once `out` has grown to a key's length).
-fn shortest_separator_into(last: &[u8], next: &[u8], out: &mut Vec<u8>) {
-    out.clear();
-    let (Some(a), Some(b)) = (ParsedInternalKey::parse(last), ParsedInternalKey::parse(next)) else {
-        unreachable!("table keys are valid internal keys");
-    };
-    let (a, b) = (a.user_key, b.user_key);
-    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    if common < a.len().min(b.len()) {
-        let byte = a[common];
-        if byte < 0xff && byte + 1 < b[common] {
-            // The first internal key of `a[..=common]` with its last byte
-            // raised: after every entry of `a` (a smaller user key), before
-            // every entry of `b` (a larger one).
-            crate::key::encode_internal_key_to(out, &a[..=common], SeqNo::MAX, ValueKind::MAX);
-            out[common] += 1;
-            debug_assert!(compare_internal_keys(last, out).is_lt());
-            debug_assert!(compare_internal_keys(out, next).is_lt());
-            return;
-        }
-    }
-    out.extend_from_slice(last);
-}
-
-/// Adds the index entry `separator -> handle`, the handle encoded in `scratch`
-/// (reused: no allocation per data block).
-fn add_index_entry(index: &mut BlockBuilder, separator: &[u8], handle: BlockHandle, scratch: &mut Vec<u8>) {
-    scratch.clear();
-    handle.encode_to(scratch);
-    index.add(separator, scratch);
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
@@ -575,38 +475,6 @@ mod tests {
     use crate::key::encode_internal_key;
     use std::collections::BTreeMap;
 
-    #[test]
-    fn separators_are_short_and_between_their_neighbours() {
-        let key = |user: &[u8], seq: u64| encode_internal_key(user, SeqNo(seq), ValueKind::Put);
-        let sep = shortest_separator(&key(b"key-00123-suffix", 9), &key(b"key-00456", 3));
-        assert_eq!(ParsedInternalKey::parse(&sep).unwrap().user_key, b"key-002");
-        // Adjacent bytes, a prefix, equal user keys: nothing shorter fits.
-        for (a, b) in [(&b"abc"[..], &b"abd"[..]), (b"ab", b"abc"), (b"a\xff", b"b")] {
-            assert_eq!(shortest_separator(&key(a, 1), &key(b, 1)), key(a, 1));
-        }
-        assert_eq!(shortest_separator(&key(b"same", 9), &key(b"same", 2)), key(b"same", 9));
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn separator_lies_between_any_ordered_pair(
-            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..12),
-            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..12),
-            sa in 0u64..100, sb in 0u64..100,
-        ) {
-            let (x, y) = (encode_internal_key(&a, SeqNo(sa), ValueKind::Put), encode_internal_key(&b, SeqNo(sb), ValueKind::Delete));
-            let (last, next) = match compare_internal_keys(&x, &y) {
-                std::cmp::Ordering::Less => (x, y),
-                std::cmp::Ordering::Greater => (y, x),
-                std::cmp::Ordering::Equal => return Ok(()),
-            };
-            let sep = shortest_separator(&last, &next);
-            proptest::prop_assert!(compare_internal_keys(&last, &sep).is_le());
-            proptest::prop_assert!(compare_internal_keys(&sep, &next).is_lt());
-            proptest::prop_assert!(sep.len() <= last.len());
-        }
-    }
-
     /// (user key, seq) -> Some(value) for puts, None for deletes.
     type Model = BTreeMap<(Vec<u8>, std::cmp::Reverse<u64>), Option<Vec<u8>>>;
 
@@ -684,6 +552,94 @@ mod tests {
                 let stats = cache.stats();
                 // Five snapshots per key: the later lookups of a key find its block cached.
                 assert!(stats.hits > stats.misses && stats.misses > 0, "{stats:?}");
+            }
+        });
+    }
+
+    /// [`write_table`], encoded as parts (one per range between `splits`, user
+    /// keys) and appended, as a parallel flush does.
+    async fn write_table_in_parts(
+        io: &Io,
+        path: &Path,
+        model: &Model,
+        options: TableOptions,
+        splits: &[Vec<u8>],
+    ) -> TableInfo {
+        use crate::sst::encoder::PartEncoder;
+        use crate::sst::filter::FilterBits;
+        let file = DirectFile::create(io, path).await.unwrap();
+        let mut writer = TableWriter::new(&file, options.clone());
+        writer.filter_built_elsewhere();
+        let align = writer.part_align_bytes();
+        let mut filter = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
+        let mut entries = model.iter().peekable();
+        for i in 0..=splits.len() {
+            let mut part = PartEncoder::new(options.clone(), io.large_bufs(), Vec::new());
+            while let Some(((key, seq), value)) = entries.next_if(|((key, _), _)| splits.get(i).is_none_or(|s| key < s))
+            {
+                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+                part.add(&encode_internal_key(key, SeqNo(seq.0), kind), value.as_deref().unwrap_or(&[]));
+            }
+            let (encoded, _) = part.finish(align, &mut filter);
+            assert!(encoded.len.is_multiple_of(align as u64));
+            writer.append_part(encoded).await.unwrap();
+        }
+        writer.finish_with_filter(Some(filter.finish())).await.unwrap()
+    }
+
+    #[test]
+    fn tables_appended_from_parts_read_like_tables_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            // Small entries with versions and deletes, and 2000-byte values
+            // (parts of several staging buffers each).
+            for (i, big_values, align) in [(0, false, 4096usize), (1, false, 0), (2, true, 4096), (3, true, 512)] {
+                let model = if big_values {
+                    (0..6000u64)
+                        .map(|n| {
+                            ((format!("key-{n:05}").into_bytes(), std::cmp::Reverse(n + 1)), Some(vec![n as u8; 2000]))
+                        })
+                        .collect()
+                } else {
+                    model(3000, i)
+                };
+                let user_keys: Vec<&Vec<u8>> = model.keys().map(|(key, _)| key).collect();
+                // Uneven parts, one of them empty (two equal splits), one a single key.
+                let at = |fraction: f64| user_keys[(user_keys.len() as f64 * fraction) as usize].clone();
+                let mut splits = vec![at(0.1), at(0.1), at(0.5), at(0.52), at(0.9)];
+                splits.dedup();
+                let path = dir.path().join(format!("{i:06}.sst"));
+                let options = TableOptions { block_align_bytes: align, ..TableOptions::default() };
+                let info = write_table_in_parts(&io, &path, &model, options.clone(), &splits).await;
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), info.size_bytes, "exact length restored");
+                assert_eq!(info.entries, model.len() as u64);
+                let table = TableReader::open(&io, &path, 1, None).await.unwrap();
+                let handles = data_block_handles(&table);
+                assert_eq!(handles.len() as u64, info.data_blocks);
+                // Blocks in order, no overlap; the gaps are block padding or a
+                // part's padding, less than the part alignment (the block
+                // alignment or the file's, at most a page here).
+                let part_align = align.max(4096) as u64;
+                assert!(gaps(&handles).iter().all(|g| *g < part_align), "{:?}", gaps(&handles));
+                let whole_path = dir.path().join(format!("whole-{i:06}.sst"));
+                let whole = write_table(&io, &whole_path, &model, options).await;
+                assert!(
+                    info.data_blocks >= whole.data_blocks
+                        && info.data_blocks <= whole.data_blocks + splits.len() as u64
+                );
+                for ((key, _), _) in model.iter().step_by(3) {
+                    for snapshot in [0u64, 500, 2999, 5999, SeqNo::MAX.0] {
+                        let got = table.get(key, SeqNo(snapshot)).await.unwrap();
+                        let want = expected(&model, key, snapshot).map(|v| match v {
+                            Some(v) => MemtableValue::Put(Bytes::from(v)),
+                            None => MemtableValue::Deleted,
+                        });
+                        assert_eq!(got, want, "table {i}: key {key:?} at {snapshot}");
+                    }
+                }
+                assert_eq!(table.get(b"absent", SeqNo::MAX).await.unwrap(), None);
+                assert_eq!(table.get(b"key-99999", SeqNo::MAX).await.unwrap(), None);
             }
         });
     }
