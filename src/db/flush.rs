@@ -37,9 +37,12 @@ pub struct FlushStats {
     /// Wall time spent building tables (encoding and writing overlapped, plus
     /// the final fdatasync), in microseconds.
     pub build_time_us: u64,
-    /// Of that, time spent encoding: the table writer's time not spent
-    /// waiting for the device (data blocks, then filter, index and footer),
-    /// in microseconds.
+    /// Of that, time spent encoding, in microseconds: on one thread, the
+    /// table writer's time not spent waiting for the device (data blocks,
+    /// then filter, index and footer); in parallel parts, the parts' encoding
+    /// time divided by the encoder threads, plus the flush thread's own
+    /// encoding (filter, index, footer). Either way what encoding alone would
+    /// take with those threads.
     pub encode_time_us: u64,
 }
 
