@@ -16,7 +16,7 @@
 //!   only, after a reopen) against 4 KiB random reads at QD1, and
 //!   `readrandom_concurrent` (32 tasks) against the same at QD32;
 //! - `flush` (one large memtable written as a table by the pipelined writer;
-//!   the second of two equal flushes is timed, see `run_flush`) against one pass of 1 MiB sequential writes at QD4 over a new fallocated
+//!   the median of `--flush-rounds` - 1 timed flushes, see `run_flush`) against one pass of 1 MiB sequential writes at QD4 over a new fallocated
 //!   file (its staging writes into a new table), in MiB/s (the `fio` column is
 //!   MiB/s for `flush`, IOPS for the others).
 
@@ -92,6 +92,11 @@ struct Args {
     /// Options::group_commit_wait_us.
     #[arg(long, default_value_t = Options::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// Rounds of the flush benchmark: the first warms up, the one with the
+    /// median build time of the others is reported (with fio, each is paired
+    /// with a pass of fio's job over as many bytes: `paired_ratio`).
+    #[arg(long, default_value_t = 6)]
+    flush_rounds: usize,
     /// Options::flush_threads: threads that encode one flush in parallel parts.
     #[arg(long, default_value_t = ringdb::Options::default().flush_threads)]
     flush_threads: usize,
@@ -211,13 +216,21 @@ async fn load_keys(db: &Db, keys: std::ops::Range<u64>, args: &Args) {
 }
 
 /// The flush benchmark: one memtable of `--load-num` entries becomes one table.
-async fn run_flush(dir: &Path, args: &Args) -> Outcome {
+///
+/// With fio (`paired_fio`: its new-file write job), each timed round is
+/// followed by one pass of that job over as many bytes as the table, in the
+/// same directory, and the note `paired_ratio` is the median over rounds of
+/// the flush's bandwidth against that pass: on a disk whose speed drifts
+/// from one second to the next, the closest like-for-like figure.
+async fn run_flush(dir: &Path, args: &Args, paired_fio: Option<&fio::Job>) -> Outcome {
     let mut options = options(args);
-    // Everything in one memtable, so the flush is measured alone.
+    // Everything in one memtable, so the flush is measured alone, and no
+    // compaction of the flushed tables running beside the next flush.
     options.write_buffer_size_bytes = usize::MAX / 2;
+    options.compaction.disable_auto_compactions = true;
     let db = Db::open(dir, options).await.expect("open");
-    // Two equal flushes (the second overwrites the first's keys); the second
-    // is timed. A database flushes over and over on one thread, which reuses
+    // Equal flushes (each overwrites the previous one's keys); all but the
+    // first are timed. A database flushes over and over on one thread, which reuses
     // its buffers; the first flush in a process also pays for touching fresh
     // memory, on this VM ~40% of its encoding (page faults clearing
     // transparent huge pages). It is reported as `first_encode_ms`.
@@ -226,30 +239,69 @@ async fn run_flush(dir: &Path, args: &Args) -> Outcome {
     db.flush().await.expect("flush");
     let first_encode_us = db.stats().flush.encode_time_us - first.encode_time_us;
     let first_build_us = db.stats().flush.build_time_us - first.build_time_us;
-    load(&db, args.load_num, args).await;
-    let before = db.stats().flush;
-    let start = Instant::now();
-    db.flush().await.expect("flush");
-    let elapsed = start.elapsed();
-    let after = db.stats().flush;
+    // The timed rounds (`--flush-rounds` - 1 of them); the one with the median
+    // build time is reported.
+    let mut rounds = Vec::new();
+    let mut paired = Vec::new();
+    for _ in 1..args.flush_rounds.max(2) {
+        load(&db, args.load_num, args).await;
+        let before = db.stats().flush;
+        let start = Instant::now();
+        db.flush().await.expect("flush");
+        let elapsed = start.elapsed();
+        let after = db.stats().flush;
+        let build = Duration::from_micros(after.build_time_us - before.build_time_us);
+        let encode = Duration::from_micros(after.encode_time_us - before.encode_time_us);
+        let table_bytes = after.bytes_written - before.bytes_written;
+        if let Some(job) = paired_fio {
+            let fio_dir = dir.join("fio");
+            std::fs::create_dir_all(&fio_dir).expect("fio dir");
+            let sized =
+                fio::run_fio_sized(job, &fio_dir, Duration::from_secs(1), table_bytes.next_multiple_of(1 << 20));
+            let _ = std::fs::remove_dir_all(&fio_dir);
+            match sized {
+                Ok(f) => paired.push(table_bytes as f64 / build.as_secs_f64() / (f.mib_per_sec * (1 << 20) as f64)),
+                Err(e) => eprintln!("{}: {e}", job.name),
+            }
+        }
+        rounds.push((
+            build,
+            encode,
+            elapsed,
+            after.bytes_written - before.bytes_written,
+            after.entries_written - before.entries_written,
+        ));
+    }
     db.close().await.expect("close");
-    let bytes = after.bytes_written - before.bytes_written;
-    let build = Duration::from_micros(after.build_time_us - before.build_time_us);
-    let encode = Duration::from_micros(after.encode_time_us - before.encode_time_us);
+    rounds.sort();
+    paired.sort_by(f64::total_cmp);
+    if std::env::var_os("DB_BENCH_ROUNDS").is_some() {
+        eprintln!("flush rounds, build ms: {:?}", rounds.iter().map(|r| r.0.as_millis()).collect::<Vec<_>>());
+        eprintln!("flush rounds, paired ratios: {paired:.2?}");
+    }
+    let (build, encode, elapsed, bytes, entries) = rounds[rounds.len() / 2];
     let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
     let _ = latency_ns.record(build.as_nanos() as u64);
+    let mut notes: Vec<(String, serde_json::Value)> = Vec::new();
+    if let Some(ratio) = paired.get(paired.len() / 2) {
+        notes.push(("paired_ratio".into(), (*ratio).into()));
+    }
     Outcome {
-        ops: after.entries_written - before.entries_written,
+        ops: entries,
         elapsed,
         latency_ns,
         io_ops: 0,
-        notes: vec![
-            ("table_bytes".into(), bytes.into()),
-            ("build_ms".into(), (build.as_secs_f64() * 1e3).into()),
-            ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
-            ("first_encode_ms".into(), (first_encode_us as f64 / 1e3).into()),
-            ("first_build_ms".into(), (first_build_us as f64 / 1e3).into()),
-        ],
+        notes: notes
+            .into_iter()
+            .chain([
+                ("timed_rounds".into(), (rounds.len() as u64).into()),
+                ("table_bytes".into(), bytes.into()),
+                ("build_ms".into(), (build.as_secs_f64() * 1e3).into()),
+                ("encode_ms".into(), (encode.as_secs_f64() * 1e3).into()),
+                ("first_encode_ms".into(), (first_encode_us as f64 / 1e3).into()),
+                ("first_build_ms".into(), (first_build_us as f64 / 1e3).into()),
+            ])
+            .collect(),
         bytes_per_sec: Some(bytes as f64 / build.as_secs_f64()),
     }
 }
@@ -690,7 +742,11 @@ fn main() {
         progress.set_message(plan.name);
         let outcome = runtime.block_on(async {
             match plan.kind {
-                Kind::Flush => run_flush(&dir, &args).await,
+                Kind::Flush => {
+                    let paired =
+                        plan.fio_job.filter(|_| with_fio).and_then(|name| jobs.iter().find(|j| j.name == name));
+                    run_flush(&dir, &args, paired).await
+                }
                 Kind::Read => run_reads(&dir, plan, &args, &progress).await,
                 Kind::ReadSeq | Kind::SeekRandom => run_scans(&dir, plan, &args, &progress).await,
                 Kind::Compact => run_compact(&dir, &args).await,
@@ -769,10 +825,11 @@ fn main() {
         }
         if let (Kind::Flush, Some(Ok(f))) = (plan.kind, &fio) {
             // The pipeline's target: no slower than the slower of its two halves run alone.
-            let table_bytes = notes[0].1.as_f64().unwrap_or(0.0);
+            let note = |name: &str| notes.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_f64()).unwrap_or(0.0);
+            let table_bytes = note("table_bytes");
             let write_alone_ms = table_bytes / (f.mib_per_sec * 1024.0 * 1024.0) * 1e3;
-            let build_ms = notes[1].1.as_f64().unwrap_or(0.0);
-            let encode_ms = notes[2].1.as_f64().unwrap_or(0.0);
+            let build_ms = note("build_ms");
+            let encode_ms = note("encode_ms");
             notes.push(("write_alone_at_fio_ms".into(), write_alone_ms.into()));
             notes.push(("build_over_max_of_halves".into(), (build_ms / write_alone_ms.max(encode_ms)).into()));
         }

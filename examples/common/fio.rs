@@ -108,11 +108,33 @@ pub fn fio_available() -> bool {
 }
 
 pub fn run_fio(job: &Job, dir: &Path, runtime: Duration) -> Result<Figures, String> {
+    run_fio_file(job, &job.path, dir, runtime)
+}
+
+/// [`run_fio`] with the job's `size=` set to `size_bytes`: a one-pass write
+/// job then covers exactly as many bytes as the engine wrote just before.
+pub fn run_fio_sized(job: &Job, dir: &Path, runtime: Duration, size_bytes: u64) -> Result<Figures, String> {
+    let text = std::fs::read_to_string(&job.path).map_err(|e| format!("{}: {e}", job.path.display()))?;
+    let sized: String = text
+        .lines()
+        .map(
+            |line| if line.trim_start().starts_with("size=") { format!("size={size_bytes}") } else { line.to_string() },
+        )
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join(format!("{}.sized.fio", job.name));
+    std::fs::write(&path, sized).map_err(|e| format!("{}: {e}", path.display()))?;
+    let figures = run_fio_file(job, &path, dir, runtime);
+    let _ = std::fs::remove_file(&path);
+    figures
+}
+
+fn run_fio_file(job: &Job, job_file: &Path, dir: &Path, runtime: Duration) -> Result<Figures, String> {
     if job.rw == "write" {
         let _ = std::fs::remove_file(dir.join(&job.file_name));
     }
     let output = Command::new("fio")
-        .arg(&job.path)
+        .arg(job_file)
         .arg("--output-format=json")
         .env("RINGDB_FIO_DIR", dir)
         .env("RINGDB_FIO_RUNTIME", runtime.as_secs().max(1).to_string())

@@ -93,6 +93,10 @@ struct Job {
 
 /// The body of the `ringdb-flush` thread.
 pub(crate) fn flush_thread(mut flusher: Flusher) {
+    // The flush submits its next write as soon as one completes; with short
+    // slices it gets a CPU for that at once, even while encoder threads or a
+    // compaction hold them all.
+    crate::io::request_short_slices();
     while let Some(job) = next_job(&flusher.shared) {
         if !wait_until_logged(&flusher.shared) {
             return;

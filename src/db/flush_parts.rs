@@ -1,8 +1,9 @@
 //! A flush that encodes a large memtable in parts, in parallel.
 //!
 //! Encoding a memtable of small entries costs about as much time on one core
-//! as writing the table takes on the test disk, so a flush encoded on its own
-//! thread is bound by that one core. Here the memtable is cut into key ranges
+//! as writing the table takes on the test disk, so on a faster disk a flush
+//! encoded on its own thread is bound by that one core (`Options::flush_threads`
+//! says when this pays). Here the memtable is cut into key ranges
 //! of about equal size (from the keys it sampled as they were inserted), and
 //! the threads of an [`EncoderPool`] encode one range each into staging
 //! buffers in memory, taking the next range when done. The flush thread
@@ -37,16 +38,6 @@ use crate::{Error, Result};
 /// Parts that may be encoded and not yet written, beyond one per encoder thread.
 const WINDOW_EXTRA_PARTS: usize = 2;
 
-/// How much encoder threads defer to the others (see `io::lower_thread_priority`).
-/// With two encoders busy on a 2-vCPU machine at normal priority, the flush
-/// thread and the ring thread waited for a CPU between writes, and each 4 MiB
-/// part took 4-12 ms to write instead of 3: over 4 alternating runs of
-/// db_bench `flush` the build took 132-172 ms at nice 0, 112-157 at nice 10,
-/// 114-146 at nice 19, and 121-144 ms encoded on one thread. 10 rather than
-/// 19 so that a flush still gets a fair share of a machine busy with the
-/// application's own threads (a weight of 110 against 1024, not 15).
-const ENCODER_NICE: i32 = 10;
-
 type Task = Box<dyn FnOnce() + Send>;
 
 /// Engine threads that encode flush parts. They live as long as the flush
@@ -65,7 +56,6 @@ impl EncoderPool {
         for i in 0..threads {
             let receiver = Arc::clone(&receiver);
             let thread = std::thread::Builder::new().name(format!("ringdb-flush-enc-{i}")).spawn(move || {
-                crate::io::lower_thread_priority(ENCODER_NICE);
                 loop {
                     let task = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(task) = task else { break };

@@ -48,9 +48,11 @@ impl PosixDriver {
         for index in 0..threads.max(1) {
             let shared = Arc::clone(&driver.shared);
             let stats = Arc::clone(&stats);
-            let thread = std::thread::Builder::new()
-                .name(format!("ringdb-io-posix-{index}"))
-                .spawn(move || worker(&shared, &stats));
+            let thread = std::thread::Builder::new().name(format!("ringdb-io-posix-{index}")).spawn(move || {
+                // Like the ring thread: every operation passes through here.
+                super::request_short_slices();
+                worker(&shared, &stats)
+            });
             match thread {
                 Ok(thread) => driver.threads.push(thread),
                 Err(e) => {

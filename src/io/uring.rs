@@ -309,6 +309,8 @@ impl RingThread {
     }
 
     fn run(mut self) {
+        // Every submission and completion passes through here.
+        super::request_short_slices();
         let mut last_activity = Instant::now();
         loop {
             let moved = self.take_pending();
