@@ -92,6 +92,13 @@ struct Args {
     /// Options::group_commit_wait_us.
     #[arg(long, default_value_t = Options::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// Rounds of readrandom and readrandom_concurrent with fio: each is
+    /// followed by a run of the matching fio job (`paired_ratio`).
+    #[arg(long, default_value_t = 5)]
+    read_rounds: usize,
+    /// Seconds of each fio run paired with a round of reads.
+    #[arg(long, default_value_t = 1)]
+    paired_fio_secs: u64,
     /// Rounds of the flush benchmark: the first warms up, the one with the
     /// median build time of the others is reported (with fio, each is paired
     /// with a pass of fio's job over as many bytes: `paired_ratio`).
@@ -417,16 +424,35 @@ async fn run_scans(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
 }
 
 /// readrandom: load and flush `--load-num` keys, reopen (cold cache), then random gets.
-async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar) -> Outcome {
+///
+/// With fio (`paired_fio`: the plan's job), the gets run in `--read-rounds`
+/// rounds, each followed by a `--paired-fio-secs` run of that job on a file
+/// laid out before the first round, and the note `paired_ratio` is the median
+/// of the rounds' get rates against those runs (see `run_flush`).
+async fn run_reads(
+    dir: &Path,
+    plan: &Plan,
+    args: &Args,
+    progress: &ProgressBar,
+    paired_fio: Option<&fio::Job>,
+) -> Outcome {
     let mut options = options(args);
     options.block_cache_size_bytes = args.read_cache_mib << 20;
     let db = Db::open(dir, options.clone()).await.expect("open");
     load(&db, args.load_num, args).await;
     db.flush().await.expect("flush");
     db.close().await.expect("close");
+    let fio_dir = dir.join("fio");
+    let paired_secs = Duration::from_secs(args.paired_fio_secs.max(1));
+    if let Some(job) = paired_fio {
+        // Lays out fio's file (untimed), so the rounds' fio runs only read.
+        std::fs::create_dir_all(&fio_dir).expect("fio dir");
+        if let Err(e) = fio::run_fio(job, &fio_dir, Duration::from_secs(1)) {
+            eprintln!("{}: {e}", job.name);
+        }
+    }
     let db = Db::open(dir, options).await.expect("reopen");
     let stats_before = db.stats();
-    let start = Instant::now();
     let (key_space, key_size) = (args.load_num, args.key_size);
     let reader = db.clone();
     let op: Op = Arc::new(move |draw, _| {
@@ -436,27 +462,45 @@ async fn run_reads(dir: &Path, plan: &Plan, args: &Args, progress: &ProgressBar)
             assert!(found.is_some(), "every loaded key is found");
         })
     });
-    let latency_ns = run_tasks(plan.tasks, plan.ops, 7, progress, op).await;
-    let elapsed = start.elapsed();
+    let rounds = if paired_fio.is_some() { args.read_rounds.max(1) as u64 } else { 1 };
+    let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
+    let mut elapsed = Duration::ZERO;
+    let mut paired = Vec::new();
+    for round in 0..rounds {
+        let ops = plan.ops / rounds + u64::from(round < plan.ops % rounds);
+        let start = Instant::now();
+        latency_ns.add(run_tasks(plan.tasks, ops, 7 + round * 1000, progress, Arc::clone(&op)).await).expect("merge");
+        let round_elapsed = start.elapsed();
+        elapsed += round_elapsed;
+        if let Some(job) = paired_fio {
+            match fio::run_fio(job, &fio_dir, paired_secs) {
+                Ok(f) => paired.push(ops as f64 / round_elapsed.as_secs_f64() / f.iops),
+                Err(e) => eprintln!("{}: {e}", job.name),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&fio_dir);
     progress.finish_and_clear();
     let after = db.stats();
     db.close().await.expect("close");
     let hits = after.block_cache.hits - stats_before.block_cache.hits;
     let misses = after.block_cache.misses - stats_before.block_cache.misses;
     let io_ops = after.io.ops_submitted - stats_before.io.ops_submitted;
-    Outcome {
-        ops: plan.ops,
-        elapsed,
-        latency_ns,
-        io_ops,
-        notes: vec![
-            ("table_bytes".into(), after.table_bytes().into()),
-            ("tables".into(), after.tables().into()),
-            ("cache_hit_rate".into(), (hits as f64 / (hits + misses).max(1) as f64).into()),
-            ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
-        ],
-        bytes_per_sec: None,
+    paired.sort_by(f64::total_cmp);
+    if std::env::var_os("DB_BENCH_ROUNDS").is_some() {
+        eprintln!("{} rounds, paired ratios: {paired:.2?}", plan.name);
     }
+    let mut notes: Vec<(String, serde_json::Value)> = Vec::new();
+    if let Some(ratio) = paired.get(paired.len() / 2) {
+        notes.push(("paired_ratio".into(), (*ratio).into()));
+    }
+    notes.extend([
+        ("table_bytes".into(), after.table_bytes().into()),
+        ("tables".into(), after.tables().into()),
+        ("cache_hit_rate".into(), (hits as f64 / (hits + misses).max(1) as f64).into()),
+        ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
+    ]);
+    Outcome { ops: plan.ops, elapsed, latency_ns, io_ops, notes, bytes_per_sec: None }
 }
 
 /// One benchmark operation: given a random draw and the operation's number.
@@ -747,7 +791,11 @@ fn main() {
                         plan.fio_job.filter(|_| with_fio).and_then(|name| jobs.iter().find(|j| j.name == name));
                     run_flush(&dir, &args, paired).await
                 }
-                Kind::Read => run_reads(&dir, plan, &args, &progress).await,
+                Kind::Read => {
+                    let paired =
+                        plan.fio_job.filter(|_| with_fio).and_then(|name| jobs.iter().find(|j| j.name == name));
+                    run_reads(&dir, plan, &args, &progress, paired).await
+                }
                 Kind::ReadSeq | Kind::SeekRandom => run_scans(&dir, plan, &args, &progress).await,
                 Kind::Compact => run_compact(&dir, &args).await,
                 Kind::ReadWhileWriting => run_read_while_writing(&dir, plan, &args, &progress).await,
