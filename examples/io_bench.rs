@@ -33,13 +33,15 @@ struct Args {
     #[arg(long, env = "RINGDB_BENCH_DIR")]
     dir: Option<PathBuf>,
     /// Measured seconds per pattern and side (after one second of ramp-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 2)]
     runtime_secs: u64,
     /// Only run patterns whose name contains this (repeatable).
     #[arg(long)]
     pattern: Vec<String>,
     /// Rounds per pattern; each round runs both sides, in alternating order.
-    #[arg(long, default_value_t = 2)]
+    /// Short rounds, often alternated: this disk's speed drifts over seconds,
+    /// and both sides should see the same drift.
+    #[arg(long, default_value_t = 4)]
     rounds: usize,
     /// Skip fio even if it is installed.
     #[arg(long)]
