@@ -145,6 +145,17 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Closes the window if the thread panics while holding it.
+struct CloseOnPanic<'a>(&'a Window);
+
+impl Drop for CloseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.close();
+        }
+    }
+}
+
 /// What an encoder thread sends the writer.
 enum Message {
     Part(Box<Part>),
@@ -180,6 +191,10 @@ thread_local! {
 /// Encodes part after part of the job's memtable until none is left, then
 /// sends the filter bits of the keys it encoded.
 fn encode_parts(job: &Job, messages: &futures_channel::mpsc::UnboundedSender<Message>) {
+    // If this thread panics (a bug), its part never arrives: the other
+    // encoders must stop too, so that every sender drops and the writer
+    // fails the flush instead of waiting for it.
+    let _stop_on_panic = CloseOnPanic(&job.window);
     let mut filter = FilterBits::new(job.memtable.len(), job.options.bloom_bits_per_key, Vec::new());
     while let Some(index) = job.window.claim() {
         let started = Instant::now();
