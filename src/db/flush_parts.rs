@@ -197,6 +197,8 @@ fn encode_parts(job: &Job, messages: &futures_channel::mpsc::UnboundedSender<Mes
     let _stop_on_panic = CloseOnPanic(&job.window);
     let mut filter = FilterBits::new(job.memtable.len(), job.options.bloom_bits_per_key, Vec::new());
     while let Some(index) = job.window.claim() {
+        #[cfg(test)]
+        assert_ne!(index, tests::PANIC_IN_PART.load(std::sync::atomic::Ordering::Relaxed), "injected panic");
         let started = Instant::now();
         let start = index.checked_sub(1).map(|i| job.bounds[i].as_slice());
         let end = job.bounds.get(index).map(Vec::as_slice);
@@ -348,5 +350,53 @@ fn encoder_stopped(file: &DirectFile) -> Error {
         path: file.path().to_path_buf(),
         offset: None,
         source: std::io::Error::other("a flush encoder thread stopped before its work was done"),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::io::IoOptions;
+    use crate::key::ValueKind;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The part whose encoder panics (a stand-in for a bug); `usize::MAX`: none.
+    pub(crate) static PANIC_IN_PART: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    #[test]
+    fn an_encoder_that_panics_fails_the_flush_and_the_pool_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (done, outcome) = mpsc::channel();
+        let path = dir.path().to_path_buf();
+        // On a thread of its own, so that a hang fails the test instead of stalling it.
+        std::thread::spawn(move || {
+            let io = Io::new(IoOptions::default()).unwrap();
+            let memtable = Arc::new(Memtable::with_sample_interval(1024));
+            for i in 0..5000u64 {
+                let key = format!("key-{i:06}");
+                memtable.insert(key.as_bytes(), SeqNo(i + 1), ValueKind::Put, Bytes::from(vec![7u8; 100]));
+            }
+            let pool = EncoderPool::new(2).unwrap();
+            let options = TableOptions::default();
+            let flush = |n: u64| {
+                let (io, memtable, pool, options, path) = (&io, &memtable, &pool, &options, &path);
+                futures::executor::block_on(async move {
+                    let file = DirectFile::create(io, &path.join(format!("{n}.sst"))).await.unwrap();
+                    build_in_parts(io, &file, memtable, n, options, pool, 8).await.map(|(meta, _)| meta)
+                })
+            };
+            let healthy = flush(1).unwrap();
+            PANIC_IN_PART.store(3, Ordering::Relaxed);
+            let failed = flush(2);
+            PANIC_IN_PART.store(usize::MAX, Ordering::Relaxed);
+            let after = flush(3).unwrap();
+            done.send((healthy, failed.map(|_| ()), after)).unwrap();
+        });
+        let (healthy, failed, after) = outcome.recv_timeout(std::time::Duration::from_secs(60)).expect("no hang");
+        let error = failed.expect_err("a part was lost");
+        assert!(error.to_string().contains("encoder thread stopped"), "{error}");
+        assert_eq!((healthy.size_bytes, &healthy.smallest_key), (after.size_bytes, &after.smallest_key));
+        assert_eq!((healthy.smallest_seq.0, healthy.largest_seq.0), (1, 5000));
     }
 }
