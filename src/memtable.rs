@@ -67,7 +67,8 @@ pub(crate) struct Memtable {
     size_bytes: AtomicUsize,
     /// The largest seq inserted so far; 0 while empty.
     max_seq: AtomicU64,
-    /// A user key is sampled each time `size_bytes` crosses a multiple of this.
+    /// A user key is sampled each time `size_bytes` crosses a multiple of
+    /// this; 0: never (nothing flushes this memtable in parts).
     sample_every_bytes: usize,
     /// User keys sampled in insertion order, evenly by charged bytes: a
     /// flush estimates quantiles of the key range from them to cut the
@@ -75,23 +76,21 @@ pub(crate) struct Memtable {
     samples: Mutex<Vec<Vec<u8>>>,
 }
 
-/// [`Memtable::new`]'s sampling interval.
-const DEFAULT_SAMPLE_EVERY_BYTES: usize = 64 << 10;
-
 impl Memtable {
-    /// An empty memtable that samples a key every 64 KiB of charged size.
+    /// An empty memtable that samples no keys.
     pub(crate) fn new() -> Memtable {
-        Memtable::with_sample_interval(DEFAULT_SAMPLE_EVERY_BYTES)
+        Memtable::with_sample_interval(0)
     }
 
     /// An empty memtable that samples a user key (see [`split_keys`](Self::split_keys))
-    /// each time its charged size crosses a multiple of `sample_every_bytes`.
+    /// each time its charged size crosses a multiple of `sample_every_bytes`
+    /// (0: never).
     pub(crate) fn with_sample_interval(sample_every_bytes: usize) -> Memtable {
         Memtable {
             map: SkipList::new(crossbeam_epoch::default_collector().clone()),
             size_bytes: AtomicUsize::new(0),
             max_seq: AtomicU64::new(0),
-            sample_every_bytes: sample_every_bytes.max(1),
+            sample_every_bytes,
             samples: Mutex::new(Vec::new()),
         }
     }
@@ -113,7 +112,8 @@ impl Memtable {
         // They order no other memory.
         let before = self.size_bytes.fetch_add(charge, Ordering::Relaxed);
         self.max_seq.fetch_max(seq.get(), Ordering::Relaxed);
-        if before / self.sample_every_bytes != (before + charge) / self.sample_every_bytes {
+        let every = self.sample_every_bytes;
+        if every != 0 && before / every != (before + charge) / every {
             self.samples.lock().unwrap_or_else(|e| e.into_inner()).push(user_key.to_vec());
         }
     }
@@ -537,6 +537,9 @@ mod tests {
             assert!((1500..=3500).contains(&part), "{part} entries in {start:?}..{end:?}");
         }
         assert!(Memtable::with_sample_interval(1 << 30).split_keys(8).is_empty(), "no samples, no cuts");
+        let unsampled = Memtable::new();
+        unsampled.insert(b"k", seq(1), ValueKind::Put, Bytes::from_static(b"v"));
+        assert!(unsampled.samples.lock().unwrap().is_empty(), "Memtable::new samples nothing");
     }
 
     proptest! {

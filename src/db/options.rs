@@ -126,9 +126,10 @@ impl Options {
     }
 
     /// How often a memtable samples a key for cutting its flush into parts:
-    /// about 16 samples per part.
+    /// about 16 samples per part; 0 (never, and no work on the write path)
+    /// when flushes are encoded on one thread.
     pub(crate) fn memtable_sample_bytes(&self) -> usize {
-        self.flush_part_bytes() / 16
+        if self.flush_threads > 1 { self.flush_part_bytes() / 16 } else { 0 }
     }
 
     pub(crate) fn table_options(&self) -> crate::sst::table::TableOptions {

@@ -135,7 +135,8 @@ pub(crate) async fn recover(
     }
     logs.sort_unstable();
 
-    let memtable = Memtable::new();
+    // The replayed memtable is flushed like any other, in parts if so configured.
+    let memtable = Memtable::with_sample_interval(options.memtable_sample_bytes());
     let (last_seq, kept) = replay_logs(io, dir, options, &logs, state.last_sequence, &memtable).await?;
     io.sync_dir(dir).await?;
     Ok(Recovered {

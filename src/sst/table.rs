@@ -86,9 +86,10 @@ pub(crate) struct TableWriter<'f> {
     in_flight: VecDeque<WriteFuture<'f>>,
     /// Time spent waiting for a write to finish before encoding could go on.
     write_wait: std::time::Duration,
-    /// The filter was taken ([`take_filter`](Self::take_filter)): appended
-    /// parts no longer add their keys, and `finish` is given the block.
-    filter_taken: bool,
+    /// The filter is built by the encoders of appended parts
+    /// ([`filter_built_elsewhere`](Self::filter_built_elsewhere)) and handed
+    /// to [`finish_with_filter`](Self::finish_with_filter).
+    filter_built_elsewhere: bool,
 }
 
 impl<'f> TableWriter<'f> {
@@ -103,7 +104,7 @@ impl<'f> TableWriter<'f> {
             written_len: 0,
             in_flight: VecDeque::new(),
             write_wait: std::time::Duration::ZERO,
-            filter_taken: false,
+            filter_built_elsewhere: false,
         }
     }
 
@@ -125,19 +126,15 @@ impl<'f> TableWriter<'f> {
     /// so a part's start keeps its blocks' alignment, and its buffers are
     /// written as they are, so it also keeps the file's sector alignment.
     pub(crate) fn part_align_bytes(&self) -> usize {
-        self.encoder_options().block_align_bytes.max(self.file.alignment())
-    }
-
-    fn encoder_options(&self) -> &TableOptions {
-        self.encoder.options()
+        self.encoder.options().block_align_bytes.max(self.file.alignment())
     }
 
     /// Appends a part encoded by a [`PartEncoder`](super::encoder::PartEncoder)
     /// (finished with [`part_align_bytes`](Self::part_align_bytes)): its
     /// buffers are written as they are, at the end of the table so far.
-    /// Only parts may be appended to a writer that takes parts. Returns the
+    /// Only parts may be appended to a writer that takes parts.
     pub(crate) async fn append_part(&mut self, part: EncodedPart) -> Result<()> {
-        assert!(self.filter_taken, "the filter of a table of parts is built by their encoders");
+        assert!(self.filter_built_elsewhere, "the filter of a table of parts is built by their encoders");
         assert!(self.encoder.finished_bytes().is_empty(), "a writer that takes parts holds no bytes of its own");
         assert!(self.encoder.len().is_multiple_of(self.part_align_bytes() as u64), "parts start aligned");
         self.encoder.absorb(&part);
@@ -152,7 +149,7 @@ impl<'f> TableWriter<'f> {
     /// of its parts); the table is finished with
     /// [`finish_with_filter`](Self::finish_with_filter).
     pub(crate) fn filter_built_elsewhere(&mut self) {
-        self.filter_taken = true;
+        self.filter_built_elsewhere = true;
     }
 
     /// Time spent waiting for the device so far.
@@ -163,7 +160,7 @@ impl<'f> TableWriter<'f> {
     /// Hands every full staging buffer to the kernel, waiting for the oldest write
     /// when `max_writes_in_flight` are out.
     async fn stage(&mut self) -> Result<()> {
-        let size = self.encoder_options().staging_buffer_bytes;
+        let size = self.encoder.options().staging_buffer_bytes;
         while self.encoder.finished_bytes().len() >= size {
             // Recycled: a fresh 1 MiB buffer per write cost an allocation and
             // its page faults.
@@ -176,7 +173,7 @@ impl<'f> TableWriter<'f> {
     }
 
     async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
-        if self.in_flight.len() >= self.encoder_options().max_writes_in_flight.max(1) {
+        if self.in_flight.len() >= self.encoder.options().max_writes_in_flight.max(1) {
             let oldest = self.in_flight.pop_front().expect("non-empty");
             let waiting_since = std::time::Instant::now();
             oldest.await?;
@@ -203,37 +200,32 @@ impl<'f> TableWriter<'f> {
     /// Writes the filter, metaindex, index and footer, waits for every write,
     /// restores the exact length and fdatasyncs the file.
     pub(crate) async fn finish(self) -> Result<TableInfo> {
-        assert!(!self.filter_taken, "a filter built elsewhere comes back through finish_with_filter");
+        assert!(!self.filter_built_elsewhere, "a filter built elsewhere comes back through finish_with_filter");
         self.finish_with_filter(None).await
     }
 
     /// [`finish`](Self::finish), with the contents of the filter block when
     /// it was [built elsewhere](Self::filter_built_elsewhere).
     pub(crate) async fn finish_with_filter(mut self, filter_block: Option<Vec<u8>>) -> Result<TableInfo> {
-        assert_eq!(self.filter_taken, filter_block.is_some(), "a filter built elsewhere comes back built");
+        assert_eq!(self.filter_built_elsewhere, filter_block.is_some(), "a filter built elsewhere comes back built");
         let encoder = &mut self.encoder;
         encoder.finish_data_block();
         encoder.index_last_block();
         let filter = std::mem::replace(&mut encoder.filter, BloomBuilder::new(1));
-        let stream = encoder.stream();
-        let before = stream.len();
-        match filter_block {
-            Some(block) => stream.extend_from_slice(&block),
-            None => filter.finish_into(stream),
-        }
-        super::block::append_trailer(stream, before);
-        let filter_len = stream.len() - before;
-        let filter_handle = encoder.block_handle(filter_len);
+        let filter_handle = append_block(encoder, |stream| {
+            let start = stream.len();
+            match filter_block {
+                Some(block) => stream.extend_from_slice(&block),
+                None => filter.finish_into(stream),
+            }
+            super::block::append_trailer(stream, start);
+        });
 
         let mut metaindex = BlockBuilder::new(1);
         let mut encoded = Vec::new();
         filter_handle.encode_to(&mut encoded);
         metaindex.add(FILTER_NAME, &encoded);
-        let stream = encoder.stream();
-        let before = stream.len();
-        metaindex.finish_into(stream);
-        let metaindex_len = stream.len() - before;
-        let metaindex_handle = encoder.block_handle(metaindex_len);
+        let metaindex_handle = append_block(encoder, |stream| metaindex.finish_into(stream));
 
         let mut index = BlockBuilder::new(1);
         for (separator, handle) in encoder.index().iter() {
@@ -241,11 +233,7 @@ impl<'f> TableWriter<'f> {
             handle.encode_to(&mut encoded);
             index.add(separator, &encoded);
         }
-        let stream = encoder.stream();
-        let before = stream.len();
-        index.finish_into(stream);
-        let index_len = stream.len() - before;
-        let index_handle = encoder.block_handle(index_len);
+        let index_handle = append_block(encoder, |stream| index.finish_into(stream));
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
         encoder.stream().extend_from_slice(&footer);
@@ -287,6 +275,16 @@ impl Drop for TableWriter<'_> {
     fn drop(&mut self) {
         super::keep_spare(&SPARE_STREAM, self.encoder.take_stream());
     }
+}
+
+/// Appends a block (contents and trailer), which `write` puts at the end of
+/// the encoder's stream, and returns its handle.
+fn append_block(encoder: &mut Encoder, write: impl FnOnce(&mut Vec<u8>)) -> BlockHandle {
+    let stream = encoder.stream();
+    let start = stream.len();
+    write(stream);
+    let len = stream.len() - start;
+    encoder.block_handle(len)
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
