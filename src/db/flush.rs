@@ -249,7 +249,7 @@ impl Flusher {
 async fn build_table(file: &DirectFile, job: &Job, options: &TableOptions) -> Result<(FileMeta, std::time::Duration)> {
     let started = Instant::now();
     let mut writer = TableWriter::new(file, options.clone());
-    writer.reserve_keys(job.memtable.len());
+    writer.bound_keys(job.memtable.len());
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_entry = None;
     let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);

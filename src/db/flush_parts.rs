@@ -311,7 +311,7 @@ pub(crate) async fn build_in_parts(
     for other in filters {
         filter.merge(&other);
     }
-    let info = writer.finish_with_filter(Some(filter.finish())).await?;
+    let info = writer.finish_with_filter(filter.finish()).await?;
     let finish_encode = finishing.elapsed().saturating_sub(info.io_wait - waited_before_finish);
     let parts_encode = parts_encode / pool.threads().max(1) as u32;
     let meta = FileMeta {

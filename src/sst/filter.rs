@@ -159,6 +159,14 @@ impl BloomBuilder {
         &self.hashes
     }
 
+    /// Sets the bits of the keys added so far in `bits`, a filter sized up
+    /// front, and forgets them: a writer that knows its key count sets them
+    /// batch by batch while it waits for the device, not all at the end.
+    pub(crate) fn drain_into(&mut self, bits: &mut FilterBits) {
+        bits.add_hashes(&self.hashes);
+        self.hashes.clear();
+    }
+
     /// Encodes the filter block: `bits[m / 8] | num_probes u8`.
     ///
     /// With no keys added this is a 64-bit filter of zero bits, which answers "absent" to
