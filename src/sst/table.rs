@@ -637,7 +637,7 @@ mod tests {
             let mut want = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
             let mut all = BloomBuilder::new(options.bloom_bits_per_key);
             let mut last: Option<&Vec<u8>> = None;
-            for ((key, _), _) in &model {
+            for (key, _) in model.keys() {
                 if last != Some(key) {
                     all.add_key(key);
                     last = Some(key);
