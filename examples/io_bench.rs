@@ -9,7 +9,9 @@
 //!
 //! Each pattern's block size, queue depth, file size and fdatasync setting are
 //! read from its fio job file, so the two sides cannot drift apart. Ratios
-//! (ringdb / fio) measured in one run are what to quote on a noisy machine.
+//! (ringdb / fio) measured in one run are what to quote on a noisy machine:
+//! `ratio` is that of the means over the rounds, `paired` the median of the
+//! rounds' own ratios (each round runs both sides back to back).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +66,9 @@ struct Args {
     /// the engine's own cost without any thread wake-up).
     #[arg(long, default_value = "tokio")]
     caller: Caller,
+    /// Worker threads of the `tokio` callers' runtime.
+    #[arg(long, default_value_t = 2)]
+    tokio_workers: usize,
     /// OS threads of the `block-on` and `spin` callers.
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,
@@ -249,6 +254,17 @@ fn run_engine(
     }
 }
 
+/// The median (the mean of the middle two for an even count); None if empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 /// Runs a future to completion on this thread without ever parking it.
 fn spin_on<F: std::future::Future>(future: F) -> F::Output {
     let waker = futures::task::noop_waker();
@@ -290,8 +306,13 @@ fn main() {
     let runtime = Duration::from_secs(args.runtime_secs.max(1));
     let with_fio = !args.no_fio && fio_available();
     let max_depth = jobs.iter().map(|j| j.queue_depth).max().unwrap_or(1) as u32;
-    // The `tokio` callers' runtime: 2 workers, as in db_bench (the test machine has 2 vCPUs).
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // The `tokio` callers' runtime: by default 2 workers, as in db_bench (the
+    // test machine has 2 vCPUs).
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.tokio_workers.max(1))
+        .enable_all()
+        .build()
+        .expect("runtime");
     let io = Io::new(IoOptions {
         backend,
         queue_depth: max_depth.max(64),
@@ -316,8 +337,8 @@ fn main() {
     drop(probe);
     let _ = std::fs::remove_file(dir.join("probe"));
     println!(
-        "{:<22} {:>6} {:>3} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6}",
-        "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio"
+        "{:<22} {:>6} {:>3} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6}",
+        "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio", "paired"
     );
     for job in &jobs {
         // Alternate the order (ringdb, fio, fio, ringdb, ...) so drift on a noisy
@@ -335,7 +356,15 @@ fn main() {
             }
         }
         let engine = Figures::mean(&engine_rounds);
-        let fio = with_fio.then(|| fio_rounds.into_iter().collect::<Result<Vec<_>, _>>().map(|f| Figures::mean(&f)));
+        let fio_rounds = with_fio.then(|| fio_rounds.into_iter().collect::<Result<Vec<_>, _>>());
+        // Round r of each side ran back to back: their ratio saw the same
+        // disk. The median of those ratios shrugs off a round in which the
+        // host stalled one side, which the ratio of the means does not.
+        let paired = match &fio_rounds {
+            Some(Ok(fio)) => median(engine_rounds.iter().zip(fio).map(|(e, f)| e.iops / f.iops).collect()),
+            _ => None,
+        };
+        let fio = fio_rounds.map(|rounds| rounds.map(|f| Figures::mean(&f)));
         let bs = if job.block_bytes >= 1 << 10 {
             format!("{}k", job.block_bytes >> 10)
         } else {
@@ -352,8 +381,9 @@ fn main() {
             }
             None => (format!("{:>32}", "-"), format!("{:>6}", "-")),
         };
+        let paired = paired.map_or_else(|| format!("{:>6}", "-"), |p| format!("{p:>6.2}"));
         println!(
-            "{:<22} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio}",
+            "{:<22} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio} {paired}",
             job.name, bs, job.queue_depth, engine.mib_per_sec, engine.iops, engine.mean_latency_us
         );
         let _ = std::fs::remove_file(dir.join(&job.file_name));
