@@ -247,3 +247,36 @@ fn tokio_reactor_at_queue_depth_two_with_linked_writes() {
         assert!(stats.reactor_ops > 0, "{stats:?}");
     }
 }
+
+/// The reactor's reaper is woken by the kernel's eventfd signal of each
+/// completion, without ever reading the counter back (edge-triggered): many
+/// thousands of one-at-a-time reads, each waiting for that wake-up alone,
+/// must all complete, and soon.
+#[test]
+fn tokio_reactor_wakes_its_reaper_for_every_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io_with(IoOptions { tokio_reactor: true, ..IoOptions::default() });
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let file = Arc::new(runtime.block_on(DirectFile::create(&io, dir.path().join("f"))).unwrap());
+    runtime.block_on(write_read_blocks(file.clone(), 0, 4));
+    let before = io.stats();
+    const READS: u64 = 5000;
+    let reads = runtime.spawn({
+        let file = file.clone();
+        async move {
+            for i in 0..READS {
+                let block = i % 4;
+                let buf = file.read_exact_at(file.alloc_buf(4096), block * 4096, 4096).await.unwrap();
+                assert_eq!(&buf[..], pattern(4096, block * 4096, 3).as_slice());
+            }
+        }
+    });
+    // A lost wake-up would leave a read waiting forever: fail instead of hanging.
+    let within = std::time::Duration::from_secs(120);
+    runtime.block_on(async { tokio::time::timeout(within, reads).await }).expect("every read completes").unwrap();
+    let stats = io.stats();
+    assert_eq!(stats.ops_submitted, stats.ops_completed);
+    if io.backend() == Backend::IoUring {
+        assert_eq!(stats.reactor_ops - before.reactor_ops, READS, "{stats:?}");
+    }
+}
