@@ -248,6 +248,46 @@ async fn a_flush_in_parallel_parts_holds_what_a_flush_on_one_thread_holds() {
     assert_eq!(contents[0], contents[2], "3 encoder threads, no block alignment");
 }
 
+/// A flush of at least 64K entries sets its filter's bits on a thread of
+/// its own: the table must find every key (no false negatives) and skip the
+/// device for nearly every absent one (the filter is not all ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_flush_filters_like_a_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        write_buffer_size_bytes: 64 << 20,
+        block_cache_size_bytes: 0,
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        ..small_options()
+    };
+    let db = Db::open(dir.path(), options.clone()).await.unwrap();
+    const KEYS: u32 = 70_000;
+    for chunk in 0..KEYS / 1000 {
+        let mut batch = WriteBatch::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            batch.put(format!("key-{:08}", i * 2), i.to_le_bytes());
+        }
+        db.write(batch, WriteOptions::default()).await.unwrap();
+    }
+    db.flush().await.unwrap();
+    db.close().await.unwrap();
+    let db = Db::open(dir.path(), options).await.unwrap();
+    assert_eq!(db.stats().tables(), 1);
+    for i in (0..KEYS).step_by(7) {
+        let got = db.get(format!("key-{:08}", i * 2)).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&i.to_le_bytes()[..]), "key {i}");
+    }
+    let reads_before = db.io_stats().ops_submitted;
+    // Odd numbers were never written; each lies inside the table's key range.
+    for i in 0..2000u32 {
+        assert_eq!(db.get(format!("key-{:08}", i * 34 + 1)).await.unwrap(), None);
+    }
+    let reads = db.io_stats().ops_submitted - reads_before;
+    // 10 bits per key: about 0.8% false positives, 16 reads expected.
+    assert!(reads < 100, "{reads} device reads for 2000 absent keys");
+    db.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_a_flush_as_soon_as_flush_returns() {
     let dir = tempfile::tempdir().unwrap();

@@ -159,6 +159,13 @@ impl BloomBuilder {
         &self.hashes
     }
 
+    /// The hashes of the keys added so far, which the builder then forgets
+    /// (for a [`FilterThread`](super::filter_thread::FilterThread)).
+    pub(crate) fn take_hashes(&mut self) -> Vec<u64> {
+        let len = self.hashes.len();
+        std::mem::replace(&mut self.hashes, Vec::with_capacity(len))
+    }
+
     /// Sets the bits of the keys added so far in `bits`, a filter sized up
     /// front, and forgets them: a writer that knows its key count sets them
     /// batch by batch while it waits for the device, not all at the end.

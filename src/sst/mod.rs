@@ -5,6 +5,7 @@ pub(crate) mod block;
 pub(crate) mod cache;
 pub(crate) mod encoder;
 pub(crate) mod filter;
+pub(crate) mod filter_thread;
 pub(crate) mod readahead;
 pub(crate) mod table;
 
