@@ -266,7 +266,9 @@ async fn build_table(file: &DirectFile, job: &Job, options: &TableOptions) -> Re
     let guard = crossbeam_epoch::pin();
     for entry in job.memtable.entries(&guard) {
         let (key, value) = (entry.key(), entry.value());
-        writer.add(key.encoded(), value).await?;
+        if writer.add_entry(key.encoded(), value) {
+            writer.stage().await?;
+        }
         if first_key.is_none() {
             first_key = Some(key.encoded().to_vec());
         }

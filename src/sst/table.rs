@@ -153,10 +153,18 @@ impl<'f> TableWriter<'f> {
 
     /// Adds an entry (internal key, value).
     pub(crate) async fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
-        if self.encoder.add(internal_key, value) {
+        if self.add_entry(internal_key, value) {
             self.stage().await?;
         }
         Ok(())
+    }
+
+    /// [`add`](Self::add) without the wait: true if a data block was
+    /// finished, and [`stage`](Self::stage) must then run before the next
+    /// entry. A flush adds millions of entries and stages once per few
+    /// thousand; this keeps an async call out of the per-entry loop.
+    pub(crate) fn add_entry(&mut self, internal_key: &[u8], value: &[u8]) -> bool {
+        self.encoder.add(internal_key, value)
     }
 
     /// Where the next part must start: parts are encoded as if at offset 0,
@@ -196,7 +204,7 @@ impl<'f> TableWriter<'f> {
 
     /// Hands every full staging buffer to the kernel, waiting for the oldest write
     /// when `max_writes_in_flight` are out.
-    async fn stage(&mut self) -> Result<()> {
+    pub(crate) async fn stage(&mut self) -> Result<()> {
         let size = self.encoder.options().staging_buffer_bytes;
         while self.encoder.finished_bytes().len() >= size {
             // Recycled: a fresh 1 MiB buffer per write cost an allocation and
