@@ -81,9 +81,9 @@ pub(crate) struct TableInfo {
     /// writes in flight, the last writes, `set_len` and the fdatasync); the
     /// rest of its time was encoding.
     pub(crate) io_wait: std::time::Duration,
-    /// How many batches of keys had their filter bits set before the end of
-    /// the table (while the writer waited for the device; see
-    /// [`TableWriter::bound_keys`]).
+    /// How many batches of keys had their filter bits set (or handed to the
+    /// filter thread) before the end of the table; see
+    /// [`TableWriter::bound_keys`].
     pub(crate) early_filter_batches: u32,
 }
 
