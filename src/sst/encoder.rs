@@ -130,7 +130,12 @@ impl Encoder {
         // The first boundary after the start, or for blocks larger than the
         // alignment the last one the block's target size reaches.
         let target_end = start + (self.options.block_size_bytes + TRAILER_BYTES) as u64;
-        let boundary = (start / align + 1).max(target_end / align) * align;
+        // Masks, not divisions: this runs for every entry of a flush, and the
+        // two divisions by the (runtime) alignment cost the encoder a fifth
+        // of its time (1M entries of 100 bytes: 37 ms against 29 ms).
+        debug_assert!(align.is_power_of_two(), "options validate the alignment");
+        let round_down = !(align - 1);
+        let boundary = ((start & round_down) + align).max(target_end & round_down);
         let end_now = start + (self.data.estimated_size_bytes() + TRAILER_BYTES) as u64;
         if boundary.checked_sub(end_now).is_none_or(|gap| gap > align / 8) {
             return false;
