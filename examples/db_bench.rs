@@ -290,8 +290,8 @@ async fn run_flush(dir: &Path, args: &Args, paired_fio: Option<&fio::Job>) -> Ou
     let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
     let _ = latency_ns.record(build.as_nanos() as u64);
     let mut notes: Vec<(String, serde_json::Value)> = Vec::new();
-    if let Some(ratio) = paired.get(paired.len() / 2) {
-        notes.push(("paired_ratio".into(), (*ratio).into()));
+    if let Some(ratio) = fio::median(paired.clone()) {
+        notes.push(("paired_ratio".into(), ratio.into()));
     }
     Outcome {
         ops: entries,
@@ -491,8 +491,8 @@ async fn run_reads(
         eprintln!("{} rounds, paired ratios: {paired:.2?}", plan.name);
     }
     let mut notes: Vec<(String, serde_json::Value)> = Vec::new();
-    if let Some(ratio) = paired.get(paired.len() / 2) {
-        notes.push(("paired_ratio".into(), (*ratio).into()));
+    if let Some(ratio) = fio::median(paired.clone()) {
+        notes.push(("paired_ratio".into(), ratio.into()));
     }
     notes.extend([
         ("table_bytes".into(), after.table_bytes().into()),

@@ -22,7 +22,7 @@ use clap::Parser;
 
 #[path = "common/fio.rs"]
 mod fio;
-use fio::{Figures, Job, fio_available, load_jobs, run_fio};
+use fio::{Figures, Job, fio_available, load_jobs, median, run_fio};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -251,17 +251,6 @@ fn run_engine(
         iops: ops / secs,
         mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,
         mean_latency_us: run.latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
-    }
-}
-
-/// The median (the mean of the middle two for an even count); None if empty.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
     }
 }
 

@@ -45,6 +45,19 @@ impl Figures {
     }
 }
 
+/// The median (the mean of the middle two for an even count); None if empty.
+/// The benchmarks report the median of per-round paired ratios: a round in
+/// which the host stalled one side does not swing it.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim().to_ascii_lowercase();
     let digits: String = text.chars().take_while(|c| c.is_ascii_digit()).collect();

@@ -244,18 +244,14 @@ impl Flusher {
     }
 }
 
-/// Flushes of at least this many entries set their filter's bits on a
-/// thread of their own (`TableWriter::bound_keys`).
-const FILTER_THREAD_MIN_KEYS: usize = 1 << 16;
-
 /// Writes the memtable as a table into `file` (created, its space reserved)
 /// on this thread. Returns its metadata and the time spent in the encoder.
 async fn build_table(file: &DirectFile, job: &Job, options: &TableOptions) -> Result<(FileMeta, std::time::Duration)> {
     let started = Instant::now();
     let mut writer = TableWriter::new(file, options.clone());
-    // A thread is worth its start (tens of microseconds) when the bits take
-    // a millisecond or more.
-    writer.bound_keys(job.memtable.len(), job.memtable.len() >= FILTER_THREAD_MIN_KEYS);
+    // Its filter's bits are set on a thread of their own as it goes: a
+    // thread start (tens of microseconds) is small beside any flush.
+    writer.bound_keys(job.memtable.len());
     let mut first_key: Option<Vec<u8>> = None;
     let mut last_entry = None;
     let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);

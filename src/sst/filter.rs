@@ -139,11 +139,6 @@ impl BloomBuilder {
         BloomBuilder { bits_per_key, hashes }
     }
 
-    /// Makes room for `keys` more keys at once (e.g. a memtable's entry count).
-    pub(crate) fn reserve(&mut self, keys: usize) {
-        self.hashes.reserve(keys);
-    }
-
     /// Adds a user key (without the internal-key trailer).
     ///
     /// Adding a key twice is harmless for correctness, but every call counts towards `n`
@@ -164,14 +159,6 @@ impl BloomBuilder {
     pub(crate) fn take_hashes(&mut self) -> Vec<u64> {
         let len = self.hashes.len();
         std::mem::replace(&mut self.hashes, Vec::with_capacity(len))
-    }
-
-    /// Sets the bits of the keys added so far in `bits`, a filter sized up
-    /// front, and forgets them: a writer that knows its key count sets them
-    /// batch by batch while it waits for the device, not all at the end.
-    pub(crate) fn drain_into(&mut self, bits: &mut FilterBits) {
-        bits.add_hashes(&self.hashes);
-        self.hashes.clear();
     }
 
     /// Encodes the filter block: `bits[m / 8] | num_probes u8`.

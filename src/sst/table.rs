@@ -63,14 +63,6 @@ impl Default for TableOptions {
     }
 }
 
-/// Where the bits of a filter sized up front ([`TableWriter::bound_keys`]) are set.
-enum EarlyFilter {
-    /// On the writer's thread, whenever it waits for a write.
-    Here(FilterBits),
-    /// On a thread of its own, a batch of key hashes per staged buffer.
-    Thread(FilterThread),
-}
-
 /// What a finished table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TableInfo {
@@ -81,9 +73,8 @@ pub(crate) struct TableInfo {
     /// writes in flight, the last writes, `set_len` and the fdatasync); the
     /// rest of its time was encoding.
     pub(crate) io_wait: std::time::Duration,
-    /// How many batches of keys had their filter bits set (or handed to the
-    /// filter thread) before the end of the table; see
-    /// [`TableWriter::bound_keys`].
+    /// How many batches of key hashes went to the filter thread before the
+    /// end of the table; see [`TableWriter::bound_keys`].
     pub(crate) early_filter_batches: u32,
 }
 
@@ -103,8 +94,9 @@ pub(crate) struct TableWriter<'f> {
     /// ([`filter_built_elsewhere`](Self::filter_built_elsewhere)) and handed
     /// to [`finish_with_filter`](Self::finish_with_filter).
     filter_built_elsewhere: bool,
-    /// The filter, sized up front by [`bound_keys`](Self::bound_keys).
-    early_filter: Option<EarlyFilter>,
+    /// The thread that sets the filter's bits, started by
+    /// [`bound_keys`](Self::bound_keys).
+    filter_thread: Option<FilterThread>,
     early_filter_batches: u32,
 }
 
@@ -121,34 +113,25 @@ impl<'f> TableWriter<'f> {
             in_flight: VecDeque::new(),
             write_wait: std::time::Duration::ZERO,
             filter_built_elsewhere: false,
-            early_filter: None,
+            filter_thread: None,
             early_filter_batches: 0,
         }
     }
 
     /// Tells the writer the table holds at most `keys` distinct user keys (a
     /// flush knows its memtable's entry count, which may count a key more
-    /// than once). The filter is then sized for `keys` up front, and its
-    /// keys' bits are set as the table is encoded, not all at the end:
-    /// setting a 1M-key filter's bits took 10-14 ms, a tenth of such a
-    /// flush, with the device idle behind it. With `on_thread` they are set
-    /// on a [`FilterThread`] (a batch per staged buffer); otherwise on this
-    /// thread, whenever the writer has to wait for a write.
-    pub(crate) fn bound_keys(&mut self, keys: usize, on_thread: bool) {
-        let bits_per_key = self.encoder.options().bloom_bits_per_key;
-        let bits = || FilterBits::new(keys, bits_per_key, SPARE_FILTER_BITS.take());
-        if on_thread {
-            match FilterThread::spawn(bits()) {
-                Ok(thread) => {
-                    self.early_filter = Some(EarlyFilter::Thread(thread));
-                    return;
-                }
-                Err(e) => tracing::debug!(error = %e, "ringdb: no filter thread; the flush thread sets the bits"),
-            }
+    /// than once). The filter is then sized for `keys` up front, and a
+    /// [`FilterThread`] sets its keys' bits as the table is encoded, a batch
+    /// per staged buffer, not all at the end: setting a 1M-key filter's bits
+    /// took 10-14 ms, a tenth of such a flush, with the device idle behind
+    /// it. If the thread cannot start, the filter is built at the end as
+    /// without a bound.
+    pub(crate) fn bound_keys(&mut self, keys: usize) {
+        let bits = FilterBits::new(keys, self.encoder.options().bloom_bits_per_key, SPARE_FILTER_BITS.take());
+        match FilterThread::spawn(bits) {
+            Ok(thread) => self.filter_thread = Some(thread),
+            Err(e) => tracing::debug!(error = %e, "ringdb: no filter thread; the filter is built at the end"),
         }
-        // Sized for every key in case the device never makes us wait.
-        self.encoder.filter.reserve(keys);
-        self.early_filter = Some(EarlyFilter::Here(bits()));
     }
 
     /// Adds an entry (internal key, value).
@@ -213,7 +196,7 @@ impl<'f> TableWriter<'f> {
             buf.extend_from_slice(&self.encoder.finished_bytes()[..size]);
             self.encoder.consume(size);
             self.submit(buf).await?;
-            if let Some(EarlyFilter::Thread(thread)) = &self.early_filter {
+            if let Some(thread) = &self.filter_thread {
                 thread.send(self.encoder.filter.take_hashes());
                 self.early_filter_batches += 1;
             }
@@ -223,22 +206,10 @@ impl<'f> TableWriter<'f> {
 
     async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
         if self.in_flight.len() >= self.encoder.options().max_writes_in_flight.max(1) {
-            let mut oldest = self.in_flight.pop_front().expect("non-empty");
-            if let Some(done) = poll_once(&mut oldest) {
-                done?;
-            } else {
-                // The device is behind: use the wait (this thread would
-                // sleep) to set the filter bits of the keys encoded so far.
-                if let Some(EarlyFilter::Here(bits)) = &mut self.early_filter
-                    && !self.encoder.filter.hashes().is_empty()
-                {
-                    self.encoder.filter.drain_into(bits);
-                    self.early_filter_batches += 1;
-                }
-                let waiting_since = std::time::Instant::now();
-                oldest.await?;
-                self.write_wait += waiting_since.elapsed();
-            }
+            let oldest = self.in_flight.pop_front().expect("non-empty");
+            let waiting_since = std::time::Instant::now();
+            oldest.await?;
+            self.write_wait += waiting_since.elapsed();
         }
         let offset = self.written_len;
         self.written_len += buf.len() as u64;
@@ -262,13 +233,9 @@ impl<'f> TableWriter<'f> {
     /// restores the exact length and fdatasyncs the file.
     pub(crate) async fn finish(mut self) -> Result<TableInfo> {
         assert!(!self.filter_built_elsewhere, "a filter built elsewhere comes back through finish_with_filter");
-        let filter_block = match self.early_filter.take() {
+        let filter_block = match self.filter_thread.take() {
             None => None,
-            Some(EarlyFilter::Here(mut bits)) => {
-                self.encoder.filter.drain_into(&mut bits);
-                Some(bits.finish())
-            }
-            Some(EarlyFilter::Thread(thread)) => {
+            Some(thread) => {
                 thread.send(self.encoder.filter.take_hashes());
                 let bits = thread.finish().await.ok_or_else(|| Error::Io {
                     op: crate::IoOp::Setup,
@@ -654,56 +621,48 @@ mod tests {
         let io = Io::new(IoOptions::default()).unwrap();
         futures::executor::block_on(async {
             let model = model(6000, 9);
-            // The bits set on the writer's thread while it waits, then on a filter thread.
-            for on_thread in [false, true] {
-                // One small write at a time: the writer waits for nearly every one.
-                let options = TableOptions {
-                    staging_buffer_bytes: 8192,
-                    max_writes_in_flight: 1,
-                    block_align_bytes: 0,
-                    ..TableOptions::default()
-                };
-                let path = dir.path().join(format!("{on_thread}.sst"));
-                let file = DirectFile::create(&io, &path).await.unwrap();
-                let mut writer = TableWriter::new(&file, options.clone());
-                // A bound above the distinct keys, as a flush gives (versions count).
-                writer.bound_keys(model.len(), on_thread);
-                for ((key, seq), value) in &model {
-                    let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
-                    writer
-                        .add(&encode_internal_key(key, SeqNo(seq.0), kind), value.as_deref().unwrap_or(&[]))
-                        .await
-                        .unwrap();
+            // Small staging buffers: many batches go to the filter thread.
+            let options = TableOptions {
+                staging_buffer_bytes: 8192,
+                max_writes_in_flight: 1,
+                block_align_bytes: 0,
+                ..TableOptions::default()
+            };
+            let path = dir.path().join("000001.sst");
+            let file = DirectFile::create(&io, &path).await.unwrap();
+            let mut writer = TableWriter::new(&file, options.clone());
+            // A bound above the distinct keys, as a flush gives (versions count).
+            writer.bound_keys(model.len());
+            for ((key, seq), value) in &model {
+                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+                writer
+                    .add(&encode_internal_key(key, SeqNo(seq.0), kind), value.as_deref().unwrap_or(&[]))
+                    .await
+                    .unwrap();
+            }
+            let info = writer.finish().await.unwrap();
+            // A batch per staged buffer of data blocks (the rest of the
+            // table, filter and index, is staged after the last).
+            assert!(info.early_filter_batches as u64 >= info.size_bytes / 8192 * 3 / 4, "{info:?}");
+            // The filter block is exactly the filter of all distinct keys, sized by the bound.
+            let mut want = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
+            let mut all = BloomBuilder::new(options.bloom_bits_per_key);
+            let mut last: Option<&Vec<u8>> = None;
+            for (key, _) in model.keys() {
+                if last != Some(key) {
+                    all.add_key(key);
+                    last = Some(key);
                 }
-                let info = writer.finish().await.unwrap();
-                if on_thread {
-                    // A batch per staged buffer of data blocks (the rest of
-                    // the table, filter and index, is staged after the last).
-                    assert!(info.early_filter_batches as u64 >= info.size_bytes / 8192 * 3 / 4, "{info:?}");
-                } else if file.is_direct() {
-                    // A device write outlasts encoding 8 KiB many times over.
-                    assert!(info.early_filter_batches > 1, "{info:?}");
-                }
-                // The filter block is exactly the filter of all distinct keys, sized by the bound.
-                let mut want = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
-                let mut all = BloomBuilder::new(options.bloom_bits_per_key);
-                let mut last: Option<&Vec<u8>> = None;
-                for (key, _) in model.keys() {
-                    if last != Some(key) {
-                        all.add_key(key);
-                        last = Some(key);
-                    }
-                }
-                all.drain_into(&mut want);
-                let table = TableReader::open(&io, &path, 1, None).await.unwrap();
-                assert_eq!(table.filter.as_ref(), want.finish().as_slice());
-                for ((key, _), _) in model.iter().step_by(5) {
-                    let want = expected(&model, key, SeqNo::MAX.0).map(|v| match v {
-                        Some(v) => MemtableValue::Put(Bytes::from(v)),
-                        None => MemtableValue::Deleted,
-                    });
-                    assert_eq!(table.get(key, SeqNo::MAX).await.unwrap(), want);
-                }
+            }
+            want.add_hashes(all.hashes());
+            let table = TableReader::open(&io, &path, 1, None).await.unwrap();
+            assert_eq!(table.filter.as_ref(), want.finish().as_slice());
+            for ((key, _), _) in model.iter().step_by(5) {
+                let want = expected(&model, key, SeqNo::MAX.0).map(|v| match v {
+                    Some(v) => MemtableValue::Put(Bytes::from(v)),
+                    None => MemtableValue::Deleted,
+                });
+                assert_eq!(table.get(key, SeqNo::MAX).await.unwrap(), want);
             }
         });
     }
