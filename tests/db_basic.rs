@@ -248,8 +248,8 @@ async fn a_flush_in_parallel_parts_holds_what_a_flush_on_one_thread_holds() {
     assert_eq!(contents[0], contents[2], "3 encoder threads, no block alignment");
 }
 
-/// A flush sets its filter's bits on a thread of its own, batch by batch: a
-/// large table (70 batches of hashes) must find every key (no false
+/// A flush sets its filter's bits on a thread of its own, a batch of hashes
+/// per staged MiB: a table of several MiB must find every key (no false
 /// negatives) and skip the device for nearly every absent one (the filter is
 /// not all ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
