@@ -109,7 +109,7 @@ pub(crate) fn sequential(table: &Arc<TableFile>) -> BlockFetch {
 /// inputs of a compaction's later key ranges start inside their tables.
 pub(crate) fn sequential_from(table: &Arc<TableFile>, target: &[u8]) -> BlockFetch {
     let reader = &table.reader;
-    let found = reader.index().iter_from(target, compare_internal_keys, reader.path(), 0).ok().and_then(|(_, f)| f);
+    let found = reader.index().iter_from(target, reader.path(), 0).ok().and_then(|(_, f)| f);
     let offset = found.and_then(|(_, handle)| BlockHandle::decode_from(&mut crate::coding::Reader::new(&handle)));
     BlockFetch::Sequential(match offset {
         Some(handle) => ReadAhead::starting_at(table, handle.offset),
@@ -190,7 +190,7 @@ impl TableCursor {
     async fn seek(&mut self, target: &[u8]) -> Result<()> {
         let path = self.table.reader.path().to_path_buf();
         self.blocks_loaded = 0;
-        let (index, found) = self.table.reader.index().iter_from(target, compare_internal_keys, &path, 0)?;
+        let (index, found) = self.table.reader.index().iter_from(target, &path, 0)?;
         self.index = index;
         let Some((_, handle)) = found else {
             self.block = None;

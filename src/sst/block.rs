@@ -345,28 +345,28 @@ impl Block {
         Ok(block)
     }
 
-    /// Walks every entry and checks that each key is a well-formed internal
-    /// key. Run once on a table's index when it is opened: a malformed
-    /// separator would otherwise send lookups to the wrong block without an
-    /// error. Data blocks are not walked twice: whoever interprets an entry
-    /// (a get, a scan, a compaction) parses its key and reports `Corruption`.
-    pub(crate) fn validate_internal_keys(&self, file: &Path, offset: u64) -> Result<()> {
-        let mut iter = self.iter();
-        while let Some((key, _)) = iter.next_entry(file, offset)? {
-            if crate::key::ParsedInternalKey::parse(&key).is_none() {
-                return Err(Error::Corruption {
-                    file: file.to_path_buf(),
-                    offset,
-                    reason: format!("malformed internal key of {} bytes", key.len()),
-                });
-            }
-        }
-        Ok(())
-    }
-
     fn restart(&self, i: usize) -> usize {
         let at = self.restarts_at + 4 * i;
         u32::from_le_bytes(self.data[at..at + 4].try_into().expect("checked in new")) as usize
+    }
+
+    /// How many restart points the block has (at least 1).
+    pub(crate) fn num_restarts(&self) -> usize {
+        self.num_restarts
+    }
+
+    /// Calls `visit` with the full key of every restart point, in order.
+    pub(crate) fn for_each_restart_key(&self, file: &Path, offset: u64, mut visit: impl FnMut(&[u8])) -> Result<()> {
+        let mut iter = self.iter();
+        for i in 0..self.num_restarts {
+            iter.pos = self.restart(i);
+            // A restart entry shares nothing with the key before it.
+            iter.key.clear();
+            if iter.step(file, offset)?.is_some() {
+                visit(&iter.key);
+            }
+        }
+        Ok(())
     }
 
     /// An iterator from the first entry.
@@ -408,12 +408,25 @@ impl Block {
         file: &Path,
         offset: u64,
     ) -> Result<(BlockIter, Option<std::ops::Range<usize>>)> {
+        self.iter_to_within(target, cmp, file, offset, 0, self.num_restarts - 1)
+    }
+
+    /// [`iter_to`](Self::iter_to) for a caller that knows the last restart
+    /// point whose key is < target (or 0 if none is) lies in `lo..=hi`.
+    pub(crate) fn iter_to_within(
+        &self,
+        target: &[u8],
+        cmp: impl Fn(&[u8], &[u8]) -> Ordering,
+        file: &Path,
+        offset: u64,
+        mut lo: usize,
+        mut hi: usize,
+    ) -> Result<(BlockIter, Option<std::ops::Range<usize>>)> {
+        assert!(lo <= hi && hi < self.num_restarts, "restart range {lo}..={hi} of {}", self.num_restarts);
         // Binary search for the last restart point whose key is < target. One
         // iterator probes them all: its key buffer is reused, and only the
-        // entry found gets its value (and a copy of its key). A get searches
-        // an index of thousands of restart points this way.
+        // entry found gets its value (and a copy of its key).
         let mut iter = BlockIter { block: self.clone(), pos: 0, key: Vec::new() };
-        let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
             iter.pos = self.restart(mid);

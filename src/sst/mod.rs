@@ -6,6 +6,7 @@ pub(crate) mod cache;
 pub(crate) mod encoder;
 pub(crate) mod filter;
 pub(crate) mod filter_thread;
+pub(crate) mod index;
 pub(crate) mod readahead;
 pub(crate) mod table;
 

@@ -23,6 +23,7 @@ use super::cache::BlockCache;
 use super::encoder::{EncodedPart, Encoder};
 use super::filter::{BloomBuilder, BloomFilter, FilterBits};
 use super::filter_thread::FilterThread;
+use super::index::PinnedIndex;
 use crate::coding::Reader;
 use crate::io::{AlignedBuf, DirectFile, Io};
 use crate::key::{InternalKey, ParsedInternalKey, SeqNo, ValueKind, compare_internal_keys};
@@ -365,7 +366,7 @@ pub(crate) struct TableReader {
     file: DirectFile,
     path: PathBuf,
     size_bytes: u64,
-    index: Block,
+    index: PinnedIndex,
     filter: Bytes,
 }
 
@@ -398,7 +399,7 @@ impl TableReader {
             None => Bytes::new(),
         };
         let (index, _) = source.read_block(footer.index).await?;
-        index.validate_internal_keys(path, footer.index.offset)?;
+        let index = PinnedIndex::new(index, path, footer.index.offset)?;
         Ok(TableReader { id, cache, path: path.to_path_buf(), size_bytes, index, filter, file })
     }
 
@@ -417,7 +418,7 @@ impl TableReader {
     }
 
     /// The pinned index block: one entry per data block, keyed by a separator.
-    pub(crate) fn index(&self) -> &Block {
+    pub(crate) fn index(&self) -> &PinnedIndex {
         &self.index
     }
 
@@ -431,14 +432,9 @@ impl TableReader {
             return Ok(None);
         }
         let lookup = InternalKey::lookup(user_key, snapshot);
-        let Some((_, handle_bytes)) = self.index.seek(lookup.encoded(), compare_internal_keys, &self.path, 0)? else {
+        let Some(handle) = self.index.find_handle(lookup.encoded(), &self.path)? else {
             return Ok(None);
         };
-        let handle = BlockHandle::decode_from(&mut Reader::new(&handle_bytes)).ok_or_else(|| Error::Corruption {
-            file: self.path.clone(),
-            offset: 0,
-            reason: "malformed block handle in the index".into(),
-        })?;
         let block = self.data_block(handle).await?;
         let Some((key, value)) = block.seek(lookup.encoded(), compare_internal_keys, &self.path, handle.offset)? else {
             return Ok(None);
