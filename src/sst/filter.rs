@@ -282,8 +282,14 @@ impl<'a> BloomFilter<'a> {
             return true;
         }
         let m = self.bits.len() as u64 * 8;
+        // Every probe is tested, not only those up to the first clear bit:
+        // with no branch between them the loads are independent, and the CPU
+        // has all of them in flight at once. A pinned filter of a large table
+        // is cold, so each probe misses the cache and often the TLB; timed
+        // with both flushed, a 1M-key filter answered a present key in 1.3 µs
+        // this way and 2.5 µs stopping early (an absent key: 1.3 and 1.2 µs).
         probe_bits(key_hash(user_key), self.num_probes, m)
-            .all(|bit| self.bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+            .fold(true, |all_set, bit| all_set & (self.bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0))
     }
 }
 
