@@ -280,3 +280,44 @@ fn tokio_reactor_wakes_its_reaper_for_every_completion() {
         assert_eq!(stats.reactor_ops - before.reactor_ops, READS, "{stats:?}");
     }
 }
+
+/// The ring thread busy-polls after activity so that a caller's next small op
+/// needs no wake-up, but not while every op in flight is a bulk transfer: those
+/// take a millisecond or so, and the spinning would take a CPU from the thread
+/// that feeds them (a flush encoding its next buffer).
+#[test]
+fn the_ring_thread_does_not_poll_while_only_bulk_transfers_are_in_flight() {
+    const ROUNDS: u64 = 20;
+    const WRITES_PER_ROUND: u64 = 4;
+    const BULK_BYTES: usize = 256 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let io = io_with(IoOptions { backend: Backend::IoUring, ring_poll_us: 100, ..IoOptions::default() });
+    futures::executor::block_on(async {
+        let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
+        let before = io.stats().poll_windows;
+        for round in 0..ROUNDS {
+            let writes = (0..WRITES_PER_ROUND).map(|i| {
+                let offset = (round * WRITES_PER_ROUND + i) * BULK_BYTES as u64;
+                let mut buf = file.alloc_buf(BULK_BYTES);
+                buf.extend_from_slice(&pattern(BULK_BYTES, offset, 0));
+                file.write_at(buf, offset)
+            });
+            for written in futures::future::join_all(writes).await {
+                written.unwrap();
+            }
+        }
+        // One window at most per round: after its last completion, when nothing is in flight.
+        let bulk_windows = io.stats().poll_windows - before;
+        assert!(bulk_windows <= ROUNDS + 1, "{bulk_windows} poll windows in {ROUNDS} rounds of bulk writes");
+
+        let before = io.stats().poll_windows;
+        for round in 0..ROUNDS {
+            let reads = (0..WRITES_PER_ROUND).map(|i| file.read_at(file.alloc_buf(4096), (round * 4 + i) * 4096, 4096));
+            for read in futures::future::join_all(reads).await {
+                read.unwrap();
+            }
+        }
+        let small_windows = io.stats().poll_windows - before;
+        assert!(small_windows >= ROUNDS / 2, "{small_windows} poll windows in {ROUNDS} rounds of 4 KiB reads");
+    });
+}

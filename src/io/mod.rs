@@ -164,6 +164,10 @@ pub struct IoStats {
     /// Operations that went through a tokio runtime's own ring and completed
     /// through its reactor ([`IoOptions::tokio_reactor`]) rather than the ring thread.
     pub reactor_ops: u64,
+    /// Times the ring thread busy-polled for work before going to sleep
+    /// ([`IoOptions::ring_poll_us`]). It does not poll while every operation in
+    /// flight is a bulk transfer (a read or plain write of 128 KiB or more).
+    pub poll_windows: u64,
 }
 
 enum Driver {
@@ -331,6 +335,7 @@ impl Io {
             submitting_enters: s.submitting_enters.load(Ordering::Relaxed),
             sqes_submitted: s.sqes_submitted.load(Ordering::Relaxed),
             reactor_ops: s.reactor_ops.load(Ordering::Relaxed),
+            poll_windows: s.poll_windows.load(Ordering::Relaxed),
         }
     }
 

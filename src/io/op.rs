@@ -46,7 +46,21 @@ pub(crate) struct Op {
     pub(crate) kind: OpKind,
 }
 
+/// Transfers of at least this many bytes are bulk: they take a millisecond or
+/// so on the device, so nobody gains from the ring thread polling for them.
+pub(crate) const BULK_TRANSFER_BYTES: usize = 128 * 1024;
+
 impl Op {
+    /// A read or plain write of at least [`BULK_TRANSFER_BYTES`]: flush and
+    /// compaction traffic. Small reads (gets), syncs and a write linked to a
+    /// sync (the WAL) are not: someone waits on each of them.
+    pub(crate) fn is_bulk(&self) -> bool {
+        match self.kind {
+            OpKind::Read { len, .. } | OpKind::Write { len, sync_after: false, .. } => len >= BULK_TRANSFER_BYTES,
+            OpKind::Write { sync_after: true, .. } | OpKind::Sync { .. } | OpKind::Allocate { .. } => false,
+        }
+    }
+
     /// Asserts the O_DIRECT rules right before a request reaches the kernel.
     /// `DirectFile` validates user input first, so a failure here is our bug.
     /// The range check holds for every file, since the kernel is given a raw pointer.
@@ -125,4 +139,5 @@ pub(crate) struct IoStatsInner {
     pub(crate) submitting_enters: AtomicU64,
     pub(crate) sqes_submitted: AtomicU64,
     pub(crate) reactor_ops: AtomicU64,
+    pub(crate) poll_windows: AtomicU64,
 }

@@ -228,6 +228,11 @@ impl InFlight {
         CqeOutcome::Finished
     }
 
+    /// See [`Op::is_bulk`].
+    pub(super) fn is_bulk(&self) -> bool {
+        self.submission.op.is_bulk()
+    }
+
     /// Hands the results and the buffer back to the caller.
     pub(super) fn finish(self, stats: &IoStatsInner) {
         let linked = matches!(self.submission.op.kind, OpKind::Write { sync_after: true, .. });
@@ -285,6 +290,8 @@ struct RingThread {
     unsubmitted_op_sqes: usize,
     /// How long to poll for work before sleeping in the kernel.
     poll: Duration,
+    /// Ops in the slab that are not bulk transfers (`Op::is_bulk`).
+    latency_bound_in_flight: usize,
     /// Op SQEs per io_uring_enter, at most (see IoOptions::max_sqes_per_enter).
     max_sqes_per_enter: usize,
     /// Target of the armed eventfd read; boxed so its address is stable.
@@ -302,6 +309,7 @@ impl RingThread {
             to_push: VecDeque::new(),
             unsubmitted_op_sqes: 0,
             poll: tuning.poll,
+            latency_bound_in_flight: 0,
             max_sqes_per_enter: tuning.max_sqes_per_enter.max(1),
             wake_buf: Box::new(0),
             wake_armed: false,
@@ -325,7 +333,13 @@ impl RingThread {
                 last_activity = Instant::now();
                 continue;
             }
-            if self.poll_for_work(last_activity + self.poll) {
+            // With only bulk transfers in flight, the next completion is a
+            // millisecond or so away: sleep at once and leave the CPU to the
+            // threads that feed them (a flush encoding its next megabyte).
+            // Measured on a 1M-entry flush: build 103-107 ms against 109-110
+            // with the poll, whose spinning took a third of a vCPU.
+            let only_bulk = !self.in_flight.is_empty() && self.latency_bound_in_flight == 0;
+            if !only_bulk && self.poll_for_work(last_activity + self.poll) {
                 continue;
             }
             // Nothing to do: sleep, unless work arrived or it is time to go.
@@ -352,6 +366,7 @@ impl RingThread {
         if self.poll.is_zero() {
             return false;
         }
+        self.stats.poll_windows.fetch_add(1, Ordering::Relaxed);
         loop {
             if self.shared.has_pending.load(Ordering::Acquire) || !self.ring.completion().is_empty() {
                 return true;
@@ -411,6 +426,7 @@ impl RingThread {
         };
         let moved = !batch.is_empty();
         for submission in batch {
+            self.latency_bound_in_flight += usize::from(!submission.op.is_bulk());
             let slot = self.in_flight.insert(InFlight::new(submission));
             self.to_push.push_back(slot);
         }
@@ -456,7 +472,11 @@ impl RingThread {
             match flight.record(part, result) {
                 CqeOutcome::Waiting => {}
                 CqeOutcome::Retry => self.to_push.push_back(slot),
-                CqeOutcome::Finished => self.in_flight.remove(slot).finish(&self.stats),
+                CqeOutcome::Finished => {
+                    let flight = self.in_flight.remove(slot);
+                    self.latency_bound_in_flight -= usize::from(!flight.is_bulk());
+                    flight.finish(&self.stats);
+                }
             }
         }
         any
