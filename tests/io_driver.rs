@@ -289,7 +289,7 @@ fn tokio_reactor_wakes_its_reaper_for_every_completion() {
 fn the_ring_thread_does_not_poll_while_only_bulk_transfers_are_in_flight() {
     const ROUNDS: u64 = 20;
     const WRITES_PER_ROUND: u64 = 4;
-    const BULK_BYTES: usize = 256 * 1024;
+    const BULK_BYTES: usize = 1024 * 1024;
     let dir = tempfile::tempdir().unwrap();
     let io = io_with(IoOptions { backend: Backend::IoUring, ring_poll_us: 100, ..IoOptions::default() });
     futures::executor::block_on(async {

@@ -166,7 +166,7 @@ pub struct IoStats {
     pub reactor_ops: u64,
     /// Times the ring thread busy-polled for work before going to sleep
     /// ([`IoOptions::ring_poll_us`]). It does not poll while every operation in
-    /// flight is a bulk transfer (a read or plain write of 128 KiB or more).
+    /// flight is a bulk transfer (a read or plain write of 512 KiB or more).
     pub poll_windows: u64,
 }
 
