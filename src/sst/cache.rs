@@ -6,10 +6,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::block::Block;
 use crate::io::{AlignedBuf, BufPool};
 
-/// Idle read buffers kept for reuse. A fresh aligned allocation per block
-/// read cost ~25% of cold-get throughput (allocators hand back page-aligned
-/// blocks as new, faulting pages); evicted blocks return their buffers here.
-const MAX_IDLE_READ_BUFFERS: usize = 1024;
+/// Idle read buffers kept for reuse, per size class. A fresh aligned
+/// allocation per block read cost ~25% of cold-get throughput (allocators
+/// hand back page-aligned blocks as new, faulting pages); evicted blocks
+/// return their buffers here.
+const MAX_IDLE_READ_BUFFERS: usize = 256;
+
+/// Capacities of the pooled read buffers: a read takes the smallest that
+/// holds its span, which it then charges to the cache. One class of "a
+/// block plus slack" (12 KiB for 4 KiB blocks) made every cached 4 KiB
+/// block pin and charge three times its size, so a cache held a third of
+/// the blocks its capacity promised. Most reads of 4 KiB blocks span one
+/// page (blocks end on 4 KiB boundaries); larger ones, two or three.
+const READ_BUFFER_PAGES: [usize; 3] = [1, 2, 3];
 
 /// A cached block and the memory it keeps alive.
 #[derive(Clone)]
@@ -32,8 +41,8 @@ impl quick_cache::Weighter<(u64, u64), CachedBlock> for ChargeWeighter {
 /// Blocks by (table file number, block offset).
 pub(crate) struct BlockCache {
     cache: quick_cache::sync::Cache<(u64, u64), CachedBlock, ChargeWeighter>,
-    /// Buffers for block reads of up to one typical block plus alignment slack.
-    read_buffers: BufPool,
+    /// Buffers for block reads, by capacity ([`READ_BUFFER_PAGES`]).
+    read_buffers: Vec<BufPool>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -53,14 +62,22 @@ pub struct BlockCacheStats {
 
 impl BlockCache {
     /// A cache holding up to `capacity_bytes`; blocks of about
-    /// `block_size_bytes` are read into pooled buffers.
+    /// `block_size_bytes` are read into pooled buffers of a size that fits them.
     pub(crate) fn new(capacity_bytes: u64, block_size_bytes: usize) -> BlockCache {
+        // A block, its trailer and the alignment slack at both ends.
+        let largest = (block_size_bytes + 64 + 2 * 4096).next_multiple_of(4096);
+        let mut read_buffers: Vec<BufPool> = READ_BUFFER_PAGES
+            .iter()
+            .map(|pages| pages * 4096)
+            .take_while(|bytes| *bytes < largest)
+            .map(|bytes| BufPool::new(bytes, 4096, MAX_IDLE_READ_BUFFERS))
+            .collect();
+        read_buffers.push(BufPool::new(largest, 4096, MAX_IDLE_READ_BUFFERS));
         // The item estimate only sizes the hash tables; blocks are ~4-8 KiB.
         let estimated_items = (capacity_bytes / 4096).clamp(16, 1 << 24) as usize;
         BlockCache {
             cache: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes.max(1), ChargeWeighter),
-            // A block, its trailer and the alignment slack at both ends.
-            read_buffers: BufPool::new(block_size_bytes + 64 + 2 * 4096, 4096, MAX_IDLE_READ_BUFFERS),
+            read_buffers,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -77,11 +94,11 @@ impl BlockCache {
         self.cache.insert((table, offset), CachedBlock { block, charge_bytes });
     }
 
-    /// A pooled buffer for a read of `span_bytes` at `alignment`, if one fits.
+    /// A pooled buffer for a read of `span_bytes` at `alignment`: the
+    /// smallest that fits, if one does.
     pub(crate) fn read_buf(&self, span_bytes: usize, alignment: usize) -> Option<AlignedBuf> {
-        let fits = span_bytes <= self.read_buffers.buf_capacity_bytes()
-            && self.read_buffers.alignment().is_multiple_of(alignment);
-        fits.then(|| self.read_buffers.get())
+        let pool = self.read_buffers.iter().find(|pool| span_bytes <= pool.buf_capacity_bytes())?;
+        pool.alignment().is_multiple_of(alignment).then(|| pool.get())
     }
 
     pub(crate) fn stats(&self) -> BlockCacheStats {
@@ -107,6 +124,22 @@ mod tests {
         builder.finish_into(&mut out);
         let contents = super::super::block::verify_trailer(Bytes::from(out), Path::new("t"), 0).unwrap();
         Block::new(contents, Path::new("t"), 0).unwrap()
+    }
+
+    #[test]
+    fn a_read_gets_the_smallest_pooled_buffer_that_holds_it() {
+        let cache = BlockCache::new(1 << 20, 4096);
+        let capacity = |span: usize| cache.read_buf(span, 512).map(|buf| buf.capacity());
+        assert_eq!(capacity(512), Some(4096));
+        assert_eq!(capacity(4096), Some(4096), "a 4 KiB block charges 4 KiB, not 12");
+        assert_eq!(capacity(4608), Some(8192));
+        assert_eq!(capacity(12288), Some(12288));
+        assert_eq!(capacity(12800), Some(16384), "a block a little over its target, with slack at both ends");
+        assert_eq!(capacity(16385), None, "larger reads get a buffer of their own");
+        assert_eq!(cache.read_buf(4096, 8192).map(|buf| buf.capacity()), None, "pooled buffers are 4 KiB-aligned");
+        // Larger blocks get a class that holds one with its slack.
+        let large = BlockCache::new(1 << 20, 64 * 1024);
+        assert_eq!(large.read_buf(64 * 1024 + 64 + 8192, 512).map(|buf| buf.capacity()), Some(77824));
     }
 
     #[test]
