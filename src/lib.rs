@@ -18,6 +18,7 @@ pub mod io;
 mod iter;
 mod key;
 mod memtable;
+mod reclaim;
 mod sst;
 mod version;
 mod wal;

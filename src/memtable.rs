@@ -76,6 +76,18 @@ pub(crate) struct Memtable {
     samples: Mutex<Vec<Vec<u8>>>,
 }
 
+impl Drop for Memtable {
+    fn drop(&mut self) {
+        // Freeing a flushed memtable takes tens of milliseconds; its last
+        // reference may go on the flush thread or in a caller's scan.
+        let collector = crossbeam_epoch::default_collector().clone();
+        let map = std::mem::replace(&mut self.map, SkipList::new(collector));
+        if !map.is_empty() {
+            crate::reclaim::drop_in_background(map);
+        }
+    }
+}
+
 impl Memtable {
     /// An empty memtable that samples no keys.
     pub(crate) fn new() -> Memtable {
@@ -284,6 +296,34 @@ mod tests {
 
     fn put(value: &[u8]) -> Option<MemtableValue> {
         Some(MemtableValue::Put(Bytes::copy_from_slice(value)))
+    }
+
+    /// A value that reports the name of the thread that frees it.
+    struct Witness(std::sync::mpsc::Sender<Option<String>>);
+
+    impl AsRef<[u8]> for Witness {
+        fn as_ref(&self) -> &[u8] {
+            b"value"
+        }
+    }
+
+    impl Drop for Witness {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().name().map(str::to_owned));
+        }
+    }
+
+    #[test]
+    fn a_dropped_memtable_is_freed_on_the_reclaim_thread() {
+        let (sender, freed_on) = std::sync::mpsc::channel();
+        let memtable = Memtable::new();
+        for i in 0..1000u32 {
+            memtable.insert(&i.to_be_bytes(), seq(u64::from(i) + 1), ValueKind::Put, Bytes::copy_from_slice(b"v"));
+        }
+        memtable.insert(b"watched", seq(5000), ValueKind::Put, Bytes::from_owner(Witness(sender)));
+        drop(memtable);
+        let name = freed_on.recv_timeout(std::time::Duration::from_secs(10)).expect("the value was freed");
+        assert_eq!(name.as_deref(), Some("ringdb-reclaim"));
     }
 
     #[test]
