@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::Result;
 use crate::key::{InternalKey, compare_internal_keys, user_key_prefix};
 use crate::memtable::Memtable;
 use crate::sst::block::{BlockHandle, BlockIter};
 use crate::sst::readahead::ReadAhead;
 use crate::version::TableFile;
-use crate::{Error, Result};
 
 /// One entry: an encoded internal key and its value.
 pub(crate) use crate::sst::block::Entry;
@@ -137,13 +137,7 @@ impl TableCursor {
 
     async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
         let reader = &self.table.reader;
-        let handle = BlockHandle::decode_from(&mut crate::coding::Reader::new(handle_bytes)).ok_or_else(|| {
-            Error::Corruption {
-                file: reader.path().to_path_buf(),
-                offset: 0,
-                reason: "malformed block handle in the index".into(),
-            }
-        })?;
+        let handle = crate::sst::index::decode_handle(handle_bytes, reader.path())?;
         self.blocks_loaded += 1;
         if matches!(self.fetch, BlockFetch::Adaptive) && self.blocks_loaded > BLOCKS_BEFORE_READ_AHEAD {
             self.fetch = BlockFetch::Sequential(ReadAhead::new(&self.table));
@@ -367,13 +361,7 @@ impl RevTableCursor {
             let mut iter = self.table.reader.index().iter();
             let mut handles = Vec::new();
             while let Some((separator, handle)) = iter.next_entry(&path, 0)? {
-                let handle = BlockHandle::decode_from(&mut crate::coding::Reader::new(&handle)).ok_or_else(|| {
-                    Error::Corruption {
-                        file: path.clone(),
-                        offset: 0,
-                        reason: "malformed block handle in the index".into(),
-                    }
-                })?;
+                let handle = crate::sst::index::decode_handle(&handle, &path)?;
                 handles.push((separator, handle));
             }
             self.handles = Some(handles);

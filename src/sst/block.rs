@@ -355,20 +355,6 @@ impl Block {
         self.num_restarts
     }
 
-    /// Calls `visit` with the full key of every restart point, in order.
-    pub(crate) fn for_each_restart_key(&self, file: &Path, offset: u64, mut visit: impl FnMut(&[u8])) -> Result<()> {
-        let mut iter = self.iter();
-        for i in 0..self.num_restarts {
-            iter.pos = self.restart(i);
-            // A restart entry shares nothing with the key before it.
-            iter.key.clear();
-            if iter.step(file, offset)?.is_some() {
-                visit(&iter.key);
-            }
-        }
-        Ok(())
-    }
-
     /// An iterator from the first entry.
     pub(crate) fn iter(&self) -> BlockIter {
         BlockIter { block: self.clone(), pos: 0, key: Vec::new() }

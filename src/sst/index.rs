@@ -38,13 +38,14 @@ pub(crate) struct PinnedIndex {
     block: Block,
     /// The longest prefix all restart keys' user keys share.
     common: Vec<u8>,
-    /// Per restart point, [`number`] of its user key after `common`; empty
-    /// when the block has no entries.
+    /// Per entry (each a restart point), [`number`] of its user key after
+    /// `common`; empty when the block has no entries or restart points
+    /// shared by several entries.
     numbers: Vec<u64>,
     /// Every `GROUP_LEN`th of `numbers`, starting with the first.
     group_firsts: Vec<u64>,
-    /// Every entry's block handle, when every entry is a restart point (as
-    /// ringdb writes indexes) and every handle decodes; else empty.
+    /// Every entry's block handle, when the numbers exist and every handle
+    /// decodes; else empty.
     handles: Vec<BlockHandle>,
 }
 
@@ -63,6 +64,15 @@ fn number(suffix: &[u8]) -> u64 {
     let len = suffix.len().min(8);
     bytes[..len].copy_from_slice(&suffix[..len]);
     u64::from_be_bytes(bytes)
+}
+
+/// The block handle an index entry holds; `file` names the table in the error.
+pub(crate) fn decode_handle(value: &[u8], file: &Path) -> Result<BlockHandle> {
+    BlockHandle::decode_from(&mut Reader::new(value)).ok_or_else(|| Error::Corruption {
+        file: file.to_path_buf(),
+        offset: 0,
+        reason: "malformed block handle in the index".into(),
+    })
 }
 
 /// The user key of an internal key (the whole key if it is too short to have
@@ -99,16 +109,14 @@ impl PinnedIndex {
             group_firsts: Vec::new(),
             handles: Vec::new(),
         };
-        if user_keys.len() != index.block.num_restarts() {
-            // Only an empty block has a restart point without an entry; an
-            // index written with a restart interval above 1 (not by ringdb)
-            // is searched through its restart keys alone.
-            user_keys.clear();
-            index.block.for_each_restart_key(file, offset, |key| user_keys.push(user_key(key).to_vec()))?;
-            if user_keys.len() != index.block.num_restarts() {
-                return Ok(index);
-            }
-        } else if let Some(handles) = handles.into_iter().collect::<Option<Vec<_>>>() {
+        // ringdb writes indexes with a restart point per entry, and the
+        // numbers stand for restart points. Another layout (or an empty
+        // block, whose one restart point has no entry) is searched in the
+        // block alone.
+        if user_keys.is_empty() || user_keys.len() != index.block.num_restarts() {
+            return Ok(index);
+        }
+        if let Some(handles) = handles.into_iter().collect::<Option<Vec<_>>>() {
             index.handles = handles;
         }
         // Keys are ascending, so what the first and last share, all share.
@@ -153,15 +161,10 @@ impl PinnedIndex {
         {
             return Ok(first.map(|i| self.handles[i]));
         }
-        let Some((_, handle)) = self.iter_from(target, file, 0)?.1 else {
-            return Ok(None);
-        };
-        let handle = BlockHandle::decode_from(&mut Reader::new(&handle)).ok_or_else(|| Error::Corruption {
-            file: file.to_path_buf(),
-            offset: 0,
-            reason: "malformed block handle in the index".into(),
-        })?;
-        Ok(Some(handle))
+        match self.iter_from(target, file, 0)?.1 {
+            Some((_, handle)) => decode_handle(&handle, file).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// What the numbers tell about `target`'s place among the restart
@@ -271,9 +274,10 @@ mod tests {
         ) {
             let block = block_of(&keys, interval);
             let index = PinnedIndex::new(block.clone(), path(), 0).unwrap();
-            prop_assert_eq!(index.numbers.len(), block.num_restarts());
-            // Handles are kept exactly when every entry is a restart point.
-            prop_assert_eq!(index.handles.len(), if interval == 1 || keys.len() == 1 { keys.len() } else { 0 });
+            // The search array exists exactly when every entry is a restart point.
+            let every_entry_restarts = interval == 1 || keys.len() == 1;
+            prop_assert_eq!(index.numbers.len(), if every_entry_restarts { keys.len() } else { 0 });
+            prop_assert_eq!(index.handles.len(), index.numbers.len());
             let mut all_targets: Vec<Vec<u8>> = targets
                 .iter()
                 .map(|(inside, k, seq)| {
