@@ -144,3 +144,30 @@ pub(crate) struct IoStatsInner {
     pub(crate) reactor_ops: AtomicU64,
     pub(crate) poll_windows: AtomicU64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn op(kind: OpKind) -> Op {
+        let file = tempfile::tempfile().unwrap();
+        Op { file: Arc::new(FileHandle { file, path: "f".into(), direct: false, align: 512 }), kind }
+    }
+
+    #[test]
+    fn only_large_reads_and_plain_writes_are_bulk() {
+        let read = |len| op(OpKind::Read { buf: AlignedBuf::new(len, 512), start: 0, len, offset: 0 });
+        let write = |len, sync_after| {
+            op(OpKind::Write { buf: AlignedBuf::new(len, 512), start: 0, len, offset: 0, sync_after })
+        };
+        assert!(!read(4096).is_bulk(), "a get's read");
+        assert!(!read(BULK_TRANSFER_BYTES - 512).is_bulk());
+        assert!(read(BULK_TRANSFER_BYTES).is_bulk(), "compaction read-ahead");
+        assert!(write(1 << 20, false).is_bulk(), "a flush's staging write");
+        assert!(!write(256 * 1024, false).is_bulk(), "256 KiB transfers keep the poll");
+        assert!(!write(1 << 20, true).is_bulk(), "a write someone waits to be synced");
+        assert!(!op(OpKind::Sync { data_only: true }).is_bulk());
+        assert!(!op(OpKind::Allocate { offset: 0, len: 1 << 30 }).is_bulk());
+    }
+}
