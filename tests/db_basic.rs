@@ -558,3 +558,61 @@ fn another_process_gets_a_locked_error() {
         Db::open(dir.path(), small_options()).await.unwrap();
     });
 }
+
+/// Waits up to 10 s for `path` to exist with space reserved (the flush
+/// thread makes the spare table after a flush, in the background).
+fn wait_for_file(path: &std::path::Path) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+#[test]
+fn each_flush_writes_into_the_spare_made_after_the_last_one_and_close_removes_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join("flush-spare.sst.tmp");
+    // One left by a crash is deleted by the next open.
+    std::fs::write(&spare, b"left by a crash").unwrap();
+    let options = Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        ..small_options()
+    };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        assert!(!spare.exists(), "an open deletes a spare left behind, and makes none before a flush");
+        db.put("a", "1").await.unwrap();
+        db.flush().await.unwrap();
+        assert!(wait_for_file(&spare), "a spare is made after a flush");
+        let spare_meta = std::fs::metadata(&spare).unwrap();
+        let tables_before = sst_files(dir.path());
+        db.put("b", "2").await.unwrap();
+        db.flush().await.unwrap();
+        let new_tables: Vec<String> =
+            sst_files(dir.path()).into_iter().filter(|name| !tables_before.contains(name)).collect();
+        assert_eq!(new_tables.len(), 1, "{new_tables:?}");
+        let table_meta = std::fs::metadata(dir.path().join(&new_tables[0])).unwrap();
+        assert_eq!(table_meta.ino(), spare_meta.ino(), "the second table is the spare, renamed");
+        assert!(table_meta.len() < spare_meta.len(), "cut to its exact length");
+        assert!(wait_for_file(&spare), "and a new spare follows");
+        db.close().await.unwrap();
+        assert!(!spare.exists(), "close removes the spare");
+        let db = Db::open(dir.path(), options).await.unwrap();
+        assert_eq!(db.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get("b").await.unwrap().as_deref(), Some(&b"2"[..]));
+        db.close().await.unwrap();
+    });
+}
+
+fn sst_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".sst"))
+        .collect()
+}

@@ -275,6 +275,8 @@ impl Db {
                 threads => Some(flush_parts::EncoderPool::new(threads).map_err(spawn_error)?),
             },
             part_bytes: options.flush_part_bytes(),
+            spare: None,
+            last_reserve_bytes: 0,
         };
         let compaction_counters = Arc::new(CompactionCounters::default());
         let compactor = Compactor {

@@ -189,8 +189,11 @@ impl<'f> TableWriter<'f> {
     /// Hands every full staging buffer to the kernel, waiting for the oldest write
     /// when `max_writes_in_flight` are out.
     pub(crate) async fn stage(&mut self) -> Result<()> {
-        let size = self.encoder.options().staging_buffer_bytes;
-        while self.encoder.finished_bytes().len() >= size {
+        loop {
+            let size = self.next_write_bytes();
+            if self.encoder.finished_bytes().len() < size {
+                return Ok(());
+            }
             // Recycled: a fresh 1 MiB buffer per write cost an allocation and
             // its page faults.
             let mut buf = self.file.pooled_buf(size);
@@ -202,7 +205,19 @@ impl<'f> TableWriter<'f> {
                 self.early_filter_batches += 1;
             }
         }
-        Ok(())
+    }
+
+    /// The size of the next staged write: a staging buffer, but a quarter of
+    /// one for the table's first write, so the device starts while the rest
+    /// of the first buffer is encoded (the first megabyte took about 0.9 ms
+    /// to encode on the test VM, with the device idle).
+    fn next_write_bytes(&self) -> usize {
+        let size = self.encoder.options().staging_buffer_bytes;
+        if self.written_len > 0 {
+            return size;
+        }
+        let align = self.file.alignment();
+        ((size / 4) / align * align).max(align)
     }
 
     async fn submit(&mut self, buf: AlignedBuf) -> Result<()> {
@@ -607,6 +622,38 @@ mod tests {
                 // Five snapshots per key: the later lookups of a key find its block cached.
                 assert!(stats.hits > stats.misses && stats.misses > 0, "{stats:?}");
             }
+        });
+    }
+
+    #[test]
+    fn the_first_write_is_a_quarter_buffer_and_every_later_one_a_whole_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = Io::new(IoOptions::default()).unwrap();
+        let staging = 64 * 1024;
+        futures::executor::block_on(async {
+            let path = dir.path().join("000001.sst");
+            let file = DirectFile::create(&io, &path).await.unwrap();
+            let options = TableOptions { staging_buffer_bytes: staging, ..TableOptions::default() };
+            let mut writer = TableWriter::new(&file, options);
+            // The file offset after each write: where each write ended.
+            let mut write_ends = Vec::new();
+            for ((key, seq), value) in &model(6000, 7) {
+                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
+                let ikey = encode_internal_key(key, SeqNo(seq.0), kind);
+                writer.add(&ikey, value.as_deref().unwrap_or(&[])).await.unwrap();
+                if write_ends.last() != Some(&writer.written_len) && writer.written_len > 0 {
+                    write_ends.push(writer.written_len);
+                }
+            }
+            assert!(write_ends.len() >= 3, "{write_ends:?}");
+            assert_eq!(write_ends[0], staging as u64 / 4, "{write_ends:?}");
+            for pair in write_ends.windows(2) {
+                assert_eq!(pair[1] - pair[0], staging as u64, "{write_ends:?}");
+            }
+            let info = writer.finish().await.unwrap();
+            let table = TableReader::open(&io, &path, 1, None).await.unwrap();
+            assert_eq!(info.entries, 6000);
+            assert!(table.get(b"key-00001", SeqNo::MAX).await.is_ok());
         });
     }
 
