@@ -50,8 +50,15 @@ impl BlockBuilder {
 
     /// A builder whose output buffer is `buf` (cleared; its allocation is reused).
     pub(crate) fn with_buffer(restart_interval: usize, mut buf: Vec<u8>) -> BlockBuilder {
-        assert!(restart_interval >= 1, "restart interval must be positive");
         buf.clear();
+        BlockBuilder::appending_to(restart_interval, buf)
+    }
+
+    /// A builder whose block goes after what `buf` already holds (kept as
+    /// finished output): a large block built in place, without a buffer of
+    /// its own to grow and copy out of.
+    pub(crate) fn appending_to(restart_interval: usize, buf: Vec<u8>) -> BlockBuilder {
+        assert!(restart_interval >= 1, "restart interval must be positive");
         BlockBuilder {
             buf,
             block_start: 0,

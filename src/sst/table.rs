@@ -298,13 +298,19 @@ impl<'f> TableWriter<'f> {
         metaindex.add(FILTER_NAME, &encoded);
         let metaindex_handle = append_block(encoder, |stream| metaindex.finish_into(stream));
 
-        let mut index = BlockBuilder::new(1);
+        // Built in place at the end of the stream, whose allocation is reused
+        // from table to table. A builder of its own grew a new buffer (about
+        // 24 bytes per data block: 0.7 MiB for 1M entries of 100 bytes) through
+        // fresh pages and copied it out, 1-6 ms at the end of a flush.
+        let mut index = BlockBuilder::appending_to(1, std::mem::take(encoder.stream()));
         for (separator, handle) in encoder.index().iter() {
             encoded.clear();
             handle.encode_to(&mut encoded);
             index.add(separator, &encoded);
         }
-        let index_handle = append_block(encoder, |stream| index.finish_into(stream));
+        let index_len = index.finish_in_place();
+        *encoder.stream() = index.into_buffer();
+        let index_handle = encoder.block_handle(index_len);
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
         encoder.stream().extend_from_slice(&footer);
