@@ -370,7 +370,7 @@ fn append_block(encoder: &mut Encoder, write: impl FnOnce(&mut Vec<u8>)) -> Bloc
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
-fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
+pub(crate) fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match future.as_mut().poll(&mut cx) {
