@@ -2,6 +2,9 @@
 //! reopen, the directory lock, limits, memtable freezing, and poisoning after
 //! a failed log write.
 
+mod common;
+use common::sst_files;
+
 use std::time::Duration;
 
 use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
@@ -607,12 +610,4 @@ fn each_flush_writes_into_the_spare_made_after_the_last_one_and_close_removes_it
         assert_eq!(db.get("b").await.unwrap().as_deref(), Some(&b"2"[..]));
         db.close().await.unwrap();
     });
-}
-
-fn sst_files(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.ends_with(".sst"))
-        .collect()
 }

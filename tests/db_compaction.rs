@@ -1,6 +1,9 @@
 //! Compaction at the database level: manual `compact_range`, what it keeps
 //! for snapshots and what it drops, and the level summary.
 
+mod common;
+use common::sst_files;
+
 use futures::StreamExt;
 use ringdb::{CompactionOptions, Db, Options};
 
@@ -244,12 +247,4 @@ async fn a_scan_keeps_its_tables_through_compactions_that_delete_them() {
     db.compact_range::<&[u8]>(..).await.unwrap();
     let left = sst_files(dir.path()).iter().filter(|name| tables_before.contains(name)).count();
     assert_eq!(left, 0, "obsolete tables are deleted once no reader holds them");
-}
-
-fn sst_files(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|name| name.ends_with(".sst"))
-        .collect()
 }

@@ -594,12 +594,33 @@ mod tests {
     async fn write_table(io: &Io, path: &Path, model: &Model, options: TableOptions) -> TableInfo {
         let file = DirectFile::create(io, path).await.unwrap();
         let mut writer = TableWriter::new(&file, options);
+        add_all(&mut writer, model).await;
+        writer.finish().await.unwrap()
+    }
+
+    /// Adds every entry of `model` to `writer`, in order.
+    async fn add_all(writer: &mut TableWriter<'_>, model: &Model) {
         for ((key, seq), value) in model {
             let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
             let ikey = encode_internal_key(key, SeqNo(seq.0), kind);
             writer.add(&ikey, value.as_deref().unwrap_or(&[])).await.unwrap();
         }
-        writer.finish().await.unwrap()
+    }
+
+    /// The filter block of `model`'s distinct user keys in a filter sized
+    /// for `model.len()` keys, as a flush bounds it (every version counts).
+    fn bounded_filter(model: &Model, bits_per_key: usize) -> Vec<u8> {
+        let mut bits = crate::sst::filter::FilterBits::new(model.len(), bits_per_key, Vec::new());
+        let mut all = BloomBuilder::new(bits_per_key);
+        let mut last: Option<&Vec<u8>> = None;
+        for (key, _) in model.keys() {
+            if last != Some(key) {
+                all.add_key(key);
+                last = Some(key);
+            }
+        }
+        bits.add_hashes(all.hashes());
+        bits.finish()
     }
 
     fn expected(model: &Model, key: &[u8], snapshot: u64) -> Option<Option<Vec<u8>>> {
@@ -687,7 +708,6 @@ mod tests {
 
     #[test]
     fn a_filter_sized_up_front_gets_the_bits_of_every_key_as_the_table_is_encoded() {
-        use crate::sst::filter::FilterBits;
         let dir = tempfile::tempdir().unwrap();
         let io = Io::new(IoOptions::default()).unwrap();
         futures::executor::block_on(async {
@@ -704,30 +724,14 @@ mod tests {
             let mut writer = TableWriter::new(&file, options.clone());
             // A bound above the distinct keys, as a flush gives (versions count).
             writer.bound_keys(model.len());
-            for ((key, seq), value) in &model {
-                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
-                writer
-                    .add(&encode_internal_key(key, SeqNo(seq.0), kind), value.as_deref().unwrap_or(&[]))
-                    .await
-                    .unwrap();
-            }
+            add_all(&mut writer, &model).await;
             let info = writer.finish().await.unwrap();
             // A batch per staged buffer of data blocks (the rest of the
             // table, filter and index, is staged after the last).
             assert!(info.early_filter_batches as u64 >= info.size_bytes / 8192 * 3 / 4, "{info:?}");
             // The filter block is exactly the filter of all distinct keys, sized by the bound.
-            let mut want = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
-            let mut all = BloomBuilder::new(options.bloom_bits_per_key);
-            let mut last: Option<&Vec<u8>> = None;
-            for (key, _) in model.keys() {
-                if last != Some(key) {
-                    all.add_key(key);
-                    last = Some(key);
-                }
-            }
-            want.add_hashes(all.hashes());
             let table = TableReader::open(&io, &path, 1, None).await.unwrap();
-            assert_eq!(table.filter.as_ref(), want.finish().as_slice());
+            assert_eq!(table.filter.as_ref(), bounded_filter(&model, options.bloom_bits_per_key).as_slice());
             for ((key, _), _) in model.iter().step_by(5) {
                 let want = expected(&model, key, SeqNo::MAX.0).map(|v| match v {
                     Some(v) => MemtableValue::Put(Bytes::from(v)),
@@ -740,7 +744,6 @@ mod tests {
 
     #[test]
     fn a_table_too_small_to_stage_a_write_gets_its_bounded_filter_without_a_thread() {
-        use crate::sst::filter::FilterBits;
         let dir = tempfile::tempdir().unwrap();
         let io = Io::new(IoOptions::default()).unwrap();
         futures::executor::block_on(async {
@@ -750,29 +753,13 @@ mod tests {
             let file = DirectFile::create(&io, &path).await.unwrap();
             let mut writer = TableWriter::new(&file, options.clone());
             writer.bound_keys(model.len());
-            for ((key, seq), value) in &model {
-                let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
-                writer
-                    .add(&encode_internal_key(key, SeqNo(seq.0), kind), value.as_deref().unwrap_or(&[]))
-                    .await
-                    .unwrap();
-            }
+            add_all(&mut writer, &model).await;
             assert!(writer.filter_thread.is_none(), "no write staged, no thread started");
             let info = writer.finish().await.unwrap();
             assert_eq!(info.early_filter_batches, 0);
             // Sized by the bound (not by the distinct keys), every distinct key in it.
-            let mut want = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
-            let mut all = BloomBuilder::new(options.bloom_bits_per_key);
-            let mut last: Option<&Vec<u8>> = None;
-            for (key, _) in model.keys() {
-                if last != Some(key) {
-                    all.add_key(key);
-                    last = Some(key);
-                }
-            }
-            want.add_hashes(all.hashes());
             let table = TableReader::open(&io, &path, 1, None).await.unwrap();
-            assert_eq!(table.filter.as_ref(), want.finish().as_slice());
+            assert_eq!(table.filter.as_ref(), bounded_filter(&model, options.bloom_bits_per_key).as_slice());
         });
     }
 

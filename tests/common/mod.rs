@@ -30,3 +30,12 @@ pub fn pattern(len: usize, offset: u64, tag: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The names of the table files (`*.sst`) in `dir`.
+pub fn sst_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".sst"))
+        .collect()
+}
