@@ -611,3 +611,42 @@ fn each_flush_writes_into_the_spare_made_after_the_last_one_and_close_removes_it
         db.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_spare_that_cannot_be_made_costs_nothing_but_the_next_flush_makes_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spare = dir.path().join("flush-spare.sst.tmp");
+    let faults = FaultInjector::new();
+    // Every reservation of a spare fails, as on a full disk.
+    faults.add(FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Allocate).path_contains("flush-spare"));
+    let options = Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..small_options()
+    };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        for round in 0..3u32 {
+            db.put(format!("k{round}"), format!("v{round}")).await.unwrap();
+            db.flush().await.unwrap();
+            // With no other flush waiting, the flush thread tries to make a
+            // spare, and removes what it created when the reservation fails.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while (faults.fired() <= u64::from(round) || spare.exists()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(faults.fired(), u64::from(round) + 1, "a spare was attempted after flush {round}");
+            assert!(!spare.exists(), "a spare that could not be reserved is removed");
+        }
+        assert_eq!(db.stats().flush.flushes, 3, "every flush made its own file");
+        for round in 0..3u32 {
+            assert_eq!(db.get(format!("k{round}")).await.unwrap().as_deref(), Some(format!("v{round}").as_bytes()));
+        }
+        db.close().await.unwrap();
+    });
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), Options { io: IoOptions::default(), ..options }).await.unwrap();
+        assert_eq!(db.get("k2").await.unwrap().as_deref(), Some(&b"v2"[..]));
+        db.close().await.unwrap();
+    });
+}
