@@ -296,11 +296,7 @@ impl Flusher {
                 spare.file
             }
             // Durable with its directory entry when created.
-            None => {
-                let file = DirectFile::create(&self.io, path).await?;
-                file.allocate(0, reserve_bytes).await?;
-                file
-            }
+            None => create_reserved(&self.io, path, reserve_bytes).await?,
         };
         let parts = part_count(&job.memtable, self.part_bytes);
         let staging_from_pool = self.table_options.staging_buffer_bytes == self.io.large_bufs().buf_capacity_bytes();
@@ -325,19 +321,22 @@ impl Flusher {
             return;
         }
         let path = spare_table_path(&self.shared.dir);
-        let made = futures_executor::block_on(async {
-            let file = DirectFile::create(&self.io, &path).await?;
-            file.allocate(0, self.last_reserve_bytes).await?;
-            Ok::<_, crate::Error>(SpareTable { file, reserved_bytes: self.last_reserve_bytes })
-        });
-        match made {
-            Ok(spare) => self.spare = Some(spare),
+        match futures_executor::block_on(create_reserved(&self.io, &path, self.last_reserve_bytes)) {
+            Ok(file) => self.spare = Some(SpareTable { file, reserved_bytes: self.last_reserve_bytes }),
             Err(e) => {
                 tracing::debug!(error = %e, "ringdb: no spare table file; the next flush creates its own");
                 let _ = futures_executor::block_on(self.io.remove_file(&path));
             }
         }
     }
+}
+
+/// Creates a table file (durable in its directory) with `reserve_bytes`
+/// allocated.
+async fn create_reserved(io: &Io, path: &Path, reserve_bytes: u64) -> Result<DirectFile> {
+    let file = DirectFile::create(io, path).await?;
+    file.allocate(0, reserve_bytes).await?;
+    Ok(file)
 }
 
 /// Bytes a reservation adds to its estimate (for the filter's and index's

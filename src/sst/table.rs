@@ -686,7 +686,8 @@ mod tests {
             let mut writer = TableWriter::new(&file, options);
             // The file offset after each write: where each write ended.
             let mut write_ends = Vec::new();
-            for ((key, seq), value) in &model(6000, 7) {
+            let model = model(6000, 7);
+            for ((key, seq), value) in &model {
                 let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
                 let ikey = encode_internal_key(key, SeqNo(seq.0), kind);
                 writer.add(&ikey, value.as_deref().unwrap_or(&[])).await.unwrap();
@@ -700,9 +701,16 @@ mod tests {
                 assert_eq!(pair[1] - pair[0], staging as u64, "{write_ends:?}");
             }
             let info = writer.finish().await.unwrap();
-            let table = TableReader::open(&io, &path, 1, None).await.unwrap();
             assert_eq!(info.entries, 6000);
-            assert!(table.get(b"key-00001", SeqNo::MAX).await.is_ok());
+            // The table reads back across the short first write.
+            let table = TableReader::open(&io, &path, 1, None).await.unwrap();
+            for ((key, _), _) in model.iter().step_by(97) {
+                let want = expected(&model, key, SeqNo::MAX.0).map(|v| match v {
+                    Some(v) => MemtableValue::Put(Bytes::from(v)),
+                    None => MemtableValue::Deleted,
+                });
+                assert_eq!(table.get(key, SeqNo::MAX).await.unwrap(), want);
+            }
         });
     }
 
