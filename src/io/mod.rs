@@ -185,13 +185,13 @@ struct IoInner {
     permits: Arc<Semaphore>,
     faults: Option<FaultInjector>,
     stats: Arc<IoStatsInner>,
-    /// Recycled [`LARGE_BUF_BYTES`] buffers for compaction read-ahead and
-    /// table-writer staging (see [`DirectFile::pooled_buf`]).
+    /// Recycled [`LARGE_BUF_BYTES`] buffers for compaction read-ahead and the
+    /// staging buffers of a parallel flush's parts (see [`DirectFile::pooled_buf`]).
     large_bufs: BufPool,
 }
 
 /// Capacity of the buffers [`DirectFile::pooled_buf`] recycles: the
-/// read-ahead chunk and the table writer's staging buffer.
+/// read-ahead chunk and a parallel flush part's staging buffer.
 pub(crate) const LARGE_BUF_BYTES: usize = 1 << 20;
 
 /// Alignment of recycled large buffers: a page, which covers the direct-I/O

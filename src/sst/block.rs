@@ -7,7 +7,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use super::stream::Stream;
 use crate::coding::{Reader, put_u32, put_varint, varint_len};
+use crate::io::AlignedBuf;
 use crate::{Error, Result};
 
 /// Bytes after every block: type (1) + crc (4).
@@ -27,11 +29,12 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The block is encoded at the end of the builder's buffer, after whatever the
 /// buffer already holds: a table writer keeps its output stream there, so each
 /// data block is finished in place (no copy into the stream; that copy was 7%
-/// of a flush).
+/// of a flush). The buffer is a `Vec<u8>`, or the aligned buffer that the
+/// table writer then writes as it is (see `super::stream`).
 #[derive(Debug)]
-pub(crate) struct BlockBuilder {
+pub(crate) struct BlockBuilder<B: Stream = Vec<u8>> {
     /// Earlier output (see [`output`](Self::output)), then the block being built.
-    buf: Vec<u8>,
+    buf: B,
     /// Where the block being built starts in `buf` (set by its first entry).
     block_start: usize,
     /// Restart offsets, relative to `block_start`.
@@ -48,16 +51,45 @@ impl BlockBuilder {
         BlockBuilder::with_buffer(restart_interval, Vec::new())
     }
 
+    /// Removes the first `n` bytes of [`finished`](Self::finished) output,
+    /// which may be done while a block is open.
+    pub(crate) fn consume_front(&mut self, n: usize) {
+        assert!(n <= self.finished().len(), "only finished output is consumed");
+        self.buf.drain(..n);
+        if self.entries > 0 {
+            self.block_start -= n;
+        }
+    }
+}
+
+impl BlockBuilder<AlignedBuf> {
+    /// Splits off the first `n` bytes of [`finished`](Self::finished) output,
+    /// which may be done while a block is open: they are returned (`len`
+    /// `n`), and the builder goes on in `fresh` with the bytes after them.
+    pub(crate) fn split_front(&mut self, n: usize, mut fresh: AlignedBuf) -> AlignedBuf {
+        assert!(n <= self.finished().len(), "only finished output is split off");
+        fresh.clear();
+        fresh.append(&self.buf[n..]);
+        let mut front = std::mem::replace(&mut self.buf, fresh);
+        front.set_len(n);
+        if self.entries > 0 {
+            self.block_start -= n;
+        }
+        front
+    }
+}
+
+impl<B: Stream> BlockBuilder<B> {
     /// A builder whose output buffer is `buf` (cleared; its allocation is reused).
-    pub(crate) fn with_buffer(restart_interval: usize, mut buf: Vec<u8>) -> BlockBuilder {
-        buf.clear();
+    pub(crate) fn with_buffer(restart_interval: usize, mut buf: B) -> BlockBuilder<B> {
+        buf.truncate(0);
         BlockBuilder::appending_to(restart_interval, buf)
     }
 
     /// A builder whose block goes after what `buf` already holds (kept as
     /// finished output): a large block built in place, without a buffer of
     /// its own to grow and copy out of.
-    pub(crate) fn appending_to(restart_interval: usize, buf: Vec<u8>) -> BlockBuilder {
+    pub(crate) fn appending_to(restart_interval: usize, buf: B) -> BlockBuilder<B> {
         assert!(restart_interval >= 1, "restart interval must be positive");
         BlockBuilder {
             buf,
@@ -85,11 +117,15 @@ impl BlockBuilder {
         } else {
             shared_prefix_len(&self.last_key, key)
         };
-        put_varint(&mut self.buf, shared as u64);
-        put_varint(&mut self.buf, (key.len() - shared) as u64);
-        put_varint(&mut self.buf, value.len() as u64);
-        self.buf.extend_from_slice(&key[shared..]);
-        self.buf.extend_from_slice(value);
+        // The three lengths in one append: each append of an aligned stream
+        // checks its room.
+        let mut header = [0u8; 30];
+        let mut n = write_varint(&mut header, 0, shared as u64);
+        n = write_varint(&mut header, n, (key.len() - shared) as u64);
+        n = write_varint(&mut header, n, value.len() as u64);
+        self.buf.append(&header[..n]);
+        self.buf.append(&key[shared..]);
+        self.buf.append(value);
         // Only the unshared tail changes.
         self.last_key.truncate(shared);
         self.last_key.extend_from_slice(&key[shared..]);
@@ -139,9 +175,9 @@ impl BlockBuilder {
             self.block_start = self.buf.len();
         }
         for restart in &self.restarts {
-            put_u32(&mut self.buf, *restart);
+            self.buf.append(&restart.to_le_bytes());
         }
-        put_u32(&mut self.buf, self.restarts.len() as u32);
+        self.buf.append(&(self.restarts.len() as u32).to_le_bytes());
         append_trailer(&mut self.buf, self.block_start);
         let len = self.buf.len() - self.block_start;
         self.restarts.clear();
@@ -156,7 +192,7 @@ impl BlockBuilder {
     pub(crate) fn finish_into(&mut self, out: &mut Vec<u8>) {
         let len = self.finish_in_place();
         let start = self.buf.len() - len;
-        out.extend_from_slice(&self.buf[start..]);
+        out.extend_from_slice(&self.buf.bytes()[start..]);
         self.buf.truncate(start);
     }
 
@@ -165,7 +201,7 @@ impl BlockBuilder {
     ///
     /// # Panics
     /// If a block is being built (its bytes are at the end of this buffer).
-    pub(crate) fn output(&mut self) -> &mut Vec<u8> {
+    pub(crate) fn output(&mut self) -> &mut B {
         assert!(self.entries == 0, "the output is not touched while a block is being built");
         &mut self.buf
     }
@@ -173,21 +209,11 @@ impl BlockBuilder {
     /// The output before the open block (all of the buffer when none is open).
     pub(crate) fn finished(&self) -> &[u8] {
         let end = if self.entries == 0 { self.buf.len() } else { self.block_start };
-        &self.buf[..end]
-    }
-
-    /// Removes the first `n` bytes of [`finished`](Self::finished) output,
-    /// which may be done while a block is open.
-    pub(crate) fn consume_front(&mut self, n: usize) {
-        assert!(n <= self.finished().len(), "only finished output is consumed");
-        self.buf.drain(..n);
-        if self.entries > 0 {
-            self.block_start -= n;
-        }
+        &self.buf.bytes()[..end]
     }
 
     /// The buffer (output and any unfinished block), for reuse by a later builder.
-    pub(crate) fn into_buffer(self) -> Vec<u8> {
+    pub(crate) fn into_buffer(self) -> B {
         self.buf
     }
 }
@@ -209,11 +235,22 @@ fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
     n + a[n..limit].iter().zip(&b[n..limit]).take_while(|(x, y)| x == y).count()
 }
 
+/// Writes `value` as a LEB128 varint into `out` at `at`; returns where it ends.
+fn write_varint(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
+    while value >= 0x80 {
+        out[at] = (value as u8) | 0x80;
+        value >>= 7;
+        at += 1;
+    }
+    out[at] = value as u8;
+    at + 1
+}
+
 /// Appends the trailer of the block contents `out[start..]`.
-pub(crate) fn append_trailer(out: &mut Vec<u8>, start: usize) {
-    out.push(BLOCK_TYPE_PLAIN);
-    let crc = crc32fast::hash(&out[start..]);
-    put_u32(out, crc);
+pub(crate) fn append_trailer<B: Stream>(out: &mut B, start: usize) {
+    out.append(&[BLOCK_TYPE_PLAIN]);
+    let crc = crc32fast::hash(&out.bytes()[start..]);
+    out.append(&crc.to_le_bytes());
 }
 
 /// Checks the trailer of `block` (contents + trailer, read from `file` at
@@ -587,6 +624,46 @@ mod tests {
                 stream.push(0);
                 expected_stream.push(0);
             }
+        }
+
+        /// A stream in an aligned buffer, split at any point of its finished
+        /// output (while a block is open, too), holds across its pieces
+        /// exactly the bytes of the same stream in a `Vec`; a buffer too
+        /// small for a block grows.
+        #[test]
+        fn an_aligned_stream_split_anywhere_holds_the_bytes_of_a_vec_stream(
+            blocks in proptest::collection::vec(
+                proptest::collection::btree_map(
+                    proptest::collection::vec(any::<u8>(), 1..12),
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                    1..40,
+                ),
+                1..5,
+            ),
+            restart in 1usize..5,
+            splits in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let mut aligned = BlockBuilder::with_buffer(restart, AlignedBuf::new(512, 512));
+            let mut vec = BlockBuilder::with_buffer(restart, Vec::new());
+            let mut written = Vec::new();
+            let mut splits = splits.into_iter();
+            for entries in &blocks {
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    aligned.add(key, value);
+                    vec.add(key, value);
+                    // Mid-block, as the table writer splits after a block
+                    // ended and the next one took its first entry.
+                    if i == 0 && let Some(at) = splits.next() {
+                        let n = at.min(aligned.finished().len());
+                        let front = aligned.split_front(n, AlignedBuf::new(512, 512));
+                        prop_assert_eq!(front.len(), n);
+                        written.extend_from_slice(&front);
+                    }
+                }
+                prop_assert_eq!(aligned.finish_in_place(), vec.finish_in_place());
+            }
+            written.extend_from_slice(aligned.finished());
+            prop_assert_eq!(&written[..], vec.finished());
         }
 
         #[test]

@@ -155,10 +155,11 @@ impl BloomBuilder {
     }
 
     /// The hashes of the keys added so far, which the builder then forgets
-    /// (for a [`FilterThread`](super::filter_thread::FilterThread)).
-    pub(crate) fn take_hashes(&mut self) -> Vec<u64> {
-        let len = self.hashes.len();
-        std::mem::replace(&mut self.hashes, Vec::with_capacity(len))
+    /// (for a [`FilterThread`](super::filter_thread::FilterThread)); it goes
+    /// on in `empty`, a batch the thread is done with (or a new vector).
+    pub(crate) fn take_hashes(&mut self, mut empty: Vec<u64>) -> Vec<u64> {
+        empty.clear();
+        std::mem::replace(&mut self.hashes, empty)
     }
 
     /// Encodes the filter block: `bits[m / 8] | num_probes u8`.
@@ -298,6 +299,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn taken_hashes_leave_the_builder_filling_the_batch_it_was_given_empty() {
+        let mut builder = BloomBuilder::new(10);
+        builder.add_key(b"a");
+        builder.add_key(b"b");
+        let stale: Vec<u64> = Vec::from([7, 8, 9]);
+        let address = stale.as_ptr();
+        let taken = builder.take_hashes(stale);
+        assert_eq!(taken, [key_hash(b"a"), key_hash(b"b")]);
+        assert!(builder.hashes().is_empty(), "a returned batch's old hashes are not added again");
+        builder.add_key(b"c");
+        assert_eq!(builder.hashes(), [key_hash(b"c")]);
+        assert_eq!(builder.hashes().as_ptr(), address, "the batch's allocation is reused");
+    }
 
     /// `count` distinct random keys of 8 to 24 bytes whose first byte is `tag`, so that key
     /// sets with different tags are disjoint.

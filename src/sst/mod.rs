@@ -8,6 +8,7 @@ pub(crate) mod filter;
 pub(crate) mod filter_thread;
 pub(crate) mod index;
 pub(crate) mod readahead;
+pub(crate) mod stream;
 pub(crate) mod table;
 
 use std::cell::Cell;

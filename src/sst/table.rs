@@ -1,10 +1,10 @@
 //! Writing and reading whole tables (`docs/format/sst.md`).
 //!
-//! The writer encodes blocks into a byte stream (data blocks are built in
-//! place at its end) and hands every full staging
-//! buffer (aligned, `staging_buffer_bytes`) to the I/O layer as an O_DIRECT
-//! write while it goes on encoding; at most `max_writes_in_flight` buffers
-//! are in flight, then it waits for the oldest. The last buffer is padded to
+//! The writer encodes blocks into a byte stream held in an aligned buffer
+//! (data blocks are built in place at its end) and hands every full staging
+//! buffer's worth (`staging_buffer_bytes`) to the I/O layer as an O_DIRECT
+//! write, that very buffer, while it goes on encoding into the next; at most
+//! `max_writes_in_flight` buffers are in flight, then it waits for the oldest. The last buffer is padded to
 //! the alignment, and `set_len` cuts the file back to the table's exact length.
 //!
 //! The reader keeps the index and the filter in memory, so a point lookup
@@ -25,7 +25,7 @@ use super::filter::{BloomBuilder, BloomFilter, FilterBits};
 use super::filter_thread::FilterThread;
 use super::index::PinnedIndex;
 use crate::coding::Reader;
-use crate::io::{AlignedBuf, DirectFile, Io};
+use crate::io::{AlignedBuf, BufPool, DirectFile, Io};
 use crate::key::{InternalKey, ParsedInternalKey, SeqNo, ValueKind, compare_internal_keys};
 use crate::memtable::MemtableValue;
 use crate::{Error, Result};
@@ -85,7 +85,10 @@ type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<AlignedBuf>> + Send + 
 /// whole parts encoded elsewhere appended in key order.
 pub(crate) struct TableWriter<'f> {
     file: &'f DirectFile,
-    encoder: Encoder,
+    /// Encodes into an aligned buffer that is written as it is.
+    encoder: Encoder<AlignedBuf>,
+    /// Where the stream's buffers come from (and go back to once written).
+    stream_bufs: BufPool,
     /// File offset of the next write.
     written_len: u64,
     in_flight: VecDeque<WriteFuture<'f>>,
@@ -107,11 +110,13 @@ impl<'f> TableWriter<'f> {
     /// A writer into `file` (new and empty).
     pub(crate) fn new(file: &'f DirectFile, options: TableOptions) -> TableWriter<'f> {
         assert!(options.staging_buffer_bytes.is_multiple_of(file.alignment()), "staging buffers are whole sectors");
+        let stream_bufs = stream_pool(file, &options);
         TableWriter {
             file,
             // The data block builder's buffer is the writer's stream: encoded
-            // bytes not yet in a staging buffer, the open block at its end.
-            encoder: Encoder::new(options, SPARE_STREAM.take()),
+            // bytes not yet written, the open block at its end.
+            encoder: Encoder::new(options, stream_bufs.get()),
+            stream_bufs,
             written_len: 0,
             in_flight: VecDeque::new(),
             write_wait: std::time::Duration::ZERO,
@@ -151,7 +156,8 @@ impl<'f> TableWriter<'f> {
             }
         }
         if let Some(thread) = &self.filter_thread {
-            thread.send(self.encoder.filter.take_hashes());
+            let empty = thread.empty_batch(self.encoder.filter.hashes().len());
+            thread.send(self.encoder.filter.take_hashes(empty));
             self.early_filter_batches += 1;
         }
     }
@@ -215,14 +221,28 @@ impl<'f> TableWriter<'f> {
             if self.encoder.finished_bytes().len() < size {
                 return Ok(());
             }
-            // Recycled: a fresh 1 MiB buffer per write cost an allocation and
-            // its page faults.
-            let mut buf = self.file.pooled_buf(size);
-            buf.extend_from_slice(&self.encoder.finished_bytes()[..size]);
-            self.encoder.consume(size);
+            // The stream's buffer is written as it is; the encoder goes on in
+            // a recycled one (a fresh buffer per write cost an allocation and
+            // its page faults).
+            let buf = self.encoder.split_front(size, self.stream_bufs.get());
             self.submit(buf).await?;
             self.send_filter_batch();
         }
+    }
+
+    /// Appends `bytes` (whole blocks, already counted in the encoder's
+    /// length) to the stream, staging writes as it fills: never past a stream
+    /// buffer's capacity, so it never grows.
+    async fn append_bytes(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let stream = self.encoder.stream();
+            let room = stream.capacity() - stream.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            super::stream::Stream::append(stream, now);
+            bytes = later;
+            self.stage().await?;
+        }
+        Ok(())
     }
 
     /// The size of the next staged write: a staging buffer, but a quarter of
@@ -274,7 +294,7 @@ impl<'f> TableWriter<'f> {
                 bits.finish()
             }),
             Some(thread) => {
-                thread.send(self.encoder.filter.take_hashes());
+                thread.send(self.encoder.filter.take_hashes(Vec::new()));
                 let bits = thread.finish().await.ok_or_else(|| Error::Io {
                     op: crate::IoOp::Setup,
                     path: self.file.path().to_path_buf(),
@@ -301,49 +321,54 @@ impl<'f> TableWriter<'f> {
         let encoder = &mut self.encoder;
         encoder.finish_data_block();
         encoder.index_last_block();
+        // The filter, metaindex, index and footer are built in a buffer that
+        // is reused from table to table (they are 2 MiB for 1M entries of 100
+        // bytes; fresh pages cost 1-6 ms at the end of a flush), then go
+        // through the stream.
+        let mut tail = SPARE_TAIL.take();
         let filter = std::mem::replace(&mut encoder.filter, BloomBuilder::new(1));
-        let filter_handle = append_block(encoder, |stream| {
-            let start = stream.len();
+        let filter_handle = append_block(encoder, &mut tail, |tail| {
+            let start = tail.len();
             match filter_block {
                 Some(block) => {
-                    stream.extend_from_slice(&block);
+                    tail.extend_from_slice(&block);
                     super::keep_spare(&SPARE_FILTER_BITS, block);
                 }
-                None => filter.finish_into(stream),
+                None => filter.finish_into(tail),
             }
-            super::block::append_trailer(stream, start);
+            super::block::append_trailer(tail, start);
         });
 
         let mut metaindex = BlockBuilder::new(1);
         let mut encoded = Vec::new();
         filter_handle.encode_to(&mut encoded);
         metaindex.add(FILTER_NAME, &encoded);
-        let metaindex_handle = append_block(encoder, |stream| metaindex.finish_into(stream));
+        let metaindex_handle = append_block(encoder, &mut tail, |tail| metaindex.finish_into(tail));
 
-        // Built in place at the end of the stream, whose allocation is reused
-        // from table to table. A builder of its own grew a new buffer (about
-        // 24 bytes per data block: 0.7 MiB for 1M entries of 100 bytes) through
-        // fresh pages and copied it out, 1-6 ms at the end of a flush.
-        let mut index = BlockBuilder::appending_to(1, std::mem::take(encoder.stream()));
+        // Built in place at the end of the tail, not in a buffer of its own
+        // to grow and copy out of.
+        let mut index = BlockBuilder::appending_to(1, tail);
         for (separator, handle) in encoder.index().iter() {
             encoded.clear();
             handle.encode_to(&mut encoded);
             index.add(separator, &encoded);
         }
         let index_len = index.finish_in_place();
-        *encoder.stream() = index.into_buffer();
+        let mut tail = index.into_buffer();
         let index_handle = encoder.block_handle(index_len);
 
         let footer = Footer { metaindex: metaindex_handle, index: index_handle }.encode();
-        encoder.stream().extend_from_slice(&footer);
+        tail.extend_from_slice(&footer);
         let table_len = encoder.len() + FOOTER_BYTES as u64;
+        self.append_bytes(&tail).await?;
+        super::keep_spare(&SPARE_TAIL, tail);
         self.stage().await?;
-        let rest = self.encoder.stream();
-        if !rest.is_empty() {
-            let mut buf = self.file.pooled_buf(rest.len());
-            buf.extend_from_slice(rest);
-            buf.pad_to_alignment();
-            rest.clear();
+        if !self.encoder.finished_bytes().is_empty() {
+            // The last write, padded to the alignment (cut off below).
+            let end = self.written_len + self.encoder.finished_bytes().len() as u64;
+            self.encoder.pad((end.next_multiple_of(self.file.alignment() as u64) - end) as usize);
+            let len = self.encoder.finished_bytes().len();
+            let buf = self.encoder.split_front(len, self.stream_bufs.get());
             self.submit(buf).await?;
         }
         let waiting_since = std::time::Instant::now();
@@ -365,30 +390,61 @@ impl<'f> TableWriter<'f> {
 }
 
 thread_local! {
-    /// The encode stream of the last table written on this thread, reused by
-    /// the next (it grows to a staging buffer plus the filter and index
-    /// blocks, memory that is slow to touch fresh; see `DirectFile::pooled_buf`).
-    static SPARE_STREAM: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The tail (filter, metaindex, index, footer) of the last table written
+    /// on this thread, reused by the next: memory is slow to touch fresh (see
+    /// `DirectFile::pooled_buf`).
+    static SPARE_TAIL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The pool of stream buffers of the tables written on this thread.
+    static STREAM_POOL: std::cell::RefCell<Option<BufPool>> = const { std::cell::RefCell::new(None) };
     /// The filter block of the last table written on this thread whose filter
     /// was sized up front, reused as the next one's bits (1.25 MiB for a
     /// 1M-key flush).
     static SPARE_FILTER_BITS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-impl Drop for TableWriter<'_> {
-    fn drop(&mut self) {
-        super::keep_spare(&SPARE_STREAM, self.encoder.take_stream());
-    }
+/// Room in a stream buffer past a staging buffer's bytes: the stream is
+/// split once the blocks finished in it reach a staging buffer, so it also
+/// holds the overhang of the last finished block and the open block's first
+/// entry. An entry larger than this room makes the stream grow into a new
+/// buffer (see `super::stream`).
+const STREAM_SLACK_BYTES: usize = 64 * 1024;
+
+/// Stream buffers idle for longer are freed: a burst of flushes keeps its
+/// buffers, a quiet database does not hold them.
+const STREAM_BUF_IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The pool of stream buffers for tables written on this thread into `file`
+/// with `options`: each buffer holds a staging buffer and the slack, aligned
+/// for the file (at least a page, which every file seen so far needs at most).
+fn stream_pool(file: &DirectFile, options: &TableOptions) -> BufPool {
+    let align = file.alignment().max(4096);
+    let capacity = (options.staging_buffer_bytes + STREAM_SLACK_BYTES).next_multiple_of(align);
+    STREAM_POOL.with_borrow_mut(|pool| {
+        match pool {
+            Some(pool) if pool.buf_capacity_bytes() == capacity && pool.alignment() == align => pool.clone(),
+            _ => {
+                // Written buffers come back to the pool as their writes
+                // complete: room for every write in flight, the stream's
+                // own buffer and the next.
+                let max_idle = options.max_writes_in_flight.max(1) + 2;
+                let fresh = BufPool::with_idle_ttl(capacity, align, max_idle, STREAM_BUF_IDLE_TTL);
+                *pool = Some(fresh.clone());
+                fresh
+            }
+        }
+    })
 }
 
 /// Appends a block (contents and trailer), which `write` puts at the end of
-/// the encoder's stream, and returns its handle.
-fn append_block(encoder: &mut Encoder, write: impl FnOnce(&mut Vec<u8>)) -> BlockHandle {
-    let stream = encoder.stream();
-    let start = stream.len();
-    write(stream);
-    let len = stream.len() - start;
-    encoder.block_handle(len)
+/// `tail`, the bytes that follow the encoder's stream, and returns its handle.
+fn append_block(
+    encoder: &mut Encoder<AlignedBuf>,
+    tail: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> BlockHandle {
+    let start = tail.len();
+    write(tail);
+    encoder.block_handle(tail.len() - start)
 }
 
 /// Polls a future once with a no-op waker; `Some` if it finished.
@@ -935,6 +991,10 @@ mod tests {
             model.insert((b"a".to_vec(), std::cmp::Reverse(1)), Some(vec![7u8; 100_000]));
             model.insert((b"b".to_vec(), std::cmp::Reverse(2)), Some(Vec::new()));
             model.insert((vec![b'c'; 2000], std::cmp::Reverse(3)), Some(b"x".to_vec()));
+            // Larger than a stream buffer (a staging buffer and its slack):
+            // the stream grows into a new buffer, written like the others.
+            let huge: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+            model.insert((b"d".to_vec(), std::cmp::Reverse(4)), Some(huge.clone()));
             let path = dir.path().join("big.sst");
             write_table(&io, &path, &model, TableOptions::default()).await;
             let table = TableReader::open(&io, &path, 2, None).await.unwrap();
@@ -947,6 +1007,7 @@ mod tests {
                 table.get(&[b'c'; 2000], SeqNo::MAX).await.unwrap(),
                 Some(MemtableValue::Put(Bytes::from_static(b"x")))
             );
+            assert_eq!(table.get(b"d", SeqNo::MAX).await.unwrap(), Some(MemtableValue::Put(Bytes::from(huge))));
         });
     }
 
