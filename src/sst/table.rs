@@ -394,8 +394,7 @@ thread_local! {
     /// on this thread, reused by the next: memory is slow to touch fresh (see
     /// `DirectFile::pooled_buf`).
     static SPARE_TAIL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-    /// The pool of stream buffers of the tables written on this thread.
-    static STREAM_POOL: std::cell::RefCell<Option<BufPool>> = const { std::cell::RefCell::new(None) };
+
     /// The filter block of the last table written on this thread whose filter
     /// was sized up front, reused as the next one's bits (1.25 MiB for a
     /// 1M-key flush).
@@ -409,30 +408,34 @@ thread_local! {
 /// buffer (see `super::stream`).
 const STREAM_SLACK_BYTES: usize = 64 * 1024;
 
-/// Stream buffers idle for longer are freed: a burst of flushes keeps its
-/// buffers, a quiet database does not hold them.
+/// Stream buffers idle for longer are freed (at the next return to their
+/// pool): a burst of flushes and compactions keeps its buffers, a quiet
+/// database does not hold them for good.
 const STREAM_BUF_IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The pool of stream buffers for tables written on this thread into `file`
-/// with `options`: each buffer holds a staging buffer and the slack, aligned
-/// for the file (at least a page, which every file seen so far needs at most).
+/// The most idle stream buffers a pool keeps: every write in flight of a
+/// few writers at once (a flush and compaction outputs).
+const STREAM_BUF_MAX_IDLE: usize = 32;
+
+/// Pools of stream buffers, one per (capacity, alignment), shared by every
+/// writer in the process: a subcompaction's writer runs on a thread of its
+/// own that ends with it, and buffers kept per thread would be fresh memory
+/// (page faults) for every compaction.
+static STREAM_POOLS: std::sync::Mutex<Vec<BufPool>> = std::sync::Mutex::new(Vec::new());
+
+/// The pool of stream buffers for tables written into `file` with
+/// `options`: each buffer holds a staging buffer and the slack, aligned for
+/// the file (at least a page, which every file seen so far needs at most).
 fn stream_pool(file: &DirectFile, options: &TableOptions) -> BufPool {
     let align = file.alignment().max(4096);
     let capacity = (options.staging_buffer_bytes + STREAM_SLACK_BYTES).next_multiple_of(align);
-    STREAM_POOL.with_borrow_mut(|pool| {
-        match pool {
-            Some(pool) if pool.buf_capacity_bytes() == capacity && pool.alignment() == align => pool.clone(),
-            _ => {
-                // Written buffers come back to the pool as their writes
-                // complete: room for every write in flight, the stream's
-                // own buffer and the next.
-                let max_idle = options.max_writes_in_flight.max(1) + 2;
-                let fresh = BufPool::with_idle_ttl(capacity, align, max_idle, STREAM_BUF_IDLE_TTL);
-                *pool = Some(fresh.clone());
-                fresh
-            }
-        }
-    })
+    let mut pools = STREAM_POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pool) = pools.iter().find(|p| p.buf_capacity_bytes() == capacity && p.alignment() == align) {
+        return pool.clone();
+    }
+    let pool = BufPool::with_idle_ttl(capacity, align, STREAM_BUF_MAX_IDLE, STREAM_BUF_IDLE_TTL);
+    pools.push(pool.clone());
+    pool
 }
 
 /// Appends a block (contents and trailer), which `write` puts at the end of
