@@ -299,11 +299,10 @@ impl Flusher {
             None => create_reserved(&self.io, path, reserve_bytes).await?,
         };
         let parts = part_count(&job.memtable, self.part_bytes);
-        let staging_from_pool = self.table_options.staging_buffer_bytes == self.io.large_bufs().buf_capacity_bytes();
         let built = match &self.encoders {
-            Some(pool) if parts >= 2 && staging_from_pool => {
+            Some(pool) if parts >= 2 => {
                 let options = &self.table_options;
-                build_in_parts(&self.io, &file, &job.memtable, job.table_number, options, pool, parts).await
+                build_in_parts(&file, &job.memtable, job.table_number, options, pool, parts).await
             }
             _ => build_table(&file, job, &self.table_options).await,
         };

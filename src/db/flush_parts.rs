@@ -26,12 +26,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::io::{DirectFile, Io};
+use crate::io::{BufPool, DirectFile};
 use crate::key::SeqNo;
 use crate::memtable::Memtable;
 use crate::sst::encoder::{EncodedPart, PartEncoder};
 use crate::sst::filter::FilterBits;
-use crate::sst::table::{TableOptions, TableWriter};
+use crate::sst::table::{TableOptions, TableWriter, stream_pool};
 use crate::version::FileMeta;
 use crate::{Error, Result};
 
@@ -180,12 +180,8 @@ struct Job {
     window: Window,
     options: TableOptions,
     part_align_bytes: usize,
-    io: Io,
-}
-
-thread_local! {
-    /// The stream buffer of this encoder thread's last part.
-    static SPARE_STREAM: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Where the parts' stream buffers come from.
+    stream_bufs: BufPool,
 }
 
 /// Encodes part after part of the job's memtable until none is left, then
@@ -202,7 +198,7 @@ fn encode_parts(job: &Job, messages: &futures_channel::mpsc::UnboundedSender<Mes
         let started = Instant::now();
         let start = index.checked_sub(1).map(|i| job.bounds[i].as_slice());
         let end = job.bounds.get(index).map(Vec::as_slice);
-        let mut encoder = PartEncoder::new(job.options.clone(), job.io.large_bufs(), SPARE_STREAM.take());
+        let mut encoder = PartEncoder::new(job.options.clone(), job.stream_bufs.clone());
         let (mut first, mut last) = (None, None);
         let (mut smallest_seq, mut largest_seq) = (SeqNo::MAX, SeqNo::ZERO);
         let guard = crossbeam_epoch::pin();
@@ -220,8 +216,7 @@ fn encode_parts(job: &Job, messages: &futures_channel::mpsc::UnboundedSender<Mes
             (first.key().encoded().to_vec(), last.key().encoded().to_vec(), smallest_seq, largest_seq)
         });
         drop(guard);
-        let (encoded, stream) = encoder.finish(job.part_align_bytes, &mut filter);
-        crate::sst::keep_spare(&SPARE_STREAM, stream);
+        let encoded = encoder.finish(job.part_align_bytes, &mut filter);
         let part = Part { index, encoded, bounds, encode_time: started.elapsed() };
         if messages.unbounded_send(Message::Part(Box::new(part))).is_err() {
             return; // The writer gave up.
@@ -242,7 +237,6 @@ pub(crate) fn part_count(memtable: &Memtable, part_bytes: usize) -> usize {
 /// time divided by the encoder threads, plus the writer's own encoding (the
 /// filter, index and footer).
 pub(crate) async fn build_in_parts(
-    io: &Io,
     file: &DirectFile,
     memtable: &Arc<Memtable>,
     table_number: u64,
@@ -267,7 +261,7 @@ pub(crate) async fn build_in_parts(
         },
         options: options.clone(),
         part_align_bytes: writer.part_align_bytes(),
-        io: io.clone(),
+        stream_bufs: stream_pool(file.alignment(), options),
     });
     let _close = CloseOnDrop(Arc::clone(&job));
     let (sender, mut receiver) = futures_channel::mpsc::unbounded();
@@ -356,7 +350,7 @@ fn encoder_stopped(file: &DirectFile) -> Error {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::io::IoOptions;
+    use crate::io::{Io, IoOptions};
     use crate::key::ValueKind;
     use bytes::Bytes;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -383,7 +377,7 @@ pub(super) mod tests {
                 let (io, memtable, pool, options, path) = (&io, &memtable, &pool, &options, &path);
                 futures::executor::block_on(async move {
                     let file = DirectFile::create(io, &path.join(format!("{n}.sst"))).await.unwrap();
-                    build_in_parts(io, &file, memtable, n, options, pool, 8).await.map(|(meta, _)| meta)
+                    build_in_parts(&file, memtable, n, options, pool, 8).await.map(|(meta, _)| meta)
                 })
             };
             let healthy = flush(1).unwrap();

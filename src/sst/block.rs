@@ -50,16 +50,6 @@ impl BlockBuilder {
     pub(crate) fn new(restart_interval: usize) -> BlockBuilder {
         BlockBuilder::with_buffer(restart_interval, Vec::new())
     }
-
-    /// Removes the first `n` bytes of [`finished`](Self::finished) output,
-    /// which may be done while a block is open.
-    pub(crate) fn consume_front(&mut self, n: usize) {
-        assert!(n <= self.finished().len(), "only finished output is consumed");
-        self.buf.drain(..n);
-        if self.entries > 0 {
-            self.block_start -= n;
-        }
-    }
 }
 
 impl BlockBuilder<AlignedBuf> {

@@ -82,18 +82,6 @@ pub(crate) struct Encoder<B: Stream = Vec<u8>> {
     separator: Vec<u8>,
 }
 
-impl Encoder {
-    /// Drops the first `n` finished bytes of the stream (they were written out).
-    pub(crate) fn consume(&mut self, n: usize) {
-        self.data.consume_front(n);
-    }
-
-    /// The buffer of the stream, for reuse; the encoder is spent.
-    pub(crate) fn take_stream(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.data, BlockBuilder::new(1)).into_buffer()
-    }
-}
-
 impl Encoder<AlignedBuf> {
     /// Splits off the first `n` finished bytes of the stream, to be written
     /// as they are; the stream goes on in `fresh`.
@@ -323,54 +311,61 @@ pub(crate) struct EncodedPart {
     pending_last_key: Vec<u8>,
 }
 
-/// Encodes one part of a table into staging buffers from `pool`.
-pub(crate) struct PartEncoder<'p> {
-    encoder: Encoder,
-    pool: &'p BufPool,
+/// Encodes one part of a table into stream buffers from `pool`, each
+/// written as it is once full (see `super::stream`).
+pub(crate) struct PartEncoder {
+    encoder: Encoder<AlignedBuf>,
+    pool: BufPool,
     bufs: Vec<AlignedBuf>,
 }
 
-impl<'p> PartEncoder<'p> {
-    /// `pool`'s buffers must be `options.staging_buffer_bytes` large.
-    pub(crate) fn new(options: TableOptions, pool: &'p BufPool, stream: Vec<u8>) -> PartEncoder<'p> {
-        assert_eq!(pool.buf_capacity_bytes(), options.staging_buffer_bytes, "staging buffers come from the pool");
-        PartEncoder { encoder: Encoder::new(options, stream), pool, bufs: Vec::new() }
+impl PartEncoder {
+    /// `pool`'s buffers must hold more than `options.staging_buffer_bytes`
+    /// (the stream is split once a staging buffer's worth is finished).
+    pub(crate) fn new(options: TableOptions, pool: BufPool) -> PartEncoder {
+        assert!(
+            pool.buf_capacity_bytes() > options.staging_buffer_bytes,
+            "stream buffers have room past a staging buffer"
+        );
+        PartEncoder { encoder: Encoder::new(options, pool.get()), pool, bufs: Vec::new() }
     }
 
     pub(crate) fn add(&mut self, internal_key: &[u8], value: &[u8]) {
         if self.encoder.add(internal_key, value) {
-            let size = self.encoder.options.staging_buffer_bytes;
-            while self.encoder.finished_bytes().len() >= size {
-                let mut buf = self.pool.get();
-                buf.extend_from_slice(&self.encoder.finished_bytes()[..size]);
-                self.encoder.consume(size);
-                self.bufs.push(buf);
-            }
+            self.split_full_buffers();
+        }
+    }
+
+    /// Splits off every staging buffer's worth of finished bytes.
+    fn split_full_buffers(&mut self) {
+        let size = self.encoder.options.staging_buffer_bytes;
+        while self.encoder.finished_bytes().len() >= size {
+            let buf = self.encoder.split_front(size, self.pool.get());
+            self.bufs.push(buf);
         }
     }
 
     /// Finishes the part, its length padded to a multiple of `part_align_bytes`
     /// (a power of two, at most the staging buffer size): the next part starts
-    /// there. Its user keys go into `filter`, the table's. Returns the part
-    /// and the stream buffer, for reuse.
-    pub(crate) fn finish(mut self, part_align_bytes: usize, filter: &mut FilterBits) -> (EncodedPart, Vec<u8>) {
+    /// there. Its user keys go into `filter`, the table's.
+    pub(crate) fn finish(mut self, part_align_bytes: usize, filter: &mut FilterBits) -> EncodedPart {
         let size = self.encoder.options.staging_buffer_bytes;
         assert!(part_align_bytes.is_power_of_two() && size.is_multiple_of(part_align_bytes));
-        let mut encoder = self.encoder;
-        encoder.finish_data_block();
-        if encoder.entries > 0 {
-            let gap = encoder.len.next_multiple_of(part_align_bytes as u64) - encoder.len;
-            encoder.pad(gap as usize);
+        self.encoder.finish_data_block();
+        if self.encoder.entries > 0 {
+            let gap = self.encoder.len.next_multiple_of(part_align_bytes as u64) - self.encoder.len;
+            self.encoder.pad(gap as usize);
+            self.split_full_buffers();
             // What is left ends on the alignment, so every buffer is a whole
             // number of sectors.
-            let rest = encoder.finished_bytes();
-            assert!(rest.len().is_multiple_of(part_align_bytes));
-            for chunk in rest.chunks(size) {
-                let mut buf = self.pool.get();
-                buf.extend_from_slice(chunk);
+            let rest = self.encoder.finished_bytes().len();
+            assert!(rest.is_multiple_of(part_align_bytes));
+            if rest > 0 {
+                let buf = self.encoder.split_front(rest, self.pool.get());
                 self.bufs.push(buf);
             }
         }
+        let encoder = &mut self.encoder;
         filter.add_hashes(encoder.filter.hashes());
         let part = EncodedPart {
             bufs: std::mem::take(&mut self.bufs),
@@ -383,7 +378,7 @@ impl<'p> PartEncoder<'p> {
             pending_last_key: std::mem::take(&mut encoder.pending_last_key),
         };
         debug_assert_eq!(part.bufs.iter().map(|b| b.len() as u64).sum::<u64>(), part.len);
-        (part, encoder.take_stream())
+        part
     }
 }
 
