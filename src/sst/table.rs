@@ -4,8 +4,9 @@
 //! (data blocks are built in place at its end) and hands every full staging
 //! buffer's worth (`staging_buffer_bytes`) to the I/O layer as an O_DIRECT
 //! write, that very buffer, while it goes on encoding into the next; at most
-//! `max_writes_in_flight` buffers are in flight, then it waits for the oldest. The last buffer is padded to
-//! the alignment, and `set_len` cuts the file back to the table's exact length.
+//! `max_writes_in_flight` buffers are in flight, then it waits for the
+//! oldest. The last buffer is padded to the alignment, and `set_len` cuts the
+//! file back to the table's exact length.
 //!
 //! The reader keeps the index and the filter in memory, so a point lookup
 //! reads at most one data block (the aligned range around it) from the device.
