@@ -261,7 +261,7 @@ pub(crate) async fn build_in_parts(
         },
         options: options.clone(),
         part_align_bytes: writer.part_align_bytes(),
-        stream_bufs: stream_pool(file.alignment(), options),
+        stream_bufs: stream_pool(file, options),
     });
     let _close = CloseOnDrop(Arc::clone(&job));
     let (sender, mut receiver) = futures_channel::mpsc::unbounded();

@@ -468,4 +468,26 @@ mod tests {
             assert_eq!(pool.idle_count(), 1);
         });
     }
+
+    #[test]
+    fn sized_pools_are_shared_by_shape_and_recycle_across_threads() {
+        let io = Io::new(IoOptions::default()).expect("io");
+        let pool = io.buf_pool(100_000, 4096);
+        assert_eq!((pool.buf_capacity_bytes(), pool.alignment()), (100_000usize.next_multiple_of(4096), 4096));
+        let mut buf = pool.get();
+        let address = buf.as_mut_ptr() as usize;
+        // Released on another thread (as the ring thread releases a written buffer).
+        std::thread::spawn(move || drop(buf)).join().unwrap();
+        // Asked for again, from anywhere: the same pool, and the same memory.
+        let again = std::thread::spawn({
+            let io = io.clone();
+            move || io.buf_pool(100_000, 4096).get().as_mut_ptr() as usize
+        })
+        .join()
+        .unwrap();
+        assert_eq!(again, address);
+        let other = io.buf_pool(100_000, 8192);
+        assert_eq!(other.alignment(), 8192);
+        assert_eq!(other.idle_count(), 0, "another shape is another pool");
+    }
 }

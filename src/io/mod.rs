@@ -188,6 +188,9 @@ struct IoInner {
     /// Recycled [`LARGE_BUF_BYTES`] buffers for compaction read-ahead and the
     /// staging buffers of a parallel flush's parts (see [`DirectFile::pooled_buf`]).
     large_bufs: BufPool,
+    /// Pools of other sizes, one per (capacity, alignment), made on demand
+    /// (see [`Io::buf_pool`]).
+    sized_pools: std::sync::Mutex<Vec<BufPool>>,
 }
 
 /// Capacity of the buffers [`DirectFile::pooled_buf`] recycles: the
@@ -311,6 +314,7 @@ impl Io {
                     LARGE_BUF_MAX_IDLE,
                     LARGE_BUF_IDLE_TTL,
                 ),
+                sized_pools: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -342,6 +346,23 @@ impl Io {
     /// The pool behind [`DirectFile::pooled_buf`].
     pub(crate) fn large_bufs(&self) -> &BufPool {
         &self.inner.large_bufs
+    }
+
+    /// This backend's pool of `capacity_bytes` buffers aligned to `align`
+    /// (made at first use, shared by every caller that asks for the same
+    /// shape, dropped with the backend), which keeps up to
+    /// [`LARGE_BUF_MAX_IDLE`] idle buffers for [`LARGE_BUF_IDLE_TTL`], like
+    /// the large-buffer pool. For the table writers' stream buffers: writers
+    /// on threads that come and go (a compaction's subranges) share them.
+    pub(crate) fn buf_pool(&self, capacity_bytes: usize, align: usize) -> BufPool {
+        let capacity_bytes = buf::round_up(capacity_bytes.max(align), align);
+        let mut pools = self.inner.sized_pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pool) = pools.iter().find(|p| p.buf_capacity_bytes() == capacity_bytes && p.alignment() == align) {
+            return pool.clone();
+        }
+        let pool = BufPool::with_idle_ttl(capacity_bytes, align, LARGE_BUF_MAX_IDLE, LARGE_BUF_IDLE_TTL);
+        pools.push(pool.clone());
+        pool
     }
 
     pub(crate) fn faults(&self) -> Option<&FaultInjector> {

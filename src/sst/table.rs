@@ -111,7 +111,7 @@ impl<'f> TableWriter<'f> {
     /// A writer into `file` (new and empty).
     pub(crate) fn new(file: &'f DirectFile, options: TableOptions) -> TableWriter<'f> {
         assert!(options.staging_buffer_bytes.is_multiple_of(file.alignment()), "staging buffers are whole sectors");
-        let stream_bufs = stream_pool(file.alignment(), &options);
+        let stream_bufs = stream_pool(file, &options);
         TableWriter {
             file,
             // The data block builder's buffer is the writer's stream: encoded
@@ -409,38 +409,15 @@ thread_local! {
 /// buffer (see `super::stream`).
 const STREAM_SLACK_BYTES: usize = 64 * 1024;
 
-/// Stream buffers idle for longer are freed (at the next return to their
-/// pool): a burst of flushes and compactions keeps its buffers, a quiet
-/// database does not hold them for good.
-const STREAM_BUF_IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The most idle stream buffers a pool keeps: the writes in flight of a few
-/// writers at once, and a parallel flush's parts waiting in memory for
-/// their turn (a window of parts of up to 8 MiB each). With 32, a parallel
-/// flush's build was a few percent slower than with the 64 of the I/O
-/// layer's large-buffer pool that its parts used before.
-const STREAM_BUF_MAX_IDLE: usize = 64;
-
-/// Pools of stream buffers, one per (capacity, alignment), shared by every
-/// writer in the process: a subcompaction's writer runs on a thread of its
-/// own that ends with it, and buffers kept per thread would be fresh memory
-/// (page faults) for every compaction.
-static STREAM_POOLS: std::sync::Mutex<Vec<BufPool>> = std::sync::Mutex::new(Vec::new());
-
-/// The pool of stream buffers for tables written with `options` into a file
-/// of direct-I/O alignment `file_align_bytes`: each buffer holds a staging
-/// buffer and the slack, aligned for the file (at least a page, which every
-/// file seen so far needs at most).
-pub(crate) fn stream_pool(file_align_bytes: usize, options: &TableOptions) -> BufPool {
-    let align = file_align_bytes.max(4096);
-    let capacity = (options.staging_buffer_bytes + STREAM_SLACK_BYTES).next_multiple_of(align);
-    let mut pools = STREAM_POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pool) = pools.iter().find(|p| p.buf_capacity_bytes() == capacity && p.alignment() == align) {
-        return pool.clone();
-    }
-    let pool = BufPool::with_idle_ttl(capacity, align, STREAM_BUF_MAX_IDLE, STREAM_BUF_IDLE_TTL);
-    pools.push(pool.clone());
-    pool
+/// The pool of stream buffers for tables written into `file` with
+/// `options`: each buffer holds a staging buffer and the slack, aligned for
+/// the file (at least a page, which every file seen so far needs at most).
+/// The pool is the I/O backend's, shared by every writer (a subcompaction's
+/// writer runs on a thread that ends with it: buffers kept per thread would
+/// be fresh memory for every compaction) and dropped with the backend.
+pub(crate) fn stream_pool(file: &DirectFile, options: &TableOptions) -> BufPool {
+    let align = file.alignment().max(4096);
+    file.io().buf_pool(options.staging_buffer_bytes + STREAM_SLACK_BYTES, align)
 }
 
 /// Appends a block (contents and trailer), which `write` puts at the end of
@@ -864,7 +841,7 @@ mod tests {
         let mut filter = FilterBits::new(model.len(), options.bloom_bits_per_key, Vec::new());
         let mut entries = model.iter().peekable();
         for i in 0..=splits.len() {
-            let mut part = PartEncoder::new(options.clone(), stream_pool(file.alignment(), &options));
+            let mut part = PartEncoder::new(options.clone(), stream_pool(&file, &options));
             while let Some(((key, seq), value)) = entries.next_if(|((key, _), _)| splits.get(i).is_none_or(|s| key < s))
             {
                 let kind = if value.is_some() { ValueKind::Put } else { ValueKind::Delete };
