@@ -15,12 +15,25 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, value: u64) {
 }
 
 /// Appends `value` as a LEB128 varint (1 to 10 bytes).
-pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, value: u64) {
+    let mut bytes = [0u8; MAX_VARINT_BYTES];
+    let len = write_varint(&mut bytes, 0, value);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// The most bytes a varint takes.
+pub(crate) const MAX_VARINT_BYTES: usize = 10;
+
+/// Writes `value` as a LEB128 varint into `out` at `at` and returns where it
+/// ends (for encoders that gather several fields before one append).
+pub(crate) fn write_varint(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        out[at] = (value as u8) | 0x80;
         value >>= 7;
+        at += 1;
     }
-    out.push(value as u8);
+    out[at] = value as u8;
+    at + 1
 }
 
 /// The number of bytes [`put_varint`] writes for `value`.

@@ -185,28 +185,26 @@ struct IoInner {
     permits: Arc<Semaphore>,
     faults: Option<FaultInjector>,
     stats: Arc<IoStatsInner>,
-    /// Recycled [`LARGE_BUF_BYTES`] buffers for compaction read-ahead and the
-    /// staging buffers of a parallel flush's parts (see [`DirectFile::pooled_buf`]).
-    large_bufs: BufPool,
-    /// Pools of other sizes, one per (capacity, alignment), made on demand
-    /// (see [`Io::buf_pool`]).
+    /// Recycled buffers, a pool per (capacity, alignment), made on demand
+    /// (see [`Io::buf_pool`]): compaction read-ahead, the table writers'
+    /// stream buffers.
     sized_pools: std::sync::Mutex<Vec<BufPool>>,
 }
 
 /// Capacity of the buffers [`DirectFile::pooled_buf`] recycles: the
-/// read-ahead chunk and a parallel flush part's staging buffer.
+/// read-ahead chunk.
 pub(crate) const LARGE_BUF_BYTES: usize = 1 << 20;
 
 /// Alignment of recycled large buffers: a page, which covers the direct-I/O
 /// alignment of every file seen so far (a file needing more gets new buffers).
 const LARGE_BUF_ALIGN: usize = 4096;
 
-/// Idle large buffers kept for reuse (64 MiB at most): enough for the working
+/// Idle buffers a pool keeps for reuse (64 MiB at most of large ones): enough for the working
 /// set of a compaction of some 30 inputs (two chunks each), whose second run
 /// read 20-40% faster with all of it recycled than with 16 kept.
 const LARGE_BUF_MAX_IDLE: usize = 64;
 
-/// Idle large buffers unused this long are freed (at the next return to the
+/// Idle buffers unused this long are freed (at the next return to their
 /// pool), so the memory of a burst is not held for good.
 const LARGE_BUF_IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -308,12 +306,6 @@ impl Io {
                 permits: Arc::new(Semaphore::new(options.queue_depth as usize)),
                 faults: options.faults,
                 stats,
-                large_bufs: BufPool::with_idle_ttl(
-                    LARGE_BUF_BYTES,
-                    LARGE_BUF_ALIGN,
-                    LARGE_BUF_MAX_IDLE,
-                    LARGE_BUF_IDLE_TTL,
-                ),
                 sized_pools: std::sync::Mutex::new(Vec::new()),
             }),
         })
@@ -344,15 +336,14 @@ impl Io {
     }
 
     /// The pool behind [`DirectFile::pooled_buf`].
-    pub(crate) fn large_bufs(&self) -> &BufPool {
-        &self.inner.large_bufs
+    pub(crate) fn large_bufs(&self) -> BufPool {
+        self.buf_pool(LARGE_BUF_BYTES, LARGE_BUF_ALIGN)
     }
 
     /// This backend's pool of `capacity_bytes` buffers aligned to `align`
     /// (made at first use, shared by every caller that asks for the same
     /// shape, dropped with the backend), which keeps up to
-    /// [`LARGE_BUF_MAX_IDLE`] idle buffers for [`LARGE_BUF_IDLE_TTL`], like
-    /// the large-buffer pool. For the table writers' stream buffers: writers
+    /// [`LARGE_BUF_MAX_IDLE`] idle buffers for [`LARGE_BUF_IDLE_TTL`]. Callers
     /// on threads that come and go (a compaction's subranges) share them.
     pub(crate) fn buf_pool(&self, capacity_bytes: usize, align: usize) -> BufPool {
         let capacity_bytes = buf::round_up(capacity_bytes.max(align), align);

@@ -8,7 +8,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::stream::Stream;
-use crate::coding::{Reader, put_u32, put_varint, varint_len};
+use crate::coding::{MAX_VARINT_BYTES, Reader, put_u32, put_varint, varint_len, write_varint};
 use crate::io::AlignedBuf;
 use crate::{Error, Result};
 
@@ -109,7 +109,7 @@ impl<B: Stream> BlockBuilder<B> {
         };
         // The three lengths in one append: each append of an aligned stream
         // checks its room.
-        let mut header = [0u8; 30];
+        let mut header = [0u8; 3 * MAX_VARINT_BYTES];
         let mut n = write_varint(&mut header, 0, shared as u64);
         n = write_varint(&mut header, n, (key.len() - shared) as u64);
         n = write_varint(&mut header, n, value.len() as u64);
@@ -223,17 +223,6 @@ fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
         n += 8;
     }
     n + a[n..limit].iter().zip(&b[n..limit]).take_while(|(x, y)| x == y).count()
-}
-
-/// Writes `value` as a LEB128 varint into `out` at `at`; returns where it ends.
-fn write_varint(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
-    while value >= 0x80 {
-        out[at] = (value as u8) | 0x80;
-        value >>= 7;
-        at += 1;
-    }
-    out[at] = value as u8;
-    at + 1
 }
 
 /// Appends the trailer of the block contents `out[start..]`.

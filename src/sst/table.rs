@@ -25,6 +25,7 @@ use super::encoder::{EncodedPart, Encoder};
 use super::filter::{BloomBuilder, BloomFilter, FilterBits};
 use super::filter_thread::FilterThread;
 use super::index::PinnedIndex;
+use super::stream::Stream;
 use crate::coding::Reader;
 use crate::io::{AlignedBuf, BufPool, DirectFile, Io};
 use crate::key::{InternalKey, ParsedInternalKey, SeqNo, ValueKind, compare_internal_keys};
@@ -239,7 +240,7 @@ impl<'f> TableWriter<'f> {
             let stream = self.encoder.stream();
             let room = stream.capacity() - stream.len();
             let (now, later) = bytes.split_at(room.min(bytes.len()));
-            super::stream::Stream::append(stream, now);
+            stream.append(now);
             bytes = later;
             self.stage().await?;
         }
