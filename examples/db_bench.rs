@@ -29,6 +29,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use ringdb::{Db, Durability, Options, WriteBatch, WriteOptions};
 
@@ -53,6 +54,12 @@ struct Args {
     /// Keys loaded (then flushed) before readrandom, and written by the flush benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     load_num: u64,
+    /// Order in which those keys are written: `sequential` (the memtable's
+    /// nodes then lie in memory in key order, the best case for a flush's
+    /// walk) or `random` (each key once, shuffled: every step of the walk is
+    /// a cache miss, as after random inserts).
+    #[arg(long, value_enum, default_value = "sequential")]
+    load_order: LoadOrder,
     /// Gets of readrandom and readrandom_concurrent.
     #[arg(long, default_value_t = 100_000)]
     reads: u64,
@@ -203,8 +210,31 @@ fn options(args: &Args) -> Options {
 }
 
 /// Loads `count` sequential keys in large buffered batches (not timed).
+/// See `--load-order`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadOrder {
+    Sequential,
+    Random,
+}
+
 async fn load(db: &Db, count: u64, args: &Args) {
-    load_keys(db, 0..count, args).await;
+    match args.load_order {
+        LoadOrder::Sequential => load_keys(db, 0..count, args).await,
+        LoadOrder::Random => {
+            // The same keys as in order (so the same table), each written once.
+            let mut keys: Vec<u64> = (0..count).collect();
+            keys.shuffle(&mut SmallRng::seed_from_u64(count));
+            let value = vec![0x5au8; args.value_size];
+            let buffered = WriteOptions::with_durability(Durability::Buffered);
+            for chunk in keys.chunks(1000) {
+                let mut batch = WriteBatch::new();
+                for &k in chunk {
+                    batch.put(make_key(k, args.key_size), &value);
+                }
+                db.write(batch, buffered).await.expect("load");
+            }
+        }
+    }
 }
 
 /// Writes keys `keys` in order (buffered, batches of 1000).
@@ -770,10 +800,11 @@ fn main() {
         .collect();
     if !args.json {
         println!(
-            "db_bench: dir {} | keys {} B, values {} B | completions: {} | fio: {}",
+            "db_bench: dir {} | keys {} B, values {} B, loaded in {} order | completions: {} | fio: {}",
             base.display(),
             args.key_size,
             args.value_size,
+            format!("{:?}", args.load_order).to_lowercase(),
             if args.tokio_reactor { "tokio reactor" } else { "ring thread" },
             if with_fio { "yes" } else { "not run (install fio to compare)" }
         );
