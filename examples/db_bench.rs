@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -209,7 +209,6 @@ fn options(args: &Args) -> Options {
     options
 }
 
-/// Loads `count` sequential keys in large buffered batches (not timed).
 /// See `--load-order`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum LoadOrder {
@@ -217,6 +216,7 @@ enum LoadOrder {
     Random,
 }
 
+/// Loads keys `0..count` in large buffered batches (not timed), in `--load-order`.
 async fn load(db: &Db, count: u64, args: &Args) {
     match args.load_order {
         LoadOrder::Sequential => load_keys(db, 0..count, args).await,
@@ -224,30 +224,21 @@ async fn load(db: &Db, count: u64, args: &Args) {
             // The same keys as in order (so the same table), each written once.
             let mut keys: Vec<u64> = (0..count).collect();
             keys.shuffle(&mut SmallRng::seed_from_u64(count));
-            let value = vec![0x5au8; args.value_size];
-            let buffered = WriteOptions::with_durability(Durability::Buffered);
-            for chunk in keys.chunks(1000) {
-                let mut batch = WriteBatch::new();
-                for &k in chunk {
-                    batch.put(make_key(k, args.key_size), &value);
-                }
-                db.write(batch, buffered).await.expect("load");
-            }
+            load_keys(db, keys, args).await;
         }
     }
 }
 
-/// Writes keys `keys` in order (buffered, batches of 1000).
-async fn load_keys(db: &Db, keys: std::ops::Range<u64>, args: &Args) {
+/// Writes `keys` in the order given (buffered, batches of 1000).
+async fn load_keys(db: &Db, keys: impl IntoIterator<Item = u64>, args: &Args) {
     let value = vec![0x5au8; args.value_size];
     let buffered = WriteOptions::with_durability(Durability::Buffered);
-    let mut n = keys.start;
-    while n < keys.end {
+    let mut keys = keys.into_iter().peekable();
+    while keys.peek().is_some() {
         let mut batch = WriteBatch::new();
-        for k in n..(n + 1000).min(keys.end) {
+        for k in keys.by_ref().take(1000) {
             batch.put(make_key(k, args.key_size), &value);
         }
-        n = (n + 1000).min(keys.end);
         db.write(batch, buffered).await.expect("load");
     }
 }
@@ -804,7 +795,7 @@ fn main() {
             base.display(),
             args.key_size,
             args.value_size,
-            format!("{:?}", args.load_order).to_lowercase(),
+            args.load_order.to_possible_value().expect("no variant is skipped").get_name(),
             if args.tokio_reactor { "tokio reactor" } else { "ring thread" },
             if with_fio { "yes" } else { "not run (install fio to compare)" }
         );
