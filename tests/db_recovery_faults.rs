@@ -170,3 +170,98 @@ fn mid_log_damage_is_corruption_by_default_and_a_prefix_in_the_tolerant_mode() {
         assert!(set_aside >= 2, "later logs are kept aside, not deleted");
     });
 }
+
+fn table_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut tables: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
+        .collect();
+    tables.sort();
+    tables
+}
+
+/// Writes `keys` synced puts, then flushes them with `rule` installed, which
+/// must make the flush fail. Returns the database's directory for a reopen.
+fn flush_failing_with(rule: FaultRule, opts: Options, keys: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..opts };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        for n in 0..keys {
+            db.write(
+                {
+                    let mut batch = WriteBatch::new();
+                    batch.put(format!("key-{n:04}"), format!("value-{n}"));
+                    batch
+                },
+                WriteOptions::with_durability(Durability::Synced),
+            )
+            .await
+            .unwrap();
+        }
+        faults.add(rule);
+        // A failed MANIFEST switch comes after the flush was recorded: the
+        // flush itself may report success, the poison follows at once.
+        let flushed = db.flush().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match db.put("later", "v").await {
+                Err(Error::Poisoned(_)) => break,
+                Ok(()) => assert!(flushed.is_ok(), "nothing is acknowledged after a failed flush"),
+                Err(other) => panic!("unexpected {other}"),
+            }
+            assert!(std::time::Instant::now() < deadline, "the failure poisons the database");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(db);
+    });
+    dir
+}
+
+fn assert_reopens_with_every_key(dir: &std::path::Path, keys: u32) {
+    futures::executor::block_on(async {
+        let db = Db::open(dir, options()).await.unwrap_or_else(|e| panic!("reopen failed: {e}"));
+        for n in 0..keys {
+            let value = db.get(format!("key-{n:04}")).await.unwrap();
+            assert_eq!(value.as_deref(), Some(format!("value-{n}").as_bytes()), "key-{n:04} after reopen");
+        }
+        db.close().await.unwrap();
+    });
+}
+
+/// The MANIFEST append's write lands but its fdatasync fails: the edit that
+/// records the new table may be on disk, so the failed flush must not delete
+/// the table (it used to, and the next open then failed on a missing table).
+#[test]
+fn a_flush_whose_manifest_sync_fails_leaves_its_table_for_the_next_open() {
+    let rule = FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains("MANIFEST").times(1);
+    let dir = flush_failing_with(rule, options(), 200);
+    assert_eq!(table_files(dir.path()).len(), 1, "the table the MANIFEST may record is still there");
+    assert_reopens_with_every_key(dir.path(), 200);
+    assert_eq!(table_files(dir.path()).len(), 1, "the recorded table is live");
+}
+
+/// The MANIFEST append itself fails: the table is recorded nowhere, the next
+/// open deletes it and replays the log instead.
+#[test]
+fn a_flush_whose_manifest_write_fails_loses_nothing_and_leaves_no_orphan() {
+    let rule = FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Write).path_contains("MANIFEST").times(1);
+    let dir = flush_failing_with(rule, options(), 200);
+    assert_reopens_with_every_key(dir.path(), 200);
+    assert!(table_files(dir.path()).is_empty(), "the unrecorded table was deleted at open");
+}
+
+/// The edit is recorded, then the switch to a new MANIFEST (due after every
+/// edit here) fails while writing `CURRENT`: the table is recorded in the
+/// MANIFEST that `CURRENT` still names, and must survive the failed flush.
+#[test]
+fn a_flush_whose_manifest_switch_fails_keeps_the_recorded_table() {
+    let rule = FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Write).path_contains("CURRENT").times(1);
+    let opts = Options { max_manifest_file_size_bytes: 1, ..options() };
+    let dir = flush_failing_with(rule, opts, 200);
+    assert_eq!(table_files(dir.path()).len(), 1);
+    assert_reopens_with_every_key(dir.path(), 200);
+    assert_eq!(table_files(dir.path()).len(), 1, "the recorded table is live");
+}

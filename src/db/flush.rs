@@ -161,10 +161,8 @@ fn flush_jobs(flusher: &mut Flusher) {
             Err(e) => {
                 let reason = format!("flushing a memtable failed: {e}");
                 tracing::error!(error = %e, "flush failed: the database refuses further writes");
-                // The table may still be the spare, renamed or not.
-                let _ = futures_executor::block_on(
-                    flusher.io.remove_file(table_path(&flusher.shared.dir, job.table_number)),
-                );
+                // `flush` removed the table if nothing can record it; the
+                // spare may still be there if the flush failed before its rename.
                 let _ = futures_executor::block_on(flusher.io.remove_file(spare_table_path(&flusher.shared.dir)));
                 flusher.shared.lock().poisoned.get_or_insert(reason);
                 flusher.shared.room.notify(usize::MAX);
@@ -220,9 +218,22 @@ impl Flusher {
         let dir = self.shared.dir.clone();
         let path = table_path(&dir, job.table_number);
         let started = Instant::now();
-        let (meta, encode_time) = self.build_table(&path, job).await?;
-        let build_time = started.elapsed();
-        let reader = TableReader::open(&self.io, &path, job.table_number, self.cache.clone()).await?;
+        let built = async {
+            let (meta, encode_time) = self.build_table(&path, job).await?;
+            let build_time = started.elapsed();
+            let reader = TableReader::open(&self.io, &path, job.table_number, self.cache.clone()).await?;
+            Ok((meta, encode_time, build_time, reader))
+        };
+        let (meta, encode_time, build_time, reader) = match built.await {
+            Ok(built) => built,
+            Err(e) => {
+                // Nothing records the table yet. (Once its edit has been
+                // appended, a failure leaves the file alone: the edit may be
+                // on disk, and the next open deletes the table if it is not.)
+                let _ = self.io.remove_file(&path).await;
+                return Err(e);
+            }
+        };
         let edit = VersionEdit {
             new_files: vec![meta.clone()],
             log_number: Some(job.next_log_number),

@@ -151,8 +151,12 @@ impl ManifestWriter {
         state.snapshot_edit().encode_to(&mut payload);
         log.append_group(&payload, true).await?;
         write_current(io, dir, number).await?;
-        if let Some(old) = previous.filter(|old| *old != number) {
-            io.remove_file(dir.join(manifest_name(old))).await?;
+        // From here the switch has happened; a MANIFEST left behind is
+        // deleted by the next open, so failing to remove it fails nothing.
+        if let Some(old) = previous.filter(|old| *old != number)
+            && let Err(e) = io.remove_file(dir.join(manifest_name(old))).await
+        {
+            tracing::warn!(error = %e, "could not delete the MANIFEST that was replaced; the next open will");
         }
         Ok(ManifestWriter { log, path, number })
     }
