@@ -187,6 +187,9 @@ async fn replay_logs(
             stop_replay = true;
         }
         let mut expected = last_seq.checked_next();
+        let mut replayed_groups = 0usize;
+        // Where a group that does not continue the sequence starts.
+        let mut gap_at = None;
         for (payload, range) in contents.payloads().zip(&contents.groups) {
             let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
             let replayed = decode_batches(payload, expected, |entry| {
@@ -196,11 +199,13 @@ async fn replay_logs(
                 Ok(last) => {
                     last_seq = last;
                     expected = last.checked_next();
+                    replayed_groups += 1;
                 }
                 // A gap between logs: writes are missing in between.
                 Err(reason) if options.recovery_mode == RecoveryMode::KeepPrefixDropRest => {
                     tracing::warn!(log = %path.display(), offset = record_offset, %reason, "recovery mode dropped a log that does not continue the previous one, and every later log");
                     stop_replay = true;
+                    gap_at = Some(record_offset);
                     break;
                 }
                 Err(reason) => return Err(Error::Corruption { file: path.clone(), offset: record_offset, reason }),
@@ -209,7 +214,10 @@ async fn replay_logs(
         if contents.groups.is_empty() && contents.dropped_at.is_none() {
             // Nothing acknowledged lives here (at most a torn, unacknowledged group): the log can go.
             io.remove_file(&path).await?;
-        } else if stop_replay && contents.groups.is_empty() {
+        } else if stop_replay && replayed_groups == 0 {
+            // Nothing of it was replayed. Kept, it would make the next open
+            // find the same damage or gap and set aside every log written
+            // after this open, acknowledged writes included.
             set_aside(io, &path).await?;
         } else {
             let file = crate::io::DirectFile::open(io, &path).await?;
@@ -217,10 +225,12 @@ async fn replay_logs(
                 // Cut the torn group off for good (this log is never appended to again).
                 file.set_len(at).await?;
             }
-            if let Some((at, _)) = &contents.dropped_at {
-                // Make the drop permanent, or the next open would find the
-                // damage again and set aside the logs written after this one.
-                file.set_len(*at).await?;
+            // Make a drop permanent (damage, or a gap after the replayed
+            // groups), or the next open would find it again and set aside
+            // the logs written after this one.
+            let dropped_from = contents.dropped_at.as_ref().map(|(at, _)| *at).into_iter().chain(gap_at).min();
+            if let Some(at) = dropped_from {
+                file.set_len(at).await?;
             }
             // Written (not synced) groups of an earlier run may still sit in the
             // device cache: make them durable before new synced writes can
