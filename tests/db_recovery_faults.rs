@@ -238,9 +238,10 @@ fn assert_reopens_with_every_key(dir: &std::path::Path, keys: u32) {
 fn a_flush_whose_manifest_sync_fails_leaves_its_table_for_the_next_open() {
     let rule = FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains("MANIFEST").times(1);
     let dir = flush_failing_with(rule, options(), 200);
-    assert_eq!(table_files(dir.path()).len(), 1, "the table the MANIFEST may record is still there");
+    let recorded = table_files(dir.path());
+    assert_eq!(recorded.len(), 1, "the table the MANIFEST may record is still there");
     assert_reopens_with_every_key(dir.path(), 200);
-    assert_eq!(table_files(dir.path()).len(), 1, "the recorded table is live");
+    assert!(recorded[0].exists(), "the recorded table is live");
 }
 
 /// The MANIFEST append itself fails: the table is recorded nowhere, the next
@@ -249,8 +250,10 @@ fn a_flush_whose_manifest_sync_fails_leaves_its_table_for_the_next_open() {
 fn a_flush_whose_manifest_write_fails_loses_nothing_and_leaves_no_orphan() {
     let rule = FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Write).path_contains("MANIFEST").times(1);
     let dir = flush_failing_with(rule, options(), 200);
+    let unrecorded = table_files(dir.path());
+    assert_eq!(unrecorded.len(), 1, "the failed flush leaves its table to the next open");
     assert_reopens_with_every_key(dir.path(), 200);
-    assert!(table_files(dir.path()).is_empty(), "the unrecorded table was deleted at open");
+    assert!(!unrecorded[0].exists(), "the unrecorded table was deleted at open");
 }
 
 /// The edit is recorded, then the switch to a new MANIFEST (due after every
@@ -261,9 +264,10 @@ fn a_flush_whose_manifest_switch_fails_keeps_the_recorded_table() {
     let rule = FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Write).path_contains("CURRENT").times(1);
     let opts = Options { max_manifest_file_size_bytes: 1, ..options() };
     let dir = flush_failing_with(rule, opts, 200);
-    assert_eq!(table_files(dir.path()).len(), 1);
+    let recorded = table_files(dir.path());
+    assert_eq!(recorded.len(), 1);
     assert_reopens_with_every_key(dir.path(), 200);
-    assert_eq!(table_files(dir.path()).len(), 1, "the recorded table is live");
+    assert!(recorded[0].exists(), "the recorded table is live");
 }
 
 /// A log missing between two others leaves a gap in the sequence: the
@@ -296,7 +300,13 @@ fn a_gap_between_logs_is_dropped_for_good_in_the_tolerant_mode() {
         // The files as a crash right after the acknowledgement would leave them.
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let path = entry.unwrap().path();
-            std::fs::copy(&path, crashed.path().join(path.file_name().unwrap())).unwrap();
+            match std::fs::copy(&path, crashed.path().join(path.file_name().unwrap())) {
+                // A spare log being renamed into place: not part of the state.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                copied => {
+                    copied.unwrap();
+                }
+            }
         }
         drop(db);
         for mode in [tolerant, options()] {
