@@ -134,6 +134,18 @@ impl LogShared {
         snapshots.keys().next().map_or(visible, |&oldest| SeqNo(oldest).min(visible))
     }
 
+    /// Registers a snapshot of what is visible now and returns its sequence
+    /// number. Read and registered under the lock [`oldest_snapshot`](Self::oldest_snapshot)
+    /// holds: read apart, a compaction could read the snapshots in between
+    /// and then a newer visible sequence, and drop versions the snapshot sees.
+    pub(crate) fn take_snapshot(&self) -> SeqNo {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = self.visible();
+        *snapshots.entry(seq.0).or_insert(0) += 1;
+        seq
+    }
+
+    /// Registers one more holder of the snapshot at `seq` (already registered).
     pub(crate) fn register_snapshot(&self, seq: SeqNo) {
         *self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).entry(seq.0).or_insert(0) += 1;
     }

@@ -99,16 +99,10 @@ pub struct Snapshot {
     seq: SeqNo,
 }
 
-impl Snapshot {
-    fn new(db: Db, seq: SeqNo) -> Snapshot {
-        db.inner.log.register_snapshot(seq);
-        Snapshot { db, seq }
-    }
-}
-
 impl Clone for Snapshot {
     fn clone(&self) -> Snapshot {
-        Snapshot::new(self.db.clone(), self.seq)
+        self.db.inner.log.register_snapshot(self.seq);
+        Snapshot { db: self.db.clone(), seq: self.seq }
     }
 }
 
@@ -121,7 +115,7 @@ impl Drop for Snapshot {
 impl Snapshot {
     /// The value of `key` as of the snapshot.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.db.get_at(key.as_ref(), self.seq).await
+        self.db.get_at(key.as_ref(), Some(self.seq)).await
     }
 
     /// The entries of `range` as of the snapshot, in key order.
@@ -130,7 +124,7 @@ impl Snapshot {
         range: impl RangeBounds<K>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = owned_bounds(&range);
-        self.db.scan_at(start, end, self.seq)
+        self.db.scan_at(start, end, Some(self.seq))
     }
 
     /// The entries of `range` as of the snapshot, in descending key order.
@@ -139,7 +133,7 @@ impl Snapshot {
         range: impl RangeBounds<K>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = owned_bounds(&range);
-        self.db.scan_rev_at(start, end, self.seq)
+        self.db.scan_rev_at(start, end, Some(self.seq))
     }
 
     /// The entries whose key starts with `prefix` as of the snapshot, in key order.
@@ -148,7 +142,7 @@ impl Snapshot {
         prefix: impl AsRef<[u8]>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = prefix_bounds(prefix.as_ref());
-        self.db.scan_at(start, end, self.seq)
+        self.db.scan_at(start, end, Some(self.seq))
     }
 
     /// The sequence number the snapshot reads at.
@@ -484,10 +478,12 @@ impl Db {
 
     /// The current value of `key`, or `None` if it was never set or was deleted.
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
-        self.get_at(key.as_ref(), self.inner.log.visible()).await
+        self.get_at(key.as_ref(), None).await
     }
 
-    async fn get_at(&self, key: &[u8], seq: SeqNo) -> Result<Option<Bytes>> {
+    /// Reads `key` at the registered snapshot `seq`, or (`None`) at what is
+    /// visible when the memtables and version are taken.
+    async fn get_at(&self, key: &[u8], seq: Option<SeqNo>) -> Result<Option<Bytes>> {
         if key.is_empty() || key.len() > crate::MAX_KEY_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "keys must be 1..={} bytes, got {}",
@@ -496,14 +492,18 @@ impl Db {
             )));
         }
         // Memtables and version are taken together: a flush moves data from one
-        // to the other in one step under this lock.
-        let (memtables, version): (Vec<Arc<Memtable>>, Arc<Version>) = {
+        // to the other in one step under this lock. The visible sequence is
+        // read under it too: a compaction drops versions hidden at the
+        // sequence visible when it started, and its result is installed under
+        // this lock, so a reader that sees the result reads at a sequence at
+        // least that new.
+        let (memtables, version, seq): (Vec<Arc<Memtable>>, Arc<Version>, SeqNo) = {
             let state = self.inner.log.lock();
             let memtables = std::iter::once(&state.active)
                 .chain(state.immutables.iter().rev())
                 .map(|s| Arc::clone(&s.memtable))
                 .collect();
-            (memtables, Arc::clone(&state.version))
+            (memtables, Arc::clone(&state.version), seq.unwrap_or_else(|| self.inner.log.visible()))
         };
         for memtable in memtables {
             match memtable.get(key, seq) {
@@ -530,7 +530,7 @@ impl Db {
         range: impl RangeBounds<K>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = owned_bounds(&range);
-        self.scan_at(start, end, self.inner.log.visible())
+        self.scan_at(start, end, None)
     }
 
     /// The entries whose key starts with `prefix`, in key order.
@@ -539,7 +539,7 @@ impl Db {
         prefix: impl AsRef<[u8]>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = prefix_bounds(prefix.as_ref());
-        self.scan_at(start, end, self.inner.log.visible())
+        self.scan_at(start, end, None)
     }
 
     /// The entries of `range` in descending key order, as of the call.
@@ -548,16 +548,17 @@ impl Db {
         range: impl RangeBounds<K>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
         let (start, end) = owned_bounds(&range);
-        self.scan_rev_at(start, end, self.inner.log.visible())
+        self.scan_rev_at(start, end, None)
     }
 
     fn scan_at(
         &self,
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
-        seq: SeqNo,
+        seq: Option<SeqNo>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        let merged = crate::iter::MergingIter::new(self.scan_sources(false));
+        let (sources, visible) = self.scan_sources(false);
+        let (merged, seq) = (crate::iter::MergingIter::new(sources), seq.unwrap_or(visible));
         scan::into_stream(scan::AnyScan::Forward(scan::Scan::new(merged, seq, start, end)))
     }
 
@@ -565,14 +566,17 @@ impl Db {
         &self,
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
-        seq: SeqNo,
+        seq: Option<SeqNo>,
     ) -> impl futures_util::Stream<Item = Result<(Bytes, Bytes)>> + Send + 'static {
-        let merged = crate::iter::MergingIter::new_reverse(self.scan_sources(true));
+        let (sources, visible) = self.scan_sources(true);
+        let (merged, seq) = (crate::iter::MergingIter::new_reverse(sources), seq.unwrap_or(visible));
         scan::into_stream(scan::AnyScan::Reverse(scan::RevScan::new(merged, seq, start, end)))
     }
 
-    /// Cursors over the memtables and tables of this moment, forward or backward.
-    fn scan_sources(&self, reverse: bool) -> Vec<crate::iter::Source> {
+    /// Cursors over the memtables and tables of this moment, forward or
+    /// backward, and the sequence visible at this moment (read under the same
+    /// lock, for the reason given in `get_at`).
+    fn scan_sources(&self, reverse: bool) -> (Vec<crate::iter::Source>, SeqNo) {
         use crate::iter::{
             BlockFetch, LevelCursor, MemtableCursor, RevLevelCursor, RevMemtableCursor, RevTableCursor, Source,
             TableCursor,
@@ -604,7 +608,7 @@ impl Db {
                 Source::Level(LevelCursor::new(level.clone(), crate::iter::adaptive))
             });
         }
-        sources
+        (sources, self.inner.log.visible())
     }
 
     /// Flushes every memtable holding data (the active one included) to
@@ -686,10 +690,7 @@ impl Db {
 
     /// A snapshot of the acknowledged writes.
     pub fn snapshot(&self) -> Snapshot {
-        // Registered under the state lock: a compaction that reads the oldest
-        // snapshot afterwards sees this one.
-        let _state = self.inner.log.lock();
-        Snapshot::new(self.clone(), self.inner.log.visible())
+        Snapshot { db: self.clone(), seq: self.inner.log.take_snapshot() }
     }
 
     /// Writes out everything buffered in the log ([`Durability::Buffered`]
