@@ -16,7 +16,7 @@ use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
 use crate::sst::table::TableReader;
 use crate::version::manifest::{self, CURRENT_NAME, parse_manifest_name};
-use crate::version::{Graveyard, LiveTable, ManifestState, TableFile, table_path};
+use crate::version::{Graveyard, LiveTable, ManifestState, TableFile, Version, table_path};
 use crate::wal::{RecoveryMode, read_log};
 use crate::{Error, IoOp, Result};
 
@@ -101,6 +101,17 @@ pub(crate) async fn recover(
             });
         }
         tables.push(Arc::new(TableFile { meta: meta.clone(), reader: LiveTable::new(reader, Arc::clone(graveyard)) }));
+    }
+    // Checksums passed, yet the tables may not form a tree (overlapping
+    // tables in a deeper level): reads would then miss keys, and the first
+    // flush or compaction would trip over it. Refused here instead.
+    if let Err(reason) = Version::new(tables.clone()).check() {
+        let file = manifest_number.map_or_else(|| dir.join(CURRENT_NAME), |n| dir.join(manifest::manifest_name(n)));
+        return Err(Error::Corruption {
+            file,
+            offset: 0,
+            reason: format!("the live tables do not form a tree: {reason}"),
+        });
     }
 
     let mut highest_number = state.next_file_number.saturating_sub(1);
@@ -240,4 +251,68 @@ async fn replay_logs(
         }
     }
     Ok((last_seq, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::IoOptions;
+    use crate::key::{ValueKind, encode_internal_key};
+    use crate::sst::table::{TableOptions, TableWriter};
+    use crate::version::ManifestWriter;
+    use crate::version::edit::{FileMeta, VersionEdit};
+
+    /// Writes table `number` holding `keys` (puts at `seq`) and returns its metadata at `level`.
+    async fn table(io: &Io, dir: &Path, number: u64, level: u32, keys: &[&str], seq: u64) -> FileMeta {
+        let file = crate::io::DirectFile::create(io, &table_path(dir, number)).await.unwrap();
+        let mut writer = TableWriter::new(&file, TableOptions::default());
+        for key in keys {
+            writer.add(&encode_internal_key(key.as_bytes(), SeqNo(seq), ValueKind::Put), b"v").await.unwrap();
+        }
+        let size_bytes = writer.finish().await.unwrap().size_bytes;
+        FileMeta {
+            level,
+            file_number: number,
+            size_bytes,
+            smallest_seq: SeqNo(seq),
+            largest_seq: SeqNo(seq),
+            smallest_key: encode_internal_key(keys[0].as_bytes(), SeqNo(seq), ValueKind::Put),
+            largest_key: encode_internal_key(keys[keys.len() - 1].as_bytes(), SeqNo(seq), ValueKind::Put),
+        }
+    }
+
+    #[test]
+    fn overlapping_tables_in_a_deeper_level_are_corruption_at_open() {
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            for (second_level, overlapping) in [(1, true), (0, false)] {
+                let dir = tempfile::tempdir().unwrap();
+                let files = vec![
+                    table(&io, dir.path(), 1, 1, &["a", "m"], 1).await,
+                    table(&io, dir.path(), 2, second_level, &["g", "z"], 2).await,
+                ];
+                let edit = VersionEdit {
+                    new_files: files,
+                    log_number: Some(3),
+                    next_file_number: Some(4),
+                    last_sequence: Some(SeqNo(2)),
+                    ..VersionEdit::default()
+                };
+                let mut state = ManifestState::default();
+                state.apply(&edit).unwrap();
+                ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
+                let graveyard = Arc::new(Graveyard::default());
+                let recovered = recover(&io, dir.path(), &Options::default(), None, &graveyard).await;
+                match recovered {
+                    Err(Error::Corruption { file, reason, .. }) if overlapping => {
+                        assert!(file.ends_with("MANIFEST-000003"), "{}", file.display());
+                        assert!(reason.contains("overlap"), "{reason}");
+                    }
+                    Ok(recovered) if !overlapping => assert_eq!(recovered.tables.len(), 2),
+                    Err(e) => panic!("level {second_level}: {e}"),
+                    Ok(_) => panic!("overlapping level-1 tables were accepted"),
+                }
+            }
+        });
+    }
 }

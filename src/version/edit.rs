@@ -125,7 +125,7 @@ impl VersionEdit {
                 }
                 TAG_NEW_FILE => edit.new_files.push(decode_new_file(&mut body).ok_or_else(|| bad("new file"))?),
                 TAG_DELETED_FILE => {
-                    let level = body.varint().and_then(|l| u32::try_from(l).ok()).ok_or_else(|| bad("deleted file"))?;
+                    let level = decode_level(&mut body).ok_or_else(|| bad("deleted file"))?;
                     let number = body.varint().ok_or_else(|| bad("deleted file"))?;
                     edit.deleted_files.push((level, number));
                 }
@@ -143,8 +143,13 @@ impl VersionEdit {
     }
 }
 
+/// A level number, which must name one of the tree's levels.
+fn decode_level(body: &mut Reader<'_>) -> Option<u32> {
+    body.varint().filter(|level| *level < crate::version::NUM_LEVELS as u64).map(|level| level as u32)
+}
+
 fn decode_new_file(body: &mut Reader<'_>) -> Option<FileMeta> {
-    let level = u32::try_from(body.varint()?).ok()?;
+    let level = decode_level(body)?;
     let file_number = body.varint()?;
     let size_bytes = body.varint()?;
     let smallest_seq = SeqNo::new(body.varint()?)?;
@@ -197,6 +202,23 @@ mod tests {
         assert_eq!(out, expected);
         assert_eq!(out.len(), 38);
         assert_eq!(VersionEdit::decode(&out).unwrap(), doc_example());
+    }
+
+    #[test]
+    fn levels_beyond_the_tree_do_not_decode() {
+        for (level, decodes) in
+            [(crate::version::NUM_LEVELS as u32 - 1, true), (crate::version::NUM_LEVELS as u32, false)]
+        {
+            let mut added = doc_example();
+            added.new_files[0].level = level;
+            let mut out = Vec::new();
+            added.encode_to(&mut out);
+            assert_eq!(VersionEdit::decode(&out).is_ok(), decodes, "new file at level {level}");
+            let deleted = VersionEdit { deleted_files: vec![(level, 7)], ..VersionEdit::default() };
+            let mut out = Vec::new();
+            deleted.encode_to(&mut out);
+            assert_eq!(VersionEdit::decode(&out).is_ok(), decodes, "deleted file at level {level}");
+        }
     }
 
     #[test]
