@@ -168,6 +168,7 @@ fn decode_new_file(body: &mut Reader<'_>) -> Option<FileMeta> {
 mod tests {
     use super::*;
     use crate::key::{ValueKind, encode_internal_key};
+    use crate::version::NUM_LEVELS;
     use proptest::prelude::*;
 
     fn doc_example() -> VersionEdit {
@@ -251,8 +252,8 @@ mod tests {
             log in proptest::option::of(any::<u64>()),
             next in proptest::option::of(any::<u64>()),
             seq in proptest::option::of(0u64..(1 << 56)),
-            files in proptest::collection::vec((0u32..8, any::<u64>(), any::<u64>(), 0u64..1000, proptest::collection::vec(any::<u8>(), 0..20)), 0..5),
-            deleted in proptest::collection::vec((0u32..8, any::<u64>()), 0..5),
+            files in proptest::collection::vec((0u32..NUM_LEVELS as u32, any::<u64>(), any::<u64>(), 0u64..1000, proptest::collection::vec(any::<u8>(), 0..20)), 0..5),
+            deleted in proptest::collection::vec((0u32..NUM_LEVELS as u32, any::<u64>()), 0..5),
         ) {
             let edit = VersionEdit {
                 format_version: Some(EDIT_FORMAT_VERSION),
