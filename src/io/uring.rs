@@ -163,12 +163,41 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         let mut builder = IoUring::builder();
         configure(&mut builder);
         match builder.build(entries) {
-            Ok(ring) => return Ok(ring),
+            Ok(ring) => return check_opcodes(ring),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
             Err(e) => return Err(e),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// The opcodes the engine submits, with their names.
+const NEEDED_OPCODES: [(u8, &str); 4] = [
+    (opcode::Read::CODE, "READ"),
+    (opcode::Write::CODE, "WRITE"),
+    (opcode::Fsync::CODE, "FSYNC"),
+    (opcode::Fallocate::CODE, "FALLOCATE"),
+];
+
+/// `ring`, if its kernel supports every opcode the engine submits. Kernels
+/// 5.1 to 5.5 set up a ring but fail READ, WRITE and FALLOCATE with EINVAL,
+/// which the file layer would take for a filesystem refusing O_DIRECT; the
+/// error makes the caller use the portable backend instead. (Probing needs
+/// 5.6 itself, so a failed probe means the same.)
+fn check_opcodes(ring: IoUring) -> io::Result<IoUring> {
+    let mut probe = io_uring::Probe::new();
+    let unsupported =
+        |what: String| io::Error::new(io::ErrorKind::Unsupported, format!("{what}: io_uring needs Linux 5.6 or later"));
+    ring.submitter().register_probe(&mut probe).map_err(|e| unsupported(format!("probing opcodes failed ({e})")))?;
+    match missing_opcode(&probe) {
+        Some(name) => Err(unsupported(format!("the kernel lacks IORING_OP_{name}"))),
+        None => Ok(ring),
+    }
+}
+
+/// The first opcode the engine needs that `probe` does not list.
+fn missing_opcode(probe: &io_uring::Probe) -> Option<&'static str> {
+    NEEDED_OPCODES.iter().find(|(code, _)| !probe.is_supported(*code)).map(|(_, name)| *name)
 }
 
 /// An op between its submission to the kernel and its last CQE.
@@ -200,6 +229,17 @@ pub(super) enum CqeOutcome {
 }
 
 impl InFlight {
+    /// Gives up on an op whose CQEs may never come (a broken invariant):
+    /// its buffer and file are leaked, never freed under the kernel, while
+    /// its caller gets an error (the reply channel closes) and its queue slot
+    /// comes back.
+    pub(super) fn leak(self) {
+        let Submission { op, done, permit } = self.submission;
+        std::mem::forget(op);
+        drop(done);
+        drop(permit);
+    }
+
     pub(super) fn new(submission: Submission) -> InFlight {
         InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 }
     }
@@ -242,6 +282,18 @@ impl InFlight {
     }
 }
 
+/// The most bytes one read or write SQE moves: an SQE's length is 32 bits,
+/// and the kernel moves at most 2 GiB - 4 KiB per call anyway. A power of two,
+/// so a larger transfer's first part keeps any O_DIRECT alignment; the file
+/// layer continues the rest as it continues any short transfer, which is what
+/// the portable backend's pread/pwrite do too.
+const MAX_SQE_TRANSFER_BYTES: usize = 1 << 30;
+
+/// The length field of a read or write SQE for a transfer of `len` bytes.
+fn sqe_len(len: usize) -> u32 {
+    len.min(MAX_SQE_TRANSFER_BYTES) as u32
+}
+
 /// The SQEs of an op: one, or a write and the fdatasync linked to it. Part
 /// `i` carries user_data `token(slot, i)`. Asserts the O_DIRECT rules first.
 fn op_entries(op: &mut Op, slot: usize) -> [Option<squeue::Entry>; 2] {
@@ -251,11 +303,11 @@ fn op_entries(op: &mut Op, slot: usize) -> [Option<squeue::Entry>; 2] {
         OpKind::Read { buf, start, len, offset } => {
             // SAFETY (pointer arithmetic): start + len <= capacity was asserted.
             let ptr = buf.as_mut_ptr().wrapping_add(*start);
-            [Some(opcode::Read::new(fd, ptr, *len as u32).offset(*offset).build()), None]
+            [Some(opcode::Read::new(fd, ptr, sqe_len(*len)).offset(*offset).build()), None]
         }
         OpKind::Write { buf, start, len, offset, sync_after } => {
             let ptr = buf.as_mut_ptr().wrapping_add(*start).cast_const();
-            let write = opcode::Write::new(fd, ptr, *len as u32).offset(*offset).build();
+            let write = opcode::Write::new(fd, ptr, sqe_len(*len)).offset(*offset).build();
             if *sync_after {
                 let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
                 [Some(write.flags(squeue::Flags::IO_LINK)), Some(sync)]
@@ -501,10 +553,7 @@ impl Drop for RingThread {
         // buffers: leak them (and the eventfd target) rather than free them
         // under a pending DMA, and fail every waiting future.
         for (_, flight) in std::mem::take(&mut self.in_flight) {
-            let Submission { op, done, permit } = flight.submission;
-            std::mem::forget(op);
-            drop(done);
-            drop(permit);
+            flight.leak();
         }
         std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
         let mut queue = self.shared.lock();
@@ -515,4 +564,30 @@ impl Drop for RingThread {
 
 fn to_result(res: i32) -> io::Result<usize> {
     if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_without_the_needed_opcodes_is_refused() {
+        // A probe nothing filled in: what a kernel knowing none of them reports.
+        assert_eq!(missing_opcode(&io_uring::Probe::new()), Some("READ"));
+        // This machine's kernel (6.x) has them all.
+        let ring = build_ring(8).expect("io_uring on the test machine");
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe).unwrap();
+        assert_eq!(missing_opcode(&probe), None);
+    }
+
+    #[test]
+    fn transfers_of_4_gib_and_more_are_cut_not_wrapped() {
+        assert_eq!(sqe_len(4096), 4096);
+        assert_eq!(sqe_len(MAX_SQE_TRANSFER_BYTES), MAX_SQE_TRANSFER_BYTES as u32);
+        // `as u32` alone made 4 GiB a 0-byte read: end of file to the caller.
+        assert_eq!(sqe_len(4 << 30), MAX_SQE_TRANSFER_BYTES as u32);
+        assert_eq!(sqe_len((4 << 30) + 4096), MAX_SQE_TRANSFER_BYTES as u32);
+        assert_eq!(sqe_len(usize::MAX), MAX_SQE_TRANSFER_BYTES as u32);
+    }
 }
