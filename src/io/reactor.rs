@@ -286,7 +286,9 @@ impl Reactor {
                 // waiting could last forever. Leak what is in flight rather
                 // than free it under the kernel.
                 let mut state = lock(&self.state);
-                std::mem::forget(std::mem::take(&mut state.in_flight));
+                for (_, flight) in std::mem::take(&mut state.in_flight) {
+                    flight.leak();
+                }
                 return;
             }
             self.reap();
@@ -310,7 +312,9 @@ impl Drop for Reactor {
         // kernel may still write into.
         if std::thread::panicking() {
             let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-            std::mem::forget(std::mem::take(&mut state.in_flight));
+            for (_, flight) in std::mem::take(&mut state.in_flight) {
+                flight.leak();
+            }
         } else {
             self.close_and_drain();
         }
@@ -319,6 +323,13 @@ impl Drop for Reactor {
 
 /// Pushes SQEs; the SQ has room for every SQE of `MAX_IN_FLIGHT` ops.
 fn push(ring: &mut IoUring, entries: [Option<io_uring::squeue::Entry>; 2], stats: &IoStatsInner) {
+    // Checked for all of them first: a failure after the first of a linked
+    // pair was queued would unwind and free its buffer under a queued SQE.
+    let room = {
+        let sq = ring.submission();
+        sq.capacity() - sq.len()
+    };
+    assert!(entries.iter().flatten().count() <= room, "a reactor's SQ has room for all its ops' SQEs");
     for entry in entries.into_iter().flatten() {
         // SAFETY: the buffer and file this entry points into are owned by the
         // op's InFlight, which is in (or, before the lock is released, put
