@@ -322,11 +322,15 @@ impl DirectFile {
     /// Submits one request, handling a filesystem that refuses O_DIRECT at the
     /// first transfer by reopening the file buffered and retrying once.
     async fn run(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
-        let was_direct = self.handle().direct;
-        let completion = self.attempt(req, buf).await;
+        let used = self.handle();
+        let completion = self.attempt(Arc::clone(&used), req, buf).await;
         let einval = matches!(&completion.result, Err(e) if e.raw_os_error() == Some(libc::EINVAL));
         let is_transfer = matches!(req, Req::Read { .. } | Req::Write { .. });
-        if !(einval && was_direct && is_transfer && !self.transferred.load(Ordering::Relaxed)) {
+        // Another op may have met the refusal first and reopened the file
+        // (and a transfer may have succeeded since): this op's EINVAL from
+        // the direct handle is the same refusal, not an error of its own.
+        let reopened = !Arc::ptr_eq(&used, &self.handle());
+        if !(einval && used.direct && is_transfer && (reopened || !self.transferred.load(Ordering::Relaxed))) {
             if is_transfer && completion.result.is_ok() {
                 self.transferred.store(true, Ordering::Relaxed);
             }
@@ -334,17 +338,19 @@ impl DirectFile {
         }
         // The request was aligned (checked, then asserted), so EINVAL on the first
         // transfer means this filesystem accepts O_DIRECT at open but not at I/O time.
-        if let Err(e) = self.reopen_buffered() {
-            return Completion { result: Err(e), sync_result: None, buf: completion.buf };
+        if !reopened {
+            if let Err(e) = self.reopen_buffered() {
+                return Completion { result: Err(e), sync_result: None, buf: completion.buf };
+            }
+            warn_direct_refused(&self.path, "first I/O");
         }
-        warn_direct_refused(&self.path, "first I/O");
-        self.attempt(req, completion.buf).await
+        self.attempt(self.handle(), req, completion.buf).await
     }
 
     /// Applies injected faults, then submits to the backend. Injected short and
     /// torn writes behave like real ones: a linked fdatasync does not run after
     /// a write that fell short (it reports `ECANCELED`, as an io_uring link does).
-    async fn attempt(&self, req: Req, buf: Option<AlignedBuf>) -> Completion {
+    async fn attempt(&self, file: Arc<FileHandle>, req: Req, buf: Option<AlignedBuf>) -> Completion {
         let mut req = req;
         let mut torn = false;
         let mut sync_error = None;
@@ -378,7 +384,7 @@ impl DirectFile {
                 *sync_after = false;
             }
         }
-        let mut completion = self.io.submit(Op { file: self.handle(), kind: req.into_kind(buf) }).await;
+        let mut completion = self.io.submit(Op { file, kind: req.into_kind(buf) }).await;
         if cut_link {
             let write_ok = !torn && completion.result.as_ref().is_ok_and(|n| Some(*n) == req.len());
             let errno = match sync_error {
