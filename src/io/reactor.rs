@@ -45,7 +45,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::op::{IoStatsInner, Submission};
-use super::uring::{CqeOutcome, InFlight, slot_and_part};
+use super::uring::{CqeOutcome, InFlight, Unconsumed, slot_and_part};
 
 /// The most ops a reactor holds in flight; further submissions go to the
 /// ring thread. The reactor removes a thread wake-up from the path of each
@@ -150,6 +150,7 @@ pub(crate) struct Reactor {
 struct State {
     ring: IoUring,
     in_flight: Slab<InFlight>,
+    unconsumed: Unconsumed,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -189,7 +190,7 @@ impl Reactor {
                 .map_err(io::Error::from)?
         };
         let reactor = Arc::new(Reactor {
-            state: Mutex::new(State { ring, in_flight: Slab::new() }),
+            state: Mutex::new(State { ring, in_flight: Slab::new(), unconsumed: Unconsumed::default() }),
             closed: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
             eventfd,
@@ -206,21 +207,22 @@ impl Reactor {
         if self.closed.load(Ordering::Acquire) || state.in_flight.len() >= MAX_IN_FLIGHT {
             return Err(submission);
         }
-        let State { ring, in_flight } = &mut *state;
+        let State { ring, in_flight, unconsumed } = &mut *state;
         let slot = in_flight.vacant_entry();
         let mut flight = InFlight::new(submission);
         // Built before the op enters the slab: an assertion here leaves
         // nothing behind that waits for a CQE.
         let entries = flight.entries(slot.key());
-        push(ring, entries, &self.stats);
+        push(ring, unconsumed, entries, &self.stats);
         slot.insert(flight);
         self.stats.reactor_ops.fetch_add(1, Ordering::Relaxed);
-        self.enter(ring, 0);
+        self.enter(&mut state, 0);
         Ok(())
     }
 
     /// One io_uring_enter: submits what is queued; with `wait`, blocks for CQEs.
-    fn enter(&self, ring: &mut IoUring, wait: usize) {
+    fn enter(&self, state: &mut State, wait: usize) {
+        let State { ring, in_flight, unconsumed } = state;
         self.stats.kernel_enters.fetch_add(1, Ordering::Relaxed);
         if !ring.submission().is_empty() {
             self.stats.submitting_enters.fetch_add(1, Ordering::Relaxed);
@@ -232,13 +234,17 @@ impl Reactor {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => self.signal(),
             Err(e) => panic!("io_uring_enter on a reactor ring failed: {e}"),
         }
+        let left = ring.submission().len();
+        if let Some(slot) = unconsumed.after_enter(left) {
+            in_flight[slot].mark_link_split();
+        }
     }
 
     /// Reaps every CQE; completes finished ops after the lock is released.
     fn reap(&self) {
         let finished = {
             let mut state = lock(&self.state);
-            let State { ring, in_flight } = &mut *state;
+            let State { ring, in_flight, unconsumed } = &mut *state;
             let mut finished = Vec::new();
             let cqes: Vec<(u64, i32)> = ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
             for (user_data, result) in cqes {
@@ -246,12 +252,12 @@ impl Reactor {
                 let flight = in_flight.get_mut(slot).expect("CQE for an unknown slot");
                 match flight.record(part, result) {
                     CqeOutcome::Waiting => {}
-                    CqeOutcome::Retry => push(ring, flight.entries(slot), &self.stats),
+                    CqeOutcome::Retry => push(ring, unconsumed, flight.entries(slot), &self.stats),
                     CqeOutcome::Finished => finished.push(in_flight.remove(slot)),
                 }
             }
             if !ring.submission().is_empty() {
-                self.enter(ring, 0);
+                self.enter(&mut state, 0);
             }
             finished
         };
@@ -296,11 +302,10 @@ impl Reactor {
             if state.in_flight.is_empty() {
                 return;
             }
-            let State { ring, .. } = &mut *state;
-            if ring.completion().is_empty() {
+            if state.ring.completion().is_empty() {
                 // Under the lock: submissions of this runtime wait at most
                 // this long to learn that the reactor closed.
-                self.enter(ring, 1);
+                self.enter(&mut state, 1);
             }
         }
     }
@@ -322,7 +327,12 @@ impl Drop for Reactor {
 }
 
 /// Pushes SQEs; the SQ has room for every SQE of `MAX_IN_FLIGHT` ops.
-fn push(ring: &mut IoUring, entries: [Option<io_uring::squeue::Entry>; 2], stats: &IoStatsInner) {
+fn push(
+    ring: &mut IoUring,
+    unconsumed: &mut Unconsumed,
+    entries: [Option<io_uring::squeue::Entry>; 2],
+    stats: &IoStatsInner,
+) {
     // Checked for all of them first: a failure after the first of a linked
     // pair was queued would unwind and free its buffer under a queued SQE.
     let room = {
@@ -336,6 +346,7 @@ fn push(ring: &mut IoUring, entries: [Option<io_uring::squeue::Entry>; 2], stats
         // into) the slab, and leaves it only after its last CQE.
         let pushed = unsafe { ring.submission().push(&entry) };
         assert!(pushed.is_ok(), "a reactor's SQ has room for all its ops' SQEs");
+        unconsumed.pushed(entry.get_user_data());
         stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -206,6 +206,40 @@ pub(super) struct InFlight {
     parts_left: u8,
     results: [i32; 2],
     retries: u32,
+    /// The kernel consumed the write of a linked pair but not its sync (see
+    /// [`Unconsumed`]): the sync's result says nothing about the write.
+    link_split: bool,
+}
+
+/// The user_data of SQEs pushed to a ring and not yet consumed by the kernel,
+/// oldest first. The kernel may stop consuming in the middle of a batch (it
+/// could not allocate a request). Stopped between a write and its linked
+/// sync, it runs the write as the end of a chain, and the next enter submits
+/// the sync unlinked, free to run before the write is done: a reported
+/// success would then claim durability nobody has. Tracking what each enter
+/// consumed spots the split, and the op is resubmitted whole.
+#[derive(Default)]
+pub(super) struct Unconsumed(VecDeque<u64>);
+
+impl Unconsumed {
+    /// Notes an SQE pushed with `user_data`.
+    pub(super) fn pushed(&mut self, user_data: u64) {
+        self.0.push_back(user_data);
+    }
+
+    /// After an enter that left `queued` SQEs in the SQ: forgets the consumed
+    /// ones and returns the slot of an op whose write was consumed without
+    /// its linked sync, if the enter stopped between them.
+    pub(super) fn after_enter(&mut self, queued: usize) -> Option<usize> {
+        let consumed = self.0.len().saturating_sub(queued);
+        let last = self.0.drain(..consumed).next_back()?;
+        let next = *self.0.front()?;
+        if last == WAKE_TOKEN || next == WAKE_TOKEN {
+            return None;
+        }
+        let ((slot, part), (next_slot, next_part)) = (slot_and_part(last), slot_and_part(next));
+        (part == 0 && next_part == 1 && slot == next_slot).then_some(slot)
+    }
 }
 
 /// The user_data of part `part` (0, or 1 for a linked sync) of the op in `slot`.
@@ -241,7 +275,12 @@ impl InFlight {
     }
 
     pub(super) fn new(submission: Submission) -> InFlight {
-        InFlight { submission, parts_left: 0, results: [0; 2], retries: 0 }
+        InFlight { submission, parts_left: 0, results: [0; 2], retries: 0, link_split: false }
+    }
+
+    /// See [`Unconsumed`]: the op's write went out without its linked sync.
+    pub(super) fn mark_link_split(&mut self) {
+        self.link_split = true;
     }
 
     /// The SQEs to push for this op, in `slot` (again, on a retry), tagged
@@ -250,6 +289,7 @@ impl InFlight {
         let entries = op_entries(&mut self.submission.op, slot);
         self.parts_left = entries.iter().flatten().count() as u8;
         self.results = [0; 2];
+        self.link_split = false;
         entries
     }
 
@@ -260,10 +300,15 @@ impl InFlight {
         if self.parts_left > 0 {
             return CqeOutcome::Waiting;
         }
-        let retry = self.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
+        let retry = self.link_split || self.results.iter().any(|r| *r == -libc::EAGAIN || *r == -libc::EINTR);
         if retry && self.retries < MAX_RETRIES {
             self.retries += 1;
+            self.link_split = false;
             return CqeOutcome::Retry;
+        }
+        if self.link_split {
+            // Never report a sync that may have run before its write as done.
+            self.results[1] = -libc::EIO;
         }
         CqeOutcome::Finished
     }
@@ -338,6 +383,7 @@ struct RingThread {
     in_flight: Slab<InFlight>,
     /// Slots whose SQEs must be (re)pushed, in submission order: new ops and retries.
     to_push: VecDeque<usize>,
+    unconsumed: Unconsumed,
     /// Op SQEs pushed since the last io_uring_enter.
     unsubmitted_op_sqes: usize,
     /// How long to poll for work before sleeping in the kernel.
@@ -359,6 +405,7 @@ impl RingThread {
             stats,
             in_flight: Slab::new(),
             to_push: VecDeque::new(),
+            unconsumed: Unconsumed::default(),
             unsubmitted_op_sqes: 0,
             poll: tuning.poll,
             latency_bound_in_flight: 0,
@@ -449,6 +496,10 @@ impl RingThread {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
             Err(e) => panic!("io_uring_enter failed with {queued} SQEs queued: {e}"),
         }
+        let left = self.ring.submission().len();
+        if let Some(slot) = self.unconsumed.after_enter(left) {
+            self.in_flight[slot].mark_link_split();
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -462,6 +513,7 @@ impl RingThread {
         // SAFETY: wake_buf is a heap u64 owned by this thread that outlives the
         // request: retire_wake waits for its CQE before the thread exits.
         if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+            self.unconsumed.pushed(WAKE_TOKEN);
             self.wake_armed = true;
         }
     }
@@ -504,6 +556,7 @@ impl RingThread {
                 // the slab entry, which is removed only after its last CQE.
                 let pushed = unsafe { self.ring.submission().push(&entry) };
                 assert!(pushed.is_ok(), "SQ space was checked");
+                self.unconsumed.pushed(entry.get_user_data());
                 self.unsubmitted_op_sqes += 1;
                 self.stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
             }
@@ -569,6 +622,7 @@ fn to_result(res: i32) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::op::FileHandle;
 
     #[test]
     fn a_kernel_without_the_needed_opcodes_is_refused() {
@@ -579,6 +633,64 @@ mod tests {
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe).unwrap();
         assert_eq!(missing_opcode(&probe), None);
+    }
+
+    #[test]
+    fn an_enter_that_stops_between_a_write_and_its_sync_is_spotted() {
+        let mut unconsumed = Unconsumed::default();
+        let pair = |unconsumed: &mut Unconsumed, slot| {
+            unconsumed.pushed(token(slot, 0));
+            unconsumed.pushed(token(slot, 1));
+        };
+        pair(&mut unconsumed, 3);
+        assert_eq!(unconsumed.after_enter(2), None, "nothing consumed");
+        assert_eq!(unconsumed.after_enter(1), Some(3), "the write went, its sync stayed");
+        assert_eq!(unconsumed.after_enter(0), None, "the sync went on its own");
+        // Whole pairs, a lone op and the wake read around them.
+        unconsumed.pushed(token(1, 0));
+        unconsumed.pushed(WAKE_TOKEN);
+        pair(&mut unconsumed, 2);
+        pair(&mut unconsumed, 5);
+        assert_eq!(unconsumed.after_enter(4), None, "stopped after the wake read");
+        assert_eq!(unconsumed.after_enter(2), None, "stopped between two pairs");
+        assert_eq!(unconsumed.after_enter(0), None);
+        pair(&mut unconsumed, 7);
+        unconsumed.pushed(WAKE_TOKEN);
+        assert_eq!(unconsumed.after_enter(2), Some(7));
+        assert_eq!(unconsumed.after_enter(0), None);
+    }
+
+    #[test]
+    fn a_split_link_resubmits_the_op_and_never_reports_its_sync_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("f")).unwrap();
+        let handle = Arc::new(FileHandle { file, path: dir.path().join("f"), direct: false, align: 512 });
+        let permits = Arc::new(async_lock::Semaphore::new(1));
+        let (done, _receiver) = futures_channel::oneshot::channel();
+        let buf = crate::io::AlignedBuf::new(512, 512);
+        let op = Op { file: handle, kind: OpKind::Write { buf, start: 0, len: 512, offset: 0, sync_after: true } };
+        let submission = Submission { op, done, permit: permits.try_acquire_arc().unwrap() };
+        let mut flight = InFlight::new(submission);
+        let mut rounds = 0;
+        loop {
+            let entries = flight.entries(0);
+            assert!(entries[1].is_some(), "a write with its linked sync");
+            flight.mark_link_split();
+            flight.record(0, 512);
+            rounds += 1;
+            match flight.record(1, 0) {
+                CqeOutcome::Retry => continue,
+                CqeOutcome::Finished => break,
+                CqeOutcome::Waiting => panic!("both parts are in"),
+            }
+        }
+        assert_eq!(rounds, MAX_RETRIES + 1, "resubmitted while retries last");
+        assert_eq!(flight.results, [512, -libc::EIO], "then the sync is an error, not a success");
+        // Without a split, the same results finish at once.
+        flight.entries(0);
+        flight.record(0, 512);
+        assert!(matches!(flight.record(1, 0), CqeOutcome::Finished));
+        assert_eq!(flight.results, [512, 0]);
     }
 
     #[test]
