@@ -317,3 +317,49 @@ fn a_gap_between_logs_is_dropped_for_good_in_the_tolerant_mode() {
         }
     });
 }
+
+/// A `close()` dropped while it waits for the engine threads (a shutdown
+/// timeout) must keep the directory locked until they are done: the flush
+/// thread still writes and records its table, and deletes the logs it
+/// covered. The lock used to go with the future, so a reopen could start
+/// while the old threads still changed the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_close_keeps_the_directory_locked_until_its_threads_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    let db = Db::open(dir.path(), opts).await.unwrap();
+    for n in 0..100u32 {
+        db.put(format!("key-{n:04}"), "v").await.unwrap();
+    }
+    // The flush of the memtable (started by the first `flush` below) takes seconds.
+    faults.add(FaultRule::new(FaultAction::DelayMs(1500)).op(IoOp::Write).path_contains(".sst"));
+    let flushing = {
+        let db = db.clone();
+        tokio::spawn(async move { db.flush().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let closing = tokio::time::timeout(std::time::Duration::from_millis(300), db.close()).await;
+    assert!(closing.is_err(), "close waits for the slow flush; the timeout drops it");
+    let _ = flushing.await;
+    // The flush is still writing: the directory must still be locked.
+    match Db::open(dir.path(), options()).await {
+        Err(Error::Locked(_)) => {}
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second instance opened while the first one's threads still ran"),
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reopened = loop {
+        match Db::open(dir.path(), options()).await {
+            Ok(db) => break db,
+            Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("reopen: {other}"),
+        }
+    };
+    for n in 0..100u32 {
+        assert!(reopened.get(format!("key-{n:04}")).await.unwrap().is_some(), "key-{n:04}");
+    }
+    reopened.close().await.unwrap();
+}

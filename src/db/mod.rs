@@ -734,11 +734,16 @@ impl Db {
         if !threads.is_empty() {
             // The log writer exits right after the flush above, the flush thread
             // after the table it is writing, if any. Joined off the caller's executor.
+            // The joiner holds a handle until they are done: if this future
+            // is dropped meanwhile, the directory stays locked (another open
+            // must not start while these threads still write to it).
             let (done, joined) = oneshot::channel();
+            let keep = self.clone();
             std::thread::spawn(move || {
                 for thread in threads {
                     let _ = thread.join();
                 }
+                drop(keep);
                 let _ = done.send(());
             });
             let _ = joined.await;
