@@ -248,3 +248,46 @@ async fn a_scan_keeps_its_tables_through_compactions_that_delete_them() {
     let left = sst_files(dir.path()).iter().filter(|name| tables_before.contains(name)).count();
     assert_eq!(left, 0, "obsolete tables are deleted once no reader holds them");
 }
+
+/// After `compact_range` pushes the range into the bottom level, the bottom
+/// tables that push did not touch are rewritten too: the versions a dropped
+/// snapshot kept in them are gone (the push used to stop there, leaving them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_range_also_cleans_the_bottom_tables_the_push_did_not_touch() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        compaction: CompactionOptions { disable_auto_compactions: true, ..options().compaction },
+        ..options()
+    };
+    let db = Db::open(dir.path(), opts).await.unwrap();
+    let total_bytes = |db: &Db| db.stats().levels.iter().map(|level| level.bytes).sum::<u64>();
+    for n in 0..3000 {
+        db.put(key(n), format!("first-{n:0>80}")).await.unwrap();
+    }
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let snapshot = db.snapshot();
+    for n in 0..3000 {
+        db.put(key(n), format!("second-{n:0>80}")).await.unwrap();
+    }
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let with_both_versions = total_bytes(&db);
+    let bottom_tables = db.stats().levels[1].tables;
+    assert!(bottom_tables >= 8, "the bottom level holds many tables: {bottom_tables}");
+    drop(snapshot);
+    // Overlaps one bottom table or two.
+    db.put(key(1500), "third").await.unwrap();
+    db.compact_range::<&[u8]>(..).await.unwrap();
+    let after = total_bytes(&db);
+    assert!(
+        after * 10 < with_both_versions * 7,
+        "the first versions are gone everywhere: {after} bytes, {with_both_versions} with both versions"
+    );
+    let all = scan_all(&db).await;
+    assert_eq!(all.len(), 3000);
+    for (n, (k, v)) in all.iter().enumerate() {
+        assert_eq!(k, key(n as u32).as_bytes());
+        let expected = if n == 1500 { "third".to_string() } else { format!("second-{n:0>80}") };
+        assert_eq!(v, expected.as_bytes());
+    }
+    db.close().await.unwrap();
+}

@@ -138,7 +138,7 @@ pub(crate) fn compaction_thread(compactor: Compactor) {
             }
         };
         let result = match work {
-            Work::Auto(version, plan) => execute(&compactor, &plan, &version),
+            Work::Auto(version, plan) => execute(&compactor, &plan, &version).map(drop),
             Work::Manual(request) => {
                 let result = compact_range(&compactor, &request.start, &request.end);
                 let _ = request.done.send(result.clone().map_err(|e| match *e {
@@ -164,8 +164,8 @@ pub(crate) fn compaction_thread(compactor: Compactor) {
 }
 
 /// Runs one plan, installs its result, wakes stalled writers and deletes
-/// what no version holds any more.
-fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result::Result<(), Arc<Error>> {
+/// what no version holds any more. Returns the file numbers it added.
+fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result::Result<Vec<u64>, Arc<Error>> {
     let shared = &compactor.shared;
     let next_file_number = || {
         let mut state = shared.lock();
@@ -199,12 +199,13 @@ fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result
         level.read_own_bytes.fetch_add(bytes(&plan.next_inputs), Ordering::Relaxed);
         level.written_bytes.fetch_add(outcome.bytes_written, Ordering::Relaxed);
     }
+    let added = outcome.added.iter().map(|table| table.meta.file_number).collect();
     futures_executor::block_on(compactor.versions.log_and_apply(shared, outcome.edit, outcome.added, |_| {}))
         .map_err(Arc::new)?;
     // Writers waiting for level 0 to shrink.
     shared.room.notify(usize::MAX);
     delete_obsolete(compactor);
-    Ok(())
+    Ok(added)
 }
 
 /// Whether the table's user keys intersect the range.
@@ -237,29 +238,43 @@ fn compact_range(
         (0..NUM_LEVELS).rev().find(|l| !version.levels[*l].is_empty()).unwrap_or(0)
     };
     let bottom = deepest.max(1);
-    let mut pushed_into_bottom = false;
-    for level in 0..=bottom {
-        // Pushing into the bottom level already rewrote the bottom tables it
-        // overlapped, dropping what it could: no second pass over them.
-        if level == bottom && pushed_into_bottom {
-            break;
-        }
+    // Tables this call wrote into the bottom level: what it could drop is
+    // already gone from them.
+    let mut fresh = std::collections::HashSet::new();
+    for level in 0..bottom {
         let version = Arc::clone(&compactor.shared.lock().version);
         let touched: Vec<Arc<TableFile>> =
             version.levels[level].iter().filter(|t| in_range(t, start, end)).cloned().collect();
         if touched.is_empty() {
             continue;
         }
-        let plan = if level < bottom {
-            // All of level 0, as in automatic compactions: an older level-0
-            // table left behind could shadow the newer data moved below it.
-            let inputs = if level == 0 { version.levels[0].clone() } else { touched };
-            picker::plan_with_inputs(&version, level, inputs)
+        // All of level 0, as in automatic compactions: an older level-0
+        // table left behind could shadow the newer data moved below it.
+        let inputs = if level == 0 { version.levels[0].clone() } else { touched };
+        let plan = picker::plan_with_inputs(&version, level, inputs);
+        let into_bottom = plan.output_level == bottom && !plan.is_trivial_move();
+        let added = execute(compactor, &plan, &version)?;
+        if into_bottom {
+            fresh.extend(added);
+        }
+    }
+    // The rest of the bottom level's part of the range is rewritten in place,
+    // one run of adjacent tables at a time: a run's outputs stay between the
+    // tables around it (one plan over tables on both sides of a fresh one
+    // could write a table spanning it, and levels must not overlap).
+    let version = Arc::clone(&compactor.shared.lock().version);
+    let mut runs: Vec<Vec<Arc<TableFile>>> = vec![Vec::new()];
+    for table in version.levels[bottom].iter().filter(|t| in_range(t, start, end)) {
+        if fresh.contains(&table.meta.file_number) {
+            runs.push(Vec::new());
         } else {
-            // The bottom level is rewritten in place.
-            Plan { level, inputs: touched, next_inputs: Vec::new(), output_level: level, allow_trivial_move: false }
-        };
-        pushed_into_bottom |= plan.output_level == bottom && !plan.is_trivial_move();
+            runs.last_mut().expect("never empty").push(Arc::clone(table));
+        }
+    }
+    for inputs in runs.into_iter().filter(|run| !run.is_empty()) {
+        let version = Arc::clone(&compactor.shared.lock().version);
+        let plan =
+            Plan { level: bottom, inputs, next_inputs: Vec::new(), output_level: bottom, allow_trivial_move: false };
         execute(compactor, &plan, &version)?;
     }
     Ok(())
