@@ -88,6 +88,17 @@ impl ReadAhead {
         };
         let buf = read.await?;
         let end = start + buf.len() as u64;
+        if offset >= end {
+            // The file is shorter than when the table was opened: nothing
+            // here may slice past what was read.
+            return Err(Error::Corruption {
+                file: self.table.reader.path().to_path_buf(),
+                offset,
+                reason: format!(
+                    "the table's file ends at {end}, before the block at {offset} (truncated after it was opened?)"
+                ),
+            });
+        }
         self.current = Some((start, buf.into_bytes()));
         self.next = self.start(end);
         Ok(())
@@ -141,5 +152,65 @@ impl ReadAhead {
         };
         let contents = verify_trailer(raw, path, handle.offset)?;
         Block::new(contents, path, handle.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{DirectFile, Io, IoOptions};
+    use crate::key::{SeqNo, ValueKind, encode_internal_key};
+    use crate::sst::table::{TableOptions, TableWriter};
+    use crate::version::edit::FileMeta;
+    use crate::version::{Graveyard, LiveTable};
+
+    #[test]
+    fn a_table_truncated_after_open_is_corruption_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000001.sst");
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            // About 3 MiB: several read-ahead chunks.
+            let file = DirectFile::create(&io, &path).await.unwrap();
+            let mut writer = TableWriter::new(&file, TableOptions::default());
+            let count = 25_000u32;
+            for n in 0..count {
+                let key = encode_internal_key(format!("key-{n:08}").as_bytes(), SeqNo(1), ValueKind::Put);
+                writer.add(&key, &[7u8; 100]).await.unwrap();
+            }
+            let size_bytes = writer.finish().await.unwrap().size_bytes;
+            drop(file);
+            let reader = TableReader::open(&io, &path, 1, None).await.unwrap();
+            let mut handles = Vec::new();
+            let mut index = reader.index().iter();
+            while let Some((_, value)) = index.next_entry(&path, 0).unwrap() {
+                handles.push(crate::sst::index::decode_handle(&value, &path).unwrap());
+            }
+            let meta = FileMeta {
+                level: 0,
+                file_number: 1,
+                size_bytes,
+                smallest_seq: SeqNo(1),
+                largest_seq: SeqNo(1),
+                smallest_key: Vec::new(),
+                largest_key: Vec::new(),
+            };
+            let table = Arc::new(TableFile { meta, reader: LiveTable::new(reader, Arc::new(Graveyard::default())) });
+            // Cut at a page boundary inside the second chunk, and again at the first.
+            for cut in [READ_AHEAD_CHUNK_BYTES as u64 + 8192, 4096] {
+                std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+                let mut ahead = ReadAhead::new(&table);
+                let mut read = 0;
+                let failed = loop {
+                    match ahead.block(&table.reader, handles[read]).await {
+                        Ok(_) => read += 1,
+                        Err(e) => break e,
+                    }
+                    assert!(read < handles.len(), "blocks past the cut at {cut} were read");
+                };
+                assert!(matches!(failed, Error::Corruption { .. }), "cut at {cut}: {failed}");
+                assert!(handles[read].offset + handles[read].size > cut - 4096, "cut at {cut}: failed early at {read}");
+            }
+        });
     }
 }
