@@ -394,7 +394,9 @@ fn shortest_separator(last: &[u8], next: &[u8]) -> Vec<u8> {
 /// as short as the user keys allow (LevelDB's `FindShortestSeparator`), into
 /// `out` (replacing its contents; no allocation once `out` has grown to a
 /// key's length): the index holds one per data block, and short separators
-/// keep it small.
+/// keep it small. It never lies between two versions of one user key (it
+/// is `last` itself or has a user key strictly between theirs): a point
+/// lookup reads only the block the index names, and relies on that.
 fn shortest_separator_into(last: &[u8], next: &[u8], out: &mut Vec<u8>) {
     out.clear();
     let (Some(a), Some(b)) = (ParsedInternalKey::parse(last), ParsedInternalKey::parse(next)) else {
