@@ -363,3 +363,45 @@ async fn a_cancelled_close_keeps_the_directory_locked_until_its_threads_exit() {
     }
     reopened.close().await.unwrap();
 }
+
+/// A buffered write is acknowledged when it is queued. If a flush then fails
+/// (the database is poisoned, the log is healthy), the log still writes what
+/// it had queued: the acknowledged write survives a clean close and reopen.
+/// (The writer used to drop everything queued once the database was
+/// poisoned, whatever failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_does_not_discard_acknowledged_buffered_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let opts = Options {
+        // Buffered writes wait in the queue for a minute unless something writes them out.
+        wal_flush_interval_ms: 60_000,
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..options()
+    };
+    let db = Db::open(dir.path(), opts).await.unwrap();
+    for n in 0..100u32 {
+        db.put(format!("key-{n:04}"), "v").await.unwrap();
+    }
+    // The flush's table write takes a second, then its sync fails.
+    faults.add(FaultRule::new(FaultAction::DelayMs(1000)).op(IoOp::Write).path_contains(".sst").times(1));
+    faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Sync).path_contains(".sst"));
+    let flushing = {
+        let db = db.clone();
+        tokio::spawn(async move { db.flush().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut batch = WriteBatch::new();
+    batch.put("buffered", "1");
+    db.write(batch, WriteOptions::with_durability(Durability::Buffered)).await.unwrap();
+    assert!(flushing.await.unwrap().is_err(), "the flush fails");
+    assert!(matches!(db.put("later", "v").await, Err(Error::Poisoned(_))));
+    assert!(matches!(db.close().await, Err(Error::Poisoned(_))));
+    faults.clear();
+    let db = Db::open(dir.path(), options()).await.unwrap();
+    assert!(db.get("buffered").await.unwrap().is_some(), "the acknowledged buffered write survives");
+    for n in 0..100u32 {
+        assert!(db.get(format!("key-{n:04}")).await.unwrap().is_some());
+    }
+    db.close().await.unwrap();
+}

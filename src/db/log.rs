@@ -60,7 +60,14 @@ pub(crate) struct LogState {
     /// Written/synced writes (and buffered ones queued behind them) not yet completed.
     pub(crate) waiting_writes: usize,
     pub(crate) flush_requests: Vec<(bool, oneshot::Sender<Result<()>>)>,
+    /// Why the database refuses writes (the first failure of the log, a
+    /// flush, a compaction or an engine thread).
     pub(crate) poisoned: Option<String>,
+    /// Why the log itself failed: then nothing more is written to it (a group
+    /// written after a failed one would leave a gap behind it). A failure
+    /// elsewhere still lets the log write what it had queued, acknowledged
+    /// buffered writes included.
+    pub(crate) log_failed: Option<String>,
     pub(crate) closing: bool,
     pub(crate) next_file_number: u64,
     /// Payload buffers of written segments, kept for reuse: a fresh buffer
@@ -301,7 +308,7 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
     let mut last_group_writers = 0usize;
     let mut last_group_synced = false;
     loop {
-        let (segments, flushes, poisoned) = {
+        let (segments, flushes, log_failed) = {
             let mut state = shared.lock();
             loop {
                 match due(&state, &shared) {
@@ -342,13 +349,15 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                 break;
             }
             state.pending_bytes = 0;
-            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests), state.poisoned.clone())
+            (std::mem::take(&mut state.pending), std::mem::take(&mut state.flush_requests), state.log_failed.clone())
         };
         let sync_all = flushes.iter().any(|(sync, _)| *sync);
-        // Once poisoned, nothing more reaches the log: a later group written at
-        // the failed group's offset would leave a sequence gap behind an
-        // acknowledged write (or expose the failed write to readers).
-        let mut failure: Option<String> = poisoned;
+        // Once the log failed, nothing more reaches it: a later group written
+        // at the failed group's offset would leave a sequence gap behind an
+        // acknowledged write (or expose the failed write to readers). Queued
+        // writes still go out after a flush or compaction failed: the
+        // database refuses new ones, but buffered ones were acknowledged.
+        let mut failure: Option<String> = log_failed;
         let mut wrote_any = false;
         let mut spent = Vec::new();
         for mut segment in segments {
@@ -415,6 +424,7 @@ pub(crate) fn run_guarded(shared: &LogShared, thread: &str, body: impl FnOnce())
 fn poison(shared: &LogShared, error: &Error) -> String {
     let reason = {
         let mut state = shared.lock();
+        state.log_failed.get_or_insert_with(|| error.to_string());
         state.poisoned.get_or_insert_with(|| error.to_string()).clone()
     };
     tracing::error!(error = %error, "write-ahead log write failed: the database refuses further writes");

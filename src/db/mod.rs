@@ -219,6 +219,7 @@ impl Db {
             waiting_writes: 0,
             flush_requests: Vec::new(),
             poisoned: None,
+            log_failed: None,
             closing: false,
             next_file_number: log_number + 1,
             spare_payloads: Vec::new(),
