@@ -384,7 +384,9 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
         {
             let mut state = shared.lock();
             let keep = 4usize.saturating_sub(state.spare_payloads.len());
-            state.spare_payloads.extend(spent.into_iter().take(keep));
+            // A huge batch's buffer is not kept: it would stay for the process's life.
+            let most_bytes = 2 * shared.wal_buffer_size_bytes.max(1 << 20);
+            state.spare_payloads.extend(spent.into_iter().filter(|p| p.capacity() <= most_bytes).take(keep));
         }
         // A flush with nothing left to write still owes its fdatasync; a failed
         // fdatasync poisons like a failed group (the data's fate is unknown).

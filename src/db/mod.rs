@@ -78,9 +78,11 @@ struct DbInner {
 
 impl Drop for DbInner {
     fn drop(&mut self) {
-        // The log thread writes whatever is still buffered, then exits. Waiting
-        // for it (one group write at most) keeps the directory locked until no
-        // thread of this handle can touch the log any more.
+        // The log thread writes whatever is still buffered, then exits; the
+        // flush thread finishes the table it is writing. Waiting for them
+        // (on this thread: `close` is the way to wait without blocking an
+        // executor) keeps the directory locked until no thread of this
+        // handle can touch it any more.
         self.log.lock().closing = true;
         self.log.work.notify_all();
         self.log.flush_work.notify_all();

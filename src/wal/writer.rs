@@ -9,6 +9,10 @@ use crate::io::{AlignedBuf, DirectFile, Io};
 /// Zero-fill preallocation is written in chunks of this size.
 const PREALLOCATE_CHUNK_BYTES: usize = 1 << 20;
 
+/// The largest write buffer kept from one group to the next; a larger one
+/// (grown for a huge batch) is freed after its write.
+const MAX_KEPT_BUF_BYTES: usize = 16 << 20;
+
 /// Writes one log file. Not shared: the group-commit leader owns it while it
 /// writes a group, and groups are written one at a time (`docs/format/wal.md`).
 #[derive(Debug)]
@@ -144,7 +148,8 @@ impl WalWriter {
         let written =
             if sync { self.file.write_at_and_sync(buf, offset).await } else { self.file.write_at(buf, offset).await };
         let buf = written?;
-        self.buf = Some(buf);
+        // Kept for the next group unless a huge one grew it: a log lives long.
+        self.buf = (buf.capacity() <= MAX_KEPT_BUF_BYTES).then_some(buf);
         self.next_offset = offset + padded as u64;
         if sync {
             self.synced_through = self.next_offset;
@@ -212,6 +217,30 @@ mod tests {
             wal.append_group(&group(2052, 1), true).await.unwrap();
             let contents = read_log(&io, &path, 3, RecoveryMode::KeepAllOrFail).await.unwrap();
             assert_eq!(contents.last_seq, Some(SeqNo(2052)));
+        });
+    }
+
+    #[test]
+    fn the_write_buffer_is_kept_between_groups_unless_a_huge_one_grew_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000005.wal");
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            let mut wal = WalWriter::create(&io, &path, 5, 0).await.unwrap();
+            wal.append_group(&group(1, 10), false).await.unwrap();
+            assert!(wal.buf.is_some(), "a small group's buffer is kept");
+            // About 20 MiB of entries.
+            let mut batch = WriteBatch::new();
+            batch.put("huge", vec![7u8; 20 << 20]);
+            let mut payload = Vec::new();
+            batch.encode_to(&mut payload, SeqNo(11));
+            wal.append_group(&payload, false).await.unwrap();
+            assert!(wal.buf.is_none(), "a buffer grown past {MAX_KEPT_BUF_BYTES} bytes is freed");
+            wal.append_group(&group(12, 10), true).await.unwrap();
+            assert!(wal.buf.as_ref().is_some_and(|b| b.capacity() <= MAX_KEPT_BUF_BYTES));
+            drop(wal);
+            let contents = read_log(&io, &path, 5, RecoveryMode::KeepAllOrFail).await.unwrap();
+            assert_eq!(contents.last_seq, Some(SeqNo(21)));
         });
     }
 
