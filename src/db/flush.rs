@@ -29,11 +29,12 @@ use super::flush_parts::{EncoderPool, build_in_parts, part_count};
 use super::log::{LogShared, MAX_RECYCLABLE_LOGS, log_path};
 use super::versions::VersionSet;
 use crate::Result;
+use crate::io::poll_once;
 use crate::io::{DirectFile, Io};
 use crate::key::SeqNo;
 use crate::memtable::Memtable;
 use crate::sst::cache::BlockCache;
-use crate::sst::table::{TableOptions, TableReader, TableWriter, poll_once};
+use crate::sst::table::{TableOptions, TableReader, TableWriter};
 use crate::version::{FileMeta, LiveTable, TableFile, VersionEdit, table_path};
 
 /// Counters of the flush pipeline.

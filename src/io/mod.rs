@@ -25,6 +25,7 @@ mod op;
 mod posix;
 #[cfg(feature = "tokio")]
 mod reactor;
+mod submit_now;
 mod uring;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub use buf::{AlignedBuf, BufPool, MIN_ALIGNMENT};
 pub use fault::{FaultAction, FaultInjector, FaultRule};
 pub use file::DirectFile;
 pub use lock::DirLock;
+pub(crate) use submit_now::poll_once;
 
 use crate::{Error, IoOp, Result};
 use op::{Completion, FileHandle, IoStatsInner, Op, OpKind, Submission};
@@ -363,7 +365,16 @@ impl Io {
     /// Hands an op to the backend and waits for it. Waits first for an
     /// in-flight slot, so a full queue is backpressure, not growth.
     pub(crate) async fn submit(&self, op: Op) -> Completion {
-        let permit = self.inner.permits.acquire_arc().await;
+        let permit = loop {
+            if let Some(permit) = self.inner.permits.try_acquire_arc() {
+                break permit;
+            }
+            if !submit_now::polling_once() {
+                break self.inner.permits.acquire_arc().await;
+            }
+            // Polled by `poll_once`: no place in line (see `submit_now`).
+            submit_now::NextPoll::new().await;
+        };
         let (done, completed) = oneshot::channel();
         self.inner.stats.ops_submitted.fetch_add(1, Ordering::Relaxed);
         let submission = Submission { op, done, permit };

@@ -128,8 +128,11 @@ impl Submission {
         let Submission { op, done, permit } = self;
         // Counted first, so a caller that sees its result also sees the count.
         stats.ops_completed.fetch_add(1, Ordering::Relaxed);
-        let _ = done.send(op.complete(result, sync_result));
+        let completion = op.complete(result, sync_result);
+        // The slot is free before the caller hears back: a caller that then
+        // submits again never waits for its own finished op's slot.
         drop(permit);
+        let _ = done.send(completion);
     }
 }
 

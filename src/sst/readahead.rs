@@ -67,9 +67,7 @@ impl ReadAhead {
             file.read_at(file.pooled_buf(len), offset, len).await
         });
         // Poll once so the read is submitted before the caller waits for it.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        if let std::task::Poll::Ready(done) = read.as_mut().poll(&mut cx) {
+        if let Some(done) = crate::io::poll_once(&mut read) {
             read = Box::pin(std::future::ready(done));
         }
         Some((offset, read))

@@ -27,7 +27,7 @@ use super::filter_thread::FilterThread;
 use super::index::PinnedIndex;
 use super::stream::Stream;
 use crate::coding::Reader;
-use crate::io::{AlignedBuf, BufPool, DirectFile, Io};
+use crate::io::{AlignedBuf, BufPool, DirectFile, Io, poll_once};
 use crate::key::{InternalKey, ParsedInternalKey, SeqNo, ValueKind, compare_internal_keys};
 use crate::memtable::MemtableValue;
 use crate::{Error, Result};
@@ -431,16 +431,6 @@ fn append_block(
     let start = tail.len();
     write(tail);
     encoder.block_handle(tail.len() - start)
-}
-
-/// Polls a future once with a no-op waker; `Some` if it finished.
-pub(crate) fn poll_once<T>(future: &mut Pin<Box<dyn Future<Output = T> + Send + '_>>) -> Option<T> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    match future.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(value) => Some(value),
-        std::task::Poll::Pending => None,
-    }
 }
 
 /// An open table: index and filter pinned in memory.
