@@ -396,7 +396,13 @@ async fn a_failed_flush_does_not_discard_acknowledged_buffered_writes() {
     db.write(batch, WriteOptions::with_durability(Durability::Buffered)).await.unwrap();
     assert!(flushing.await.unwrap().is_err(), "the flush fails");
     assert!(matches!(db.put("later", "v").await, Err(Error::Poisoned(_))));
+    // Counts the log's fdatasyncs (a rule that fires and does nothing).
+    let current_log = wal_files(dir.path()).pop().unwrap();
+    let current_log = current_log.file_name().unwrap().to_str().unwrap().to_string();
+    faults.add(FaultRule::new(FaultAction::DelayMs(0)).op(IoOp::Sync).path_contains(current_log));
+    let before = faults.fired();
     assert!(matches!(db.close().await, Err(Error::Poisoned(_))));
+    assert!(faults.fired() > before, "the close wrote and synced the queued write, as a healthy close does");
     faults.clear();
     let db = Db::open(dir.path(), options()).await.unwrap();
     assert!(db.get("buffered").await.unwrap().is_some(), "the acknowledged buffered write survives");

@@ -226,8 +226,8 @@ fn in_range(table: &TableFile, start: &Bound<Vec<u8>>, end: &Bound<Vec<u8>>) -> 
 
 /// Pushes everything in the range down, level by level, into the deepest
 /// level that holds data (at least level 1): one sorted run, without the
-/// versions and tombstones no reader needs. If nothing above had data in the
-/// range, the bottom level's part of it is rewritten in place instead.
+/// versions and tombstones no reader needs. The bottom level's tables in the
+/// range that this did not just write are rewritten in place too.
 fn compact_range(
     compactor: &Compactor,
     start: &Bound<Vec<u8>>,

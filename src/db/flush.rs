@@ -162,8 +162,10 @@ fn flush_jobs(flusher: &mut Flusher) {
             Err(e) => {
                 let reason = format!("flushing a memtable failed: {e}");
                 tracing::error!(error = %e, "flush failed: the database refuses further writes");
-                // `flush` removed the table if nothing can record it; the
-                // spare may still be there if the flush failed before its rename.
+                // `flush` removed the table if it failed before recording it
+                // was attempted; a table left behind otherwise is deleted by
+                // the next open unless the MANIFEST records it. The spare may
+                // still be there if the flush failed before its rename.
                 let _ = futures_executor::block_on(flusher.io.remove_file(spare_table_path(&flusher.shared.dir)));
                 flusher.shared.lock().poisoned.get_or_insert(reason);
                 flusher.shared.room.notify(usize::MAX);

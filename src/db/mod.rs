@@ -724,7 +724,23 @@ impl Db {
             Ok(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
             Err(Error::Closed) => Ok(()),
             Err(other) => {
-                self.inner.log.lock().closing = true;
+                // Poisoned. If the log itself is healthy (a flush or a
+                // compaction failed), what it still holds is written and
+                // synced as in any close: buffered writes were acknowledged.
+                let receiver = {
+                    let mut state = self.inner.log.lock();
+                    // Once closing, the log writer may have exited: nobody would answer.
+                    let was_closing = std::mem::replace(&mut state.closing, true);
+                    (!was_closing && state.log_failed.is_none()).then(|| {
+                        let (done, receiver) = oneshot::channel();
+                        state.flush_requests.push((true, done));
+                        receiver
+                    })
+                };
+                if let Some(receiver) = receiver {
+                    self.inner.log.work.notify_one();
+                    let _ = receiver.await;
+                }
                 Err(other)
             }
         };

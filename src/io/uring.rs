@@ -288,7 +288,10 @@ impl InFlight {
     pub(super) fn entries(&mut self, slot: usize) -> [Option<squeue::Entry>; 2] {
         let entries = op_entries(&mut self.submission.op, slot);
         self.parts_left = entries.iter().flatten().count() as u8;
-        self.results = [0; 2];
+        // A linked write sent without its sync (cut at the SQE cap) reports
+        // the sync cancelled, as after a short write.
+        let linked = matches!(self.submission.op.kind, OpKind::Write { sync_after: true, .. });
+        self.results = [0, if linked && entries[1].is_none() { -libc::ECANCELED } else { 0 }];
         self.link_split = false;
         entries
     }
@@ -334,6 +337,12 @@ impl InFlight {
 /// the portable backend's pread/pwrite do too.
 const MAX_SQE_TRANSFER_BYTES: usize = 1 << 30;
 
+/// Whether a write of `len` bytes carries its linked sync in the same
+/// submission: not when the SQE cap cuts it (see [`MAX_SQE_TRANSFER_BYTES`]).
+fn links_sync(sync_after: bool, len: usize) -> bool {
+    sync_after && len <= MAX_SQE_TRANSFER_BYTES
+}
+
 /// The length field of a read or write SQE for a transfer of `len` bytes.
 fn sqe_len(len: usize) -> u32 {
     len.min(MAX_SQE_TRANSFER_BYTES) as u32
@@ -353,7 +362,10 @@ fn op_entries(op: &mut Op, slot: usize) -> [Option<squeue::Entry>; 2] {
         OpKind::Write { buf, start, len, offset, sync_after } => {
             let ptr = buf.as_mut_ptr().wrapping_add(*start).cast_const();
             let write = opcode::Write::new(fd, ptr, sqe_len(*len)).offset(*offset).build();
-            if *sync_after {
+            // A write cut at the SQE cap is short on purpose: the kernel would
+            // see a complete SQE and run the linked sync after the first part.
+            // The sync comes with the continuation instead.
+            if links_sync(*sync_after, *len) {
                 let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
                 [Some(write.flags(squeue::Flags::IO_LINK)), Some(sync)]
             } else {
@@ -691,6 +703,15 @@ mod tests {
         flight.record(0, 512);
         assert!(matches!(flight.record(1, 0), CqeOutcome::Finished));
         assert_eq!(flight.results, [512, 0]);
+    }
+
+    #[test]
+    fn a_write_cut_at_the_cap_leaves_its_sync_to_the_continuation() {
+        assert!(links_sync(true, 4096));
+        assert!(links_sync(true, MAX_SQE_TRANSFER_BYTES));
+        // Linked, the sync would run after the first GiB and its result be lost.
+        assert!(!links_sync(true, MAX_SQE_TRANSFER_BYTES + 4096));
+        assert!(!links_sync(false, 4096));
     }
 
     #[test]
