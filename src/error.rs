@@ -77,12 +77,13 @@ pub enum Error {
     /// The caller passed something outside the documented limits.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A write to the log or its fdatasync failed earlier, so the database no
-    /// longer knows what is durable and refuses further writes; reads keep
-    /// working. Reopen the database to recover from the log. (Retrying the
-    /// fsync is not safe: after a failed fsync the kernel may have dropped the
-    /// dirty data and report the next fsync as a success.)
-    #[error("poisoned: a write-ahead log write failed earlier ({0}); reopen the database")]
+    /// A write to the log or its fdatasync, a flush, a compaction or an
+    /// engine thread failed earlier (the message says which), so the database
+    /// refuses further writes; reads keep working. Reopen the database to
+    /// recover from the log and the MANIFEST. (Retrying a failed fsync is not
+    /// safe: the kernel may have dropped the dirty data and report the next
+    /// fsync as a success.)
+    #[error("poisoned by an earlier failure ({0}); reopen the database")]
     Poisoned(String),
     /// The database directory is open elsewhere (another process, or another
     /// `Db` in this one); its `LOCK` file is held.

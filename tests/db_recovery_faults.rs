@@ -411,3 +411,29 @@ async fn a_failed_flush_does_not_discard_acknowledged_buffered_writes() {
     }
     db.close().await.unwrap();
 }
+
+/// A flush writes into the spare file made after the previous flush, renamed
+/// to the table's name as it starts: errors name the table, not the spare
+/// (whose name the file kept internally before).
+#[test]
+fn errors_of_a_flush_into_the_spare_name_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), opts).await.unwrap();
+        db.put("a", "1").await.unwrap();
+        db.flush().await.unwrap();
+        let spare = dir.path().join("flush-spare.sst.tmp");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !spare.exists() {
+            assert!(std::time::Instant::now() < deadline, "the flush thread makes a spare table file");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        db.put("b", "2").await.unwrap();
+        faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).op(IoOp::Write).path_contains(".sst").times(1));
+        let error = db.flush().await.unwrap_err().to_string();
+        assert!(!spare.exists(), "the spare was used");
+        assert!(error.contains(".sst") && !error.contains("spare"), "{error}");
+    });
+}

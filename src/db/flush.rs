@@ -296,13 +296,14 @@ impl Flusher {
         // which the next open deletes.
         let mut naming: Option<Pin<Box<dyn Future<Output = Result<()>> + Send>>> = None;
         let file = match self.spare.take() {
-            Some(spare) => {
-                let (io, from, to) = (self.io.clone(), spare_table_path(&self.shared.dir), path.to_path_buf());
-                let mut rename: Pin<Box<dyn Future<Output = Result<()>> + Send>> =
-                    Box::pin(async move { io.rename(from, to).await });
-                match poll_once(&mut rename) {
+            Some(mut spare) => {
+                spare.file.rename_to(path)?;
+                let (io, dir) = (self.io.clone(), self.shared.dir.clone());
+                let mut sync: Pin<Box<dyn Future<Output = Result<()>> + Send>> =
+                    Box::pin(async move { io.sync_dir(dir).await });
+                match poll_once(&mut sync) {
                     Some(done) => done?,
-                    None => naming = Some(rename),
+                    None => naming = Some(sync),
                 }
                 if spare.reserved_bytes < reserve_bytes {
                     spare.file.allocate(spare.reserved_bytes, reserve_bytes - spare.reserved_bytes).await?;

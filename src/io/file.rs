@@ -179,6 +179,16 @@ impl DirectFile {
         }
     }
 
+    /// Renames the file to `to` (a direct call, like `Io::rename`), so that
+    /// later errors, and a reopen should the filesystem refuse O_DIRECT at
+    /// the first transfer, use the new name. The directory's fsync is the
+    /// caller's (`Io::sync_dir`): a flush overlaps it with writing the table.
+    pub(crate) fn rename_to(&mut self, to: &Path) -> Result<()> {
+        std::fs::rename(&self.path, to).map_err(|source| self.error(IoOp::Rename, None, source))?;
+        self.path = to.to_path_buf();
+        Ok(())
+    }
+
     fn handle(&self) -> Arc<FileHandle> {
         Arc::clone(&self.handle.read().unwrap_or_else(|e| e.into_inner()))
     }
