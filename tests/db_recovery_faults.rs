@@ -12,14 +12,24 @@ fn options() -> Options {
     Options { wal_preallocate_bytes: 256 * 1024, ..Options::default() }
 }
 
-fn wal_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
+/// `opts` with `faults` installed in its I/O backend.
+fn with_faults(faults: &FaultInjector, opts: Options) -> Options {
+    Options { io: IoOptions { faults: Some(faults.clone()), ..opts.io.clone() }, ..opts }
+}
+
+/// The files of `dir` with `extension`, sorted (by number, for logs and tables).
+fn files_with_extension(dir: &std::path::Path, extension: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
         .collect();
-    logs.sort();
-    logs
+    files.sort();
+    files
+}
+
+fn wal_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    files_with_extension(dir, "wal")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +37,7 @@ async fn after_a_failed_group_nothing_more_is_acknowledged_and_reopen_keeps_ever
     for round in 0..5u64 {
         let dir = tempfile::tempdir().unwrap();
         let faults = FaultInjector::new();
-        let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+        let opts = with_faults(&faults, options());
         let db = Db::open(dir.path(), opts.clone()).await.unwrap();
         faults.add(
             FaultRule::new(FaultAction::Error(libc::EIO))
@@ -86,7 +96,7 @@ fn flush_and_close_after_close_return_closed_instead_of_hanging() {
 fn a_failed_flush_sync_poisons_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    let opts = with_faults(&faults, options());
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();
         db.put("k", "v").await.unwrap();
@@ -172,13 +182,7 @@ fn mid_log_damage_is_corruption_by_default_and_a_prefix_in_the_tolerant_mode() {
 }
 
 fn table_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut tables: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "sst"))
-        .collect();
-    tables.sort();
-    tables
+    files_with_extension(dir, "sst")
 }
 
 /// Writes `keys` synced puts, then flushes them with `rule` installed, which
@@ -186,7 +190,7 @@ fn table_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn flush_failing_with(rule: FaultRule, opts: Options, keys: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..opts };
+    let opts = with_faults(&faults, opts);
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();
         for n in 0..keys {
@@ -327,7 +331,7 @@ fn a_gap_between_logs_is_dropped_for_good_in_the_tolerant_mode() {
 async fn a_cancelled_close_keeps_the_directory_locked_until_its_threads_exit() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    let opts = with_faults(&faults, options());
     let db = Db::open(dir.path(), opts).await.unwrap();
     for n in 0..100u32 {
         db.put(format!("key-{n:04}"), "v").await.unwrap();
@@ -419,7 +423,7 @@ async fn a_failed_flush_does_not_discard_acknowledged_buffered_writes() {
 fn errors_of_a_flush_into_the_spare_name_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    let opts = Options { io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() }, ..options() };
+    let opts = with_faults(&faults, options());
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), opts).await.unwrap();
         db.put("a", "1").await.unwrap();
