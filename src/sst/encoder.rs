@@ -339,8 +339,10 @@ impl PartEncoder {
     /// Splits off every staging buffer's worth of finished bytes.
     fn split_full_buffers(&mut self) {
         let size = self.encoder.options.staging_buffer_bytes;
-        while self.encoder.finished_bytes().len() >= size {
-            let buf = self.encoder.split_front(size, self.pool.get());
+        let finished = self.encoder.finished_bytes().len();
+        if finished >= size {
+            // All whole staging sizes at once (see `TableWriter::stage`).
+            let buf = self.encoder.split_front(finished / size * size, self.pool.get());
             self.bufs.push(buf);
         }
     }
