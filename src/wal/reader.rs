@@ -59,7 +59,16 @@ async fn read_whole_file(io: &Io, path: &Path) -> Result<Vec<u8>> {
     let file = DirectFile::open_read_only(io, path).await?;
     let len = file.len()?;
     let chunk = 1 << 20;
-    let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // The size comes from disk too: a damaged or sparse file claiming
+    // terabytes is an error, not an aborted allocation.
+    let mut data = Vec::new();
+    if usize::try_from(len).map_or(true, |len| data.try_reserve_exact(len).is_err()) {
+        return Err(Error::Corruption {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason: format!("a log of {len} bytes does not fit in memory to be replayed"),
+        });
+    }
     let mut buf = file.alloc_buf(chunk);
     let mut offset = 0u64;
     while offset < len {
@@ -378,6 +387,22 @@ mod tests {
                     prop_assert!(contents.groups.len() <= sizes.len());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_log_claiming_terabytes_is_corruption_not_an_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000007.wal");
+        // Sparse: no disk space, a length far past this machine's memory.
+        std::fs::File::create(&path).unwrap().set_len(8 << 40).unwrap();
+        let io = crate::io::Io::new(crate::io::IoOptions::default()).unwrap();
+        match futures::executor::block_on(read_log(&io, &path, 7, RecoveryMode::KeepAllOrFail)) {
+            Err(Error::Corruption { file, offset: 0, reason }) => {
+                assert_eq!(file, path);
+                assert!(reason.contains("does not fit"), "{reason}");
+            }
+            other => panic!("expected corruption, got {:?}", other.map(|c| c.groups.len())),
         }
     }
 }
