@@ -309,12 +309,21 @@ impl Db {
                 path: dir.clone(),
             }),
         };
-        // On failure `db` drops here, which stops the log writer.
-        let flush_thread = flush_thread.map_err(spawn_error)?;
-        db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(flush_thread);
-        let compaction_thread = compaction_thread.map_err(spawn_error)?;
-        db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(compaction_thread);
-        Ok(db)
+        // Every thread that started is joined by `db`, which drops here on
+        // failure (stopping them) before the directory is unlocked.
+        let mut failed = None;
+        for thread in [flush_thread, compaction_thread] {
+            match thread {
+                Ok(thread) => db.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push(thread),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(spawn_error(e)),
+            None => Ok(db),
+        }
     }
 
     /// The database directory.
