@@ -245,6 +245,11 @@ impl Db {
             group_commit_wait: Duration::from_micros(options.group_commit_wait_us),
         });
         let spawn_error = |source| Error::Io { op: IoOp::Setup, path: dir.clone(), offset: None, source };
+        // Started before the log writer: failing here leaves no thread behind.
+        let encoders = match options.flush_threads {
+            1 => None,
+            threads => Some(flush_parts::EncoderPool::new(threads).map_err(spawn_error)?),
+        };
         let writer = std::thread::Builder::new()
             .name("ringdb-wal".into())
             .spawn({
@@ -267,10 +272,7 @@ impl Db {
             table_options: options.table_options(),
             cache: cache.clone(),
             counters: Arc::clone(&flush_counters),
-            encoders: match options.flush_threads {
-                1 => None,
-                threads => Some(flush_parts::EncoderPool::new(threads).map_err(spawn_error)?),
-            },
+            encoders,
             part_bytes: options.flush_part_bytes(),
             spare: None,
             last_reserve_bytes: 0,

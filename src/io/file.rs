@@ -186,6 +186,12 @@ impl DirectFile {
     pub(crate) fn rename_to(&mut self, to: &Path) -> Result<()> {
         std::fs::rename(&self.path, to).map_err(|source| self.error(IoOp::Rename, None, source))?;
         self.path = to.to_path_buf();
+        // The handle's name too (it appears in assertion messages), unless an
+        // op still holds the handle.
+        let handle = self.handle.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = Arc::get_mut(handle) {
+            handle.path = to.to_path_buf();
+        }
         Ok(())
     }
 

@@ -123,7 +123,7 @@ pub(crate) struct Submission {
 impl Submission {
     /// Delivers the completion. If the caller's future was dropped, the send
     /// fails and the completion (with its buffer) is dropped here, after the
-    /// kernel is done with it. The permit is released afterwards.
+    /// kernel is done with it. The permit is released just before the send.
     pub(crate) fn finish(self, result: io::Result<usize>, sync_result: Option<io::Result<()>>, stats: &IoStatsInner) {
         let Submission { op, done, permit } = self;
         // Counted first, so a caller that sees its result also sees the count.

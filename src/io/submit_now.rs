@@ -60,13 +60,16 @@ impl NextPoll {
 impl Future for NextPoll {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.0 {
             Poll::Ready(())
         } else {
-            // No wake-up is arranged: only `poll_once`, whose waker does
-            // nothing, polls an operation while `polling_once` is set.
+            // Only `poll_once`, whose waker does nothing, polls an operation
+            // while `polling_once` is set; waking anyway makes this a plain
+            // yield should anything else ever poll it (nothing may run an
+            // executor inside a future polled by `poll_once`).
             self.0 = true;
+            cx.waker().wake_by_ref();
             Poll::Pending
         }
     }

@@ -298,8 +298,9 @@ impl<B: Stream> Encoder<B> {
 /// One key range of a table, encoded in memory by a [`PartEncoder`].
 #[derive(Debug)]
 pub(crate) struct EncodedPart {
-    /// The part's bytes in staging buffers, ready to write: all but the last
-    /// are full, and the last is zero-padded to the part alignment.
+    /// The part's bytes in buffers, ready to write: all but the last hold
+    /// whole multiples of the staging size, and the last is zero-padded to
+    /// the part alignment.
     pub(crate) bufs: Vec<AlignedBuf>,
     /// Bytes of the part, padding included (the sum of the buffers' lengths).
     pub(crate) len: u64,
