@@ -206,9 +206,7 @@ fn wait_until_logged(shared: &LogShared) -> bool {
         if state.closing || state.poisoned.is_some() {
             return false;
         }
-        let (done, receiver) = futures_channel::oneshot::channel();
-        state.flush_requests.push((false, done));
-        receiver
+        state.queue_flush(false)
     };
     shared.work.notify_one();
     matches!(futures_executor::block_on(receiver), Ok(Ok(())))

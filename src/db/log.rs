@@ -112,6 +112,18 @@ pub(crate) struct LogShared {
     pub(crate) group_commit_wait: Duration,
 }
 
+impl LogState {
+    /// Asks the log writer to write out what is queued (and, with `sync`, to
+    /// fdatasync the log); the receiver gets the outcome. The caller wakes
+    /// the writer (`LogShared::work`) once the lock is released, and must
+    /// not ask once `closing` is set: the writer may have exited.
+    pub(crate) fn queue_flush(&mut self, sync: bool) -> oneshot::Receiver<Result<()>> {
+        let (done, receiver) = oneshot::channel();
+        self.flush_requests.push((sync, done));
+        receiver
+    }
+}
+
 impl LogShared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())

@@ -718,8 +718,7 @@ impl Db {
     fn request_flush(&self, sync: bool, close: bool) -> Result<oneshot::Receiver<Result<()>>> {
         let receiver = {
             let mut state = self.inner.log.lock_open()?;
-            let (done, receiver) = oneshot::channel();
-            state.flush_requests.push((sync, done));
+            let receiver = state.queue_flush(sync);
             state.closing |= close;
             receiver
         };
@@ -742,11 +741,7 @@ impl Db {
                     let mut state = self.inner.log.lock();
                     // Once closing, the log writer may have exited: nobody would answer.
                     let was_closing = std::mem::replace(&mut state.closing, true);
-                    (!was_closing && state.log_failed.is_none()).then(|| {
-                        let (done, receiver) = oneshot::channel();
-                        state.flush_requests.push((true, done));
-                        receiver
-                    })
+                    (!was_closing && state.log_failed.is_none()).then(|| state.queue_flush(true))
                 };
                 if let Some(receiver) = receiver {
                     self.inner.log.work.notify_one();
