@@ -203,14 +203,12 @@ async fn replay_logs(
         let mut gap_at = None;
         for (payload, range) in contents.payloads().zip(&contents.groups) {
             let record_offset = (range.start - crate::wal::RECORD_HEADER_BYTES) as u64;
-            // Checked whole before anything is inserted: a group that fails
-            // part-way (a gap, a batch that does not decode) is dropped whole,
-            // so the memtable never holds entries the log is then cut before.
-            let replayed = decode_batches(payload, expected, |_| {}).inspect(|_| {
-                decode_batches(payload, expected, |entry| {
-                    memtable.insert(entry.key, entry.seq, entry.kind, Bytes::copy_from_slice(entry.value));
-                })
-                .expect("a group that decoded once decodes again");
+            // `read_log` already decoded every group and checked the sequence
+            // within the log, so only a log's first batch can fail here (a gap
+            // after the previous log), before anything is inserted: a group is
+            // never half in the memtable.
+            let replayed = decode_batches(payload, expected, |entry| {
+                memtable.insert(entry.key, entry.seq, entry.kind, Bytes::copy_from_slice(entry.value));
             });
             match replayed {
                 Ok(last) => {
@@ -322,10 +320,8 @@ mod tests {
         });
     }
 
-    /// A group whose second batch breaks the sequence is dropped whole. (The
-    /// log reader already stops before such a group; replay checking a group
-    /// whole before inserting any of it is the second line, for a group that
-    /// passes the reader and still fails to replay.)
+    /// A group whose second batch breaks the sequence is dropped whole: the
+    /// log reader stops before it, so replay never inserts half of it.
     #[test]
     fn a_group_that_fails_part_way_inserts_none_of_its_batches() {
         let dir = tempfile::tempdir().unwrap();
