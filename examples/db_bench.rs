@@ -17,8 +17,9 @@
 //!   `readrandom_concurrent` (32 tasks) against the same at QD32;
 //! - `flush` (one large memtable written as a table by the pipelined writer;
 //!   the median of `--flush-rounds` - 1 timed flushes, see `run_flush`) against one pass of 1 MiB sequential writes at QD4 over a new fallocated
-//!   file (its staging writes into a new table), in MiB/s (the `fio` column is
-//!   MiB/s for `flush`, IOPS for the others).
+//!   file, then one fsync (its staging writes into a new table, then the
+//!   table's fdatasync), in MiB/s (the `fio` column is MiB/s for `flush`, IOPS
+//!   for the others).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! cargo run --release --example io_bench -- --pattern rand_read_4k_qd1 --no-fio
 //! ```
 //!
-//! Each pattern's block size, queue depth, file size and fdatasync setting are
+//! Each pattern's block size, queue depth, file size, fdatasync and end_fsync settings are
 //! read from its fio job file, so the two sides cannot drift apart. Ratios
 //! (ringdb / fio) measured in one run are what to quote on a noisy machine:
 //! `ratio` is that of the means over the rounds, `paired` the median of the
@@ -244,6 +244,10 @@ fn run_engine(
                 });
             }
         }),
+    }
+    if job.end_fsync {
+        // Inside the timed span, as fio counts its end_fsync.
+        futures::executor::block_on(run.file.sync_data()).expect("sync");
     }
     let ops = run.measured_ops.load(Ordering::Relaxed) as f64;
     let secs = if job.one_pass { start.elapsed().as_secs_f64() } else { runtime.as_secs_f64() };

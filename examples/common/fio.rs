@@ -18,6 +18,9 @@ pub struct Job {
     pub queue_depth: usize,
     pub file_bytes: u64,
     pub fdatasync: bool,
+    /// `end_fsync=1`: the file is synced once its writes are done, and the
+    /// job's time includes that sync (as a table's build time does).
+    pub end_fsync: bool,
     /// The job covers its file once (no `time_based`): it measures one pass
     /// over a new file rather than a time-limited loop.
     pub one_pass: bool,
@@ -111,6 +114,7 @@ pub fn parse_job(path: &Path) -> Result<Job, String> {
         queue_depth: get("iodepth")?.parse().map_err(|e| format!("iodepth: {e}"))?,
         file_bytes: parse_size(&get("size")?).ok_or("bad size")?,
         fdatasync: keys.get("fdatasync").is_some_and(|v| v != "0"),
+        end_fsync: keys.get("end_fsync").is_some_and(|v| v != "0"),
         one_pass: keys.get("time_based").is_none_or(|v| v == "0"),
         companion_jobs,
     })
