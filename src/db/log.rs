@@ -308,7 +308,13 @@ impl SpareLog {
 
 pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalWriter>) {
     let _guard = PanicGuard(&shared);
-    let mut spare = SpareLog::start(&shared, &io);
+    // The next log is prepared once this one holds a write, not at open: a
+    // new log is 64 MiB of zeroes by default (`wal_preallocate_bytes`), and a
+    // database opened to be read would write them for nothing, in the
+    // background, under its first reads (32 concurrent cold gets right after
+    // an open waited 2-28 ms each, a few per cent of them, for the first half
+    // second).
+    let mut spare: Option<SpareLog> = None;
     // Writers in the last group. While fewer are waiting than that, the writers
     // of the last group are probably still on their way back (woken, about to
     // write again): waiting up to `group_commit_wait` for them lets one log
@@ -392,6 +398,9 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
             }
             segment.payload.clear();
             spent.push(segment.payload);
+        }
+        if wrote_any && failure.is_none() && spare.is_none() {
+            spare = SpareLog::start(&shared, &io);
         }
         {
             let mut state = shared.lock();
