@@ -368,6 +368,45 @@ async fn a_flushed_log_becomes_a_later_log_and_its_stale_records_are_never_repla
     db.close().await.unwrap();
 }
 
+/// A reopen makes its new log of a log with nothing to replay (here the one a
+/// flush left active before the close), so it writes no zeroes for a new one.
+#[test]
+fn a_reopen_reuses_a_log_with_nothing_to_replay_as_its_new_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let options = Options {
+        wal_preallocate_bytes: 4 << 20,
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..Options::default()
+    };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        db.put("a", "1").await.unwrap();
+        db.flush().await.unwrap();
+        db.close().await.unwrap();
+        let before = wal_files_by_inode(dir.path());
+        assert_eq!(before.len(), 1, "the log the flush left active: {before:?}");
+        let (&inode, &(number, _)) = before.iter().next().unwrap();
+        // A new log's zeroes take several writes (1 MiB each), a reused log's
+        // header one: the second log write of the open fails.
+        faults.add(FaultRule::new(FaultAction::Error(5)).op(IoOp::Write).path_contains(".wal").skip(1));
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        assert_eq!(faults.fired(), 0, "the open wrote one header, no zeroes");
+        faults.clear();
+        let after = wal_files_by_inode(dir.path());
+        assert_eq!(after.len(), 1, "{after:?}");
+        let (new_number, _) = after.get(&inode).expect("the old log's file is the new log");
+        assert!(*new_number > number, "under a new number ({new_number} after {number})");
+        assert_eq!(db.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        db.put("b", "2").await.unwrap();
+        drop(db); // without close: "b" is in the reused log only
+        let db = Db::open(dir.path(), options).await.unwrap();
+        assert_eq!(db.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get("b").await.unwrap().as_deref(), Some(&b"2"[..]), "replayed from the reused log");
+        db.close().await.unwrap();
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_reused_is_replaced_by_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -564,6 +603,39 @@ fn another_process_gets_a_locked_error() {
 
 /// Waits up to 10 s for `path` to exist with space reserved (the flush
 /// thread makes the spare table after a flush, in the background).
+/// Log files in `dir`: logs (`.wal`) and logs being made (`.wal.tmp`).
+fn log_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".wal"))
+        .count()
+}
+
+/// A new log is `wal_preallocate_bytes` of zeroes: a database that is only
+/// read must not write a second one in the background under its reads.
+#[test]
+fn the_next_log_is_prepared_after_the_first_write_not_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), small_options()).await.unwrap();
+        let quiet_until = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < quiet_until {
+            assert_eq!(db.get("absent").await.unwrap(), None);
+            assert_eq!(log_files(dir.path()), 1, "only the log made by the open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        db.put("k", "v").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log_files(dir.path()) < 2 {
+            assert!(std::time::Instant::now() < deadline, "the first write starts the next log");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        db.close().await.unwrap();
+    });
+    let left = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect::<Vec<_>>();
+    assert_eq!(log_files(dir.path()), 1, "close removes the unused next log: {left:?}");
+}
+
 fn wait_for_file(path: &std::path::Path) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {

@@ -198,8 +198,7 @@ impl Db {
         manifest_state.next_file_number = log_number + 1;
         let manifest =
             ManifestWriter::create(&io, &dir, manifest_number, &manifest_state, recovered.manifest_number).await?;
-        let wal =
-            WalWriter::create(&io, &log_path(&dir, log_number), log_number, options.wal_preallocate_bytes).await?;
+        let wal = open_log(&io, &dir, log_number, recovered.reusable_log, options.wal_preallocate_bytes).await?;
         // Replayed writes go straight to the flush queue, so their logs do not
         // pile up across reopens.
         let mut immutables = Vec::new();
@@ -775,6 +774,27 @@ impl Db {
         }
         flushed
     }
+}
+
+/// The open's new log `log_number`: `reusable` (a log recovery found with
+/// nothing to replay) renamed and given a new header, else a new file.
+async fn open_log(
+    io: &Io,
+    dir: &Path,
+    log_number: u64,
+    reusable: Option<PathBuf>,
+    preallocate_bytes: u64,
+) -> Result<WalWriter> {
+    let path = log_path(dir, log_number);
+    if let Some(old) = reusable {
+        match WalWriter::recycle(io, &old, &path, log_number).await {
+            Ok(wal) => return Ok(wal),
+            // Not fatal: a new log is as good. What is left of the old one is
+            // deleted by the next open (a `.tmp`, or a log with nothing to replay).
+            Err(e) => tracing::warn!(error = %e, "could not reuse a write-ahead log at open; creating one"),
+        }
+    }
+    WalWriter::create(io, &path, log_number, preallocate_bytes).await
 }
 
 fn owned_bounds<K: AsRef<[u8]>>(range: &impl RangeBounds<K>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {

@@ -16,8 +16,9 @@ pub struct Options {
     /// Bytes of zeroes written into each new WAL file up front, so that
     /// appends overwrite written blocks and an fdatasync commits no size or
     /// extent change. A log made from a flushed one (the usual case once the
-    /// first memtable has been flushed) reuses that file's written blocks
-    /// instead. Default: 64 MiB.
+    /// first memtable has been flushed, and at a reopen that finds a log with
+    /// nothing to replay) reuses that file's written blocks instead.
+    /// Default: 64 MiB.
     pub wal_preallocate_bytes: u64,
     /// With [`Durability::Buffered`], logged data is written at the latest this
     /// long after it was buffered, in milliseconds. Default: 100.
