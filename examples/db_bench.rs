@@ -13,7 +13,8 @@
 //! - `fillsync` against 4 KiB write+fdatasync at QD1, `fillsync_concurrent`
 //!   against 64 KiB write+fdatasync (a full group);
 //! - `readrandom` (cold gets: the block cache is smaller than the data, tables
-//!   only, after a reopen) against 4 KiB random reads at QD1, and
+//!   only, after a reopen, a `--settle-secs` wait and with no compaction
+//!   running) against 4 KiB random reads at QD1, and
 //!   `readrandom_concurrent` (32 tasks) against the same at QD32;
 //! - `flush` (one large memtable written as a table by the pipelined writer;
 //!   the median of `--flush-rounds` - 1 timed flushes, see `run_flush`) against one pass of 1 MiB sequential writes at QD4 over a new fallocated
@@ -104,6 +105,15 @@ struct Args {
     /// followed by a run of the matching fio job (`paired_ratio`).
     #[arg(long, default_value_t = 5)]
     read_rounds: usize,
+    /// Seconds of quiet between writing a read benchmark's data (and fio's
+    /// file) and timing its reads, after a `sync`. On this project's VM the
+    /// disk digests a fresh 120 MiB table and 1 GiB fio file for a few seconds
+    /// (the host writing back its cache, ext4 discarding deleted logs), and
+    /// 32 concurrent cold gets ran at 51-54K/s right after the flush against
+    /// 70-78K/s after 3 s. fio's own runs read a file laid out before them;
+    /// so do the gets. 0: no wait.
+    #[arg(long, default_value_t = 3)]
+    settle_secs: u64,
     /// Seconds of each fio run paired with a round of reads.
     #[arg(long, default_value_t = 1)]
     paired_fio_secs: u64,
@@ -488,6 +498,12 @@ async fn run_reads(
             eprintln!("{}: {e}", job.name);
         }
     }
+    settle(args.settle_secs);
+    // The gets are timed alone: a compaction the load left due (it resumes
+    // at the reopen) rewrote the tables under the first half second of gets
+    // (1 MiB writes beside 4 KiB reads, whose device time rose 4-20 times).
+    // readwhilewriting measures reads beside background work.
+    options.compaction.disable_auto_compactions = true;
     let db = Db::open(dir, options).await.expect("reopen");
     let stats_before = db.stats();
     let (key_space, key_size) = (args.load_num, args.key_size);
@@ -538,6 +554,19 @@ async fn run_reads(
         ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
     ]);
     Outcome { ops: plan.ops, elapsed, latency_ns, io_ops, notes, bytes_per_sec: None }
+}
+
+/// Lets the disk finish with what was just written before reads are timed
+/// (see `--settle-secs`): a `sync` (ext4 commits its journal, issuing the
+/// discards of deleted files), then a quiet wait.
+fn settle(secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("sync: {e}");
+    }
+    std::thread::sleep(Duration::from_secs(secs));
 }
 
 /// One benchmark operation: given a random draw and the operation's number.
