@@ -58,8 +58,8 @@ impl WalWriter {
         WalWriter::install(io, file, header, &temp, path, log_number).await
     }
 
-    /// Makes the log `old` (obsolete: its memtable is flushed and recorded)
-    /// the new log `path`: renamed to the temporary name, its header sector
+    /// Makes the log `old` (holding nothing to replay: its memtable is flushed
+    /// and recorded, or it never held a group) the new log `path`: renamed to the temporary name, its header sector
     /// rewritten for `log_number` and synced, then renamed into place. Its
     /// blocks are already written, so appends cost no extent conversion,
     /// without the zeroes [`create`](Self::create) writes (64 MiB per memtable
@@ -67,9 +67,9 @@ impl WalWriter {
     /// stale records left behind carry the old log number, so recovery never
     /// takes them for records of this log (`docs/format/wal.md`).
     ///
-    /// A crash at any step leaves either the old log (deleted at the next open:
-    /// it is below the MANIFEST's log number) or the temporary file (deleted
-    /// too), never a `.wal` without a valid header.
+    /// A crash at any step leaves either the old log (still holding nothing to
+    /// replay: the next open deletes or reuses it) or the temporary file
+    /// (deleted), never a `.wal` without a valid header.
     pub(crate) async fn recycle(io: &Io, old: &Path, path: &Path, log_number: u64) -> Result<WalWriter> {
         let temp = temp_path(path);
         io.rename(old, &temp).await?;
