@@ -348,15 +348,16 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
             last_group_writers = waiting_writers(&state);
             last_group_synced = state.pending.iter().any(|segment| segment.sync);
             if state.closing && state.pending.is_empty() && state.flush_requests.is_empty() {
-                let unclaimed = state.spare_log.take();
+                state.spare_log = None;
                 drop(state);
-                // An unused spare log never held a write; nothing may touch the
-                // directory after the database is closed, so wait for it too.
+                // Nothing may touch the directory after the database is closed,
+                // so a spare still being made is waited for. An unused spare
+                // never held a write: it is left for the next open, which finds
+                // nothing to replay in it and makes it its new log instead of
+                // writing `wal_preallocate_bytes` of zeroes (disk space held
+                // while the database is closed, as a recycled log is).
                 if let Some(spare) = spare.take() {
-                    let number = spare.log_number;
-                    if spare.finish().is_ok() && unclaimed == Some(number) {
-                        let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
-                    }
+                    let _ = spare.finish();
                 }
                 // Flushed logs kept for reuse: nothing will reuse them now. (The
                 // flush thread keeps none once `closing` is set.)
