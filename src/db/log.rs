@@ -359,8 +359,9 @@ pub(crate) fn writer_thread(shared: Arc<LogShared>, io: Io, mut wal: Option<WalW
                 if let Some(spare) = spare.take() {
                     let _ = spare.finish();
                 }
-                // Flushed logs kept for reuse: nothing will reuse them now. (The
-                // flush thread keeps none once `closing` is set.)
+                // Flushed logs kept for reuse go: the next open reuses at most
+                // one log, and keeps the highest-numbered, the spare if there is
+                // one. (The flush thread keeps none once `closing` is set.)
                 let recyclable = std::mem::take(&mut shared.lock().recyclable_logs);
                 for number in recyclable {
                     let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
