@@ -735,3 +735,57 @@ fn a_spare_that_cannot_be_made_costs_nothing_but_the_next_flush_makes_its_own_fi
         db.close().await.unwrap();
     });
 }
+
+/// A log cut at its torn tail by recovery (a reused log's stale records end
+/// its replay like a torn group) is shorter than `wal_preallocate_bytes`.
+/// When its memtable is flushed and the file is reused as a later log, it is
+/// first filled back to full length: appends past the end of a file would
+/// make every synced write commit a size change and a block allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_at_recovery_is_filled_back_to_full_length_when_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let preallocated = 256 * 1024u64;
+    let options = Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        ..small_options()
+    };
+    assert_eq!(options.wal_preallocate_bytes, preallocated);
+    let db = Db::open(dir.path(), options.clone()).await.unwrap();
+    for i in 0..20u32 {
+        db.put(format!("a{i}"), "1").await.unwrap();
+    }
+    // As in the test above: the first log is kept for reuse, and the log
+    // after the next flush is made from it, with "a1".. behind "c".
+    db.flush().await.unwrap();
+    db.put("b", "2").await.unwrap();
+    db.flush().await.unwrap();
+    db.put("c", "3").await.unwrap();
+    drop(db); // without close: "c" is in the reused log only
+
+    let db = Db::open(dir.path(), options.clone()).await.unwrap();
+    let short: Vec<_> = wal_files_by_inode(dir.path())
+        .into_values()
+        .filter(|(_, path)| std::fs::metadata(path).unwrap().len() < preallocated)
+        .collect();
+    assert_eq!(short.len(), 1, "recovery cut the reused log after \"c\": {short:?}");
+    let (short_number, _) = short[0].clone();
+    // Flushing "c" frees that log for reuse; the next rounds reuse it.
+    db.flush().await.unwrap();
+    for i in 0..3u32 {
+        db.put(format!("d{i}"), "4").await.unwrap();
+        db.flush().await.unwrap();
+    }
+    db.put("e", "5").await.unwrap();
+    drop(db);
+    let logs = wal_files_by_inode(dir.path());
+    assert!(logs.values().all(|(number, _)| *number != short_number), "the cut log was reused: {logs:?}");
+    for (number, path) in logs.values() {
+        let len = std::fs::metadata(path).unwrap().len();
+        assert!(len >= preallocated, "log {number} is {len} bytes, under {preallocated}");
+    }
+    let db = Db::open(dir.path(), options).await.unwrap();
+    for key in ["a0", "a19", "b", "c", "d0", "d2", "e"] {
+        assert!(db.get(key).await.unwrap().is_some(), "{key}");
+    }
+    db.close().await.unwrap();
+}

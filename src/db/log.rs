@@ -287,7 +287,7 @@ impl SpareLog {
             .spawn(move || {
                 futures_executor::block_on(async {
                     if let Some(old) = recycled {
-                        match WalWriter::recycle(&io, &old, &path, log_number).await {
+                        match WalWriter::recycle(&io, &old, &path, log_number, bytes).await {
                             Ok(wal) => return Ok(wal),
                             // Not fatal: a new log is as good. What is left of the
                             // old one is deleted by the next open.

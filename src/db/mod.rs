@@ -787,7 +787,7 @@ async fn open_log(
 ) -> Result<WalWriter> {
     let path = log_path(dir, log_number);
     if let Some(old) = reusable {
-        match WalWriter::recycle(io, &old, &path, log_number).await {
+        match WalWriter::recycle(io, &old, &path, log_number, preallocate_bytes).await {
             Ok(wal) => return Ok(wal),
             // Not fatal: a new log is as good. What is left of the old one is
             // deleted by the next open (a `.tmp`, or a log with nothing to replay).

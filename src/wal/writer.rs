@@ -43,18 +43,7 @@ impl WalWriter {
         let mut header = file.alloc_buf(SECTOR_BYTES);
         header.set_len(SECTOR_BYTES);
         encode_file_header(&mut header, log_number);
-        let preallocated_bytes = preallocate_bytes.next_multiple_of(SECTOR_BYTES as u64).max(SECTOR_BYTES as u64);
-        if preallocated_bytes > SECTOR_BYTES as u64 {
-            let mut zeroes = file.alloc_buf(PREALLOCATE_CHUNK_BYTES);
-            let mut offset = SECTOR_BYTES as u64;
-            while offset < preallocated_bytes {
-                let len = (preallocated_bytes - offset).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
-                zeroes.set_len(len);
-                zeroes.as_full_mut_slice()[..len].fill(0);
-                zeroes = file.write_at(zeroes, offset).await?;
-                offset += len as u64;
-            }
-        }
+        write_zeroes(&file, SECTOR_BYTES as u64, preallocate_bytes).await?;
         WalWriter::install(io, file, header, &temp, path, log_number).await
     }
 
@@ -70,10 +59,24 @@ impl WalWriter {
     /// A crash at any step leaves either the old log (still holding nothing to
     /// replay: the next open deletes or reuses it) or the temporary file
     /// (deleted), never a `.wal` without a valid header.
-    pub(crate) async fn recycle(io: &Io, old: &Path, path: &Path, log_number: u64) -> Result<WalWriter> {
+    ///
+    /// A file shorter than `preallocate_bytes` (recovery cut it at its torn
+    /// tail) is first filled with zeroes up to that length, as
+    /// [`create`](Self::create) does, so appends never extend it.
+    pub(crate) async fn recycle(
+        io: &Io,
+        old: &Path,
+        path: &Path,
+        log_number: u64,
+        preallocate_bytes: u64,
+    ) -> Result<WalWriter> {
         let temp = temp_path(path);
         io.rename(old, &temp).await?;
         let file = DirectFile::open(io, &temp).await?;
+        // Rewriting the stale bytes of a partial last sector is harmless:
+        // nothing in this file is replayed any more.
+        let written_bytes = file.len()? / SECTOR_BYTES as u64 * SECTOR_BYTES as u64;
+        write_zeroes(&file, written_bytes.max(SECTOR_BYTES as u64), preallocate_bytes).await?;
         let mut header = file.alloc_buf(SECTOR_BYTES);
         header.set_len(SECTOR_BYTES);
         encode_file_header(&mut header, log_number);
@@ -163,6 +166,27 @@ impl WalWriter {
         self.synced_through = self.next_offset;
         Ok(())
     }
+}
+
+/// Writes zeroes from `from` (a sector boundary) up to `to_bytes`, rounded up
+/// to a sector, in [`PREALLOCATE_CHUNK_BYTES`] writes; nothing if the file
+/// already reaches that far.
+async fn write_zeroes(file: &DirectFile, from: u64, to_bytes: u64) -> Result<()> {
+    assert!(from.is_multiple_of(SECTOR_BYTES as u64), "zeroes start on a sector boundary");
+    let end = to_bytes.next_multiple_of(SECTOR_BYTES as u64);
+    if from >= end {
+        return Ok(());
+    }
+    let mut zeroes = file.alloc_buf(PREALLOCATE_CHUNK_BYTES);
+    let mut offset = from;
+    while offset < end {
+        let len = (end - offset).min(PREALLOCATE_CHUNK_BYTES as u64) as usize;
+        zeroes.set_len(len);
+        zeroes.as_full_mut_slice()[..len].fill(0);
+        zeroes = file.write_at(zeroes, offset).await?;
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// Where a log is built before it is renamed to `path`.
