@@ -102,6 +102,9 @@ pub struct IoOptions {
     /// microseconds. Polling saves two thread wake-ups per operation at low
     /// queue depth (the submit side's eventfd and the completion side's
     /// interrupt wake), at the price of CPU while I/O is in flight. 0 disables it.
+    /// Where the ring thread may run on one CPU only (CPU affinity, cgroup
+    /// quota), it polls only while at most one latency-bound operation is in
+    /// flight: a deeper queue's spin would hold the CPU the callers need.
     /// Default: 100.
     pub ring_poll_us: u64,
     /// The most operation SQEs the ring thread hands the kernel in one
