@@ -470,7 +470,8 @@ impl RingThread {
             // threads that feed them (a flush encoding its next megabyte).
             // Measured on a 1M-entry flush: build 103-107 ms against 109-110
             // with the poll, whose spinning took a third of a vCPU.
-            if self.polls() && self.poll_for_work(last_activity + self.poll) {
+            let polls = polls(self.single_cpu, self.in_flight.len(), self.latency_bound_in_flight);
+            if polls && self.poll_for_work(last_activity + self.poll) {
                 continue;
             }
             // Nothing to do: sleep, unless work arrived or it is time to go.
@@ -488,10 +489,6 @@ impl RingThread {
             self.shared.lock().sleeping = false;
         }
         self.retire_wake();
-    }
-
-    fn polls(&self) -> bool {
-        polls(self.single_cpu, self.in_flight.len(), self.latency_bound_in_flight)
     }
 
     /// Busy-polls the submission queue and the CQ until `deadline`, so a caller

@@ -61,7 +61,8 @@ impl WalWriter {
     /// (deleted), never a `.wal` without a valid header.
     ///
     /// A file shorter than `preallocate_bytes` (recovery cut it at its torn
-    /// tail) is first filled with zeroes up to that length, as
+    /// tail, or an earlier run used a smaller `wal_preallocate_bytes`) is
+    /// first filled with zeroes up to that length, as
     /// [`create`](Self::create) does, so appends never extend it.
     pub(crate) async fn recycle(
         io: &Io,
