@@ -132,6 +132,10 @@ struct Args {
     /// tokio runtime complete through the runtime's reactor, not the ring thread.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     tokio_reactor: bool,
+    /// Worker threads of the benchmark's tokio runtime. With one, the
+    /// runtime's reactor keeps deep queues too (`IoOptions::tokio_reactor`).
+    #[arg(long, default_value_t = 2)]
+    tokio_workers: usize,
     /// Options::block_align_bytes: data blocks end on multiples of this (0: packed back to back).
     #[arg(long, default_value_t = Options::default().block_align_bytes)]
     block_align_bytes: usize,
@@ -700,7 +704,11 @@ fn main() {
     };
     let with_fio = !args.no_fio && fio::fio_available();
     let jobs = fio::load_jobs(&args.fio_configs).unwrap_or_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.tokio_workers.max(1))
+        .enable_all()
+        .build()
+        .expect("runtime");
     let bulk = durability(&args.durability);
     let plans: Vec<Plan> = args
         .benchmarks
@@ -821,12 +829,13 @@ fn main() {
         .collect();
     if !args.json {
         println!(
-            "db_bench: dir {} | keys {} B, values {} B, loaded in {} order | completions: {} | fio: {}",
+            "db_bench: dir {} | keys {} B, values {} B, loaded in {} order | completions: {} | tokio workers: {} | fio: {}",
             base.display(),
             args.key_size,
             args.value_size,
             args.load_order.to_possible_value().expect("no variant is skipped").get_name(),
             if args.tokio_reactor { "tokio reactor" } else { "ring thread" },
+            args.tokio_workers.max(1),
             if with_fio { "yes" } else { "not run (install fio to compare)" }
         );
         println!(
