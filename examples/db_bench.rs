@@ -132,8 +132,8 @@ struct Args {
     /// tokio runtime complete through the runtime's reactor, not the ring thread.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     tokio_reactor: bool,
-    /// Worker threads of the benchmark's tokio runtime. With one, the
-    /// runtime's reactor keeps deep queues too (`IoOptions::tokio_reactor`).
+    /// Worker threads of the benchmark's tokio runtime (as many as the test
+    /// machine's vCPUs by default).
     #[arg(long, default_value_t = 2)]
     tokio_workers: usize,
     /// Options::block_align_bytes: data blocks end on multiples of this (0: packed back to back).
