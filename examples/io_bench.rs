@@ -329,8 +329,9 @@ fn main() {
     );
     drop(probe);
     let _ = std::fs::remove_file(dir.join("probe"));
+    let name_width = jobs.iter().map(|job| job.name.len()).max().unwrap_or(0).max("pattern".len());
     println!(
-        "{:<22} {:>6} {:>3} | {:>10} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6}",
+        "{:<name_width$} {:>6} {:>3} | {:>12} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6}",
         "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio", "paired"
     );
     for job in &jobs {
@@ -376,7 +377,7 @@ fn main() {
         };
         let paired = paired.map_or_else(|| format!("{:>6}", "-"), |p| format!("{p:>6.2}"));
         println!(
-            "{:<22} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio} {paired}",
+            "{:<name_width$} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio} {paired}",
             job.name, bs, job.queue_depth, engine.mib_per_sec, engine.iops, engine.mean_latency_us
         );
         let _ = std::fs::remove_file(dir.join(&job.file_name));

@@ -15,7 +15,11 @@ pub struct Job {
     pub file_name: String,
     pub rw: String,
     pub block_bytes: usize,
+    /// Ops in flight in all: `iodepth` times `numjobs`.
     pub queue_depth: usize,
+    /// fio threads sharing `queue_depth` (`numjobs`, reported as one with
+    /// `group_reporting`); the engine side runs as for one thread.
+    pub fio_threads: usize,
     pub file_bytes: u64,
     pub fdatasync: bool,
     /// `end_fsync=1`: the file is synced once its writes are done, and the
@@ -105,13 +109,24 @@ pub fn parse_job(path: &Path) -> Result<Job, String> {
         keys.insert("__job".into(), name);
     }
     let get = |key: &str| keys.get(key).cloned().ok_or(format!("{}: no {key}=", path.display()));
+    let iodepth: usize = get("iodepth")?.parse().map_err(|e| format!("iodepth: {e}"))?;
+    let fio_threads: usize = match keys.get("numjobs") {
+        Some(n) => n.parse().map_err(|e| format!("numjobs: {e}"))?,
+        None => 1,
+    };
+    // fio reports several threads of one job as one only when asked to;
+    // without it the figures read would be the first thread's alone.
+    if fio_threads > 1 && keys.get("group_reporting").is_none_or(|v| v == "0") {
+        return Err(format!("{}: numjobs={fio_threads} needs group_reporting=1", path.display()));
+    }
     Ok(Job {
         name: get("__job")?,
         path: path.to_path_buf(),
         file_name: get("filename")?,
         rw: get("rw")?,
         block_bytes: parse_size(&get("bs")?).ok_or("bad bs")? as usize,
-        queue_depth: get("iodepth")?.parse().map_err(|e| format!("iodepth: {e}"))?,
+        queue_depth: iodepth * fio_threads,
+        fio_threads,
         file_bytes: parse_size(&get("size")?).ok_or("bad size")?,
         fdatasync: keys.get("fdatasync").is_some_and(|v| v != "0"),
         end_fsync: keys.get("end_fsync").is_some_and(|v| v != "0"),
