@@ -46,4 +46,7 @@ fn threads_without_group_reporting_are_refused() {
     assert!(error.contains("group_reporting"), "{error}");
     std::fs::write(&path, format!("{job}group_reporting=1\n")).unwrap();
     assert_eq!(fio::parse_job(&path).unwrap().queue_depth, 32);
+    // A job with nothing in flight would leave the engine side nothing to wait for.
+    std::fs::write(&path, job.replace("numjobs=2", "numjobs=0")).unwrap();
+    assert!(fio::parse_job(&path).unwrap_err().contains("at least 1"));
 }
