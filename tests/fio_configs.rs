@@ -37,7 +37,7 @@ fn a_job_over_two_threads_keeps_its_total_depth_and_the_one_thread_job_is_unchan
 }
 
 #[test]
-fn threads_without_group_reporting_are_refused() {
+fn split_jobs_without_group_reporting_and_empty_jobs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("split.fio");
     let job = "[global]\nioengine=io_uring\ndirect=1\n[split]\nfilename=f\nrw=randread\nbs=4k\niodepth=16\nnumjobs=2\nsize=1g\n";

@@ -114,11 +114,11 @@ pub fn parse_job(path: &Path) -> Result<Job, String> {
         Some(n) => n.parse().map_err(|e| format!("numjobs: {e}"))?,
         None => 1,
     };
-    // fio reports several threads of one job as one only when asked to;
-    // without it the figures read would be the first thread's alone.
     if iodepth == 0 || fio_threads == 0 {
         return Err(format!("{}: iodepth and numjobs must be at least 1", path.display()));
     }
+    // fio reports several threads of one job as one only when asked to;
+    // without it the figures read would be the first thread's alone.
     if fio_threads > 1 && keys.get("group_reporting").is_none_or(|v| v == "0") {
         return Err(format!("{}: numjobs={fio_threads} needs group_reporting=1", path.display()));
     }
