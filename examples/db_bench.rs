@@ -132,6 +132,10 @@ struct Args {
     /// tokio runtime complete through the runtime's reactor, not the ring thread.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     tokio_reactor: bool,
+    /// IoOptions::tokio_reactor_max_in_flight: the most ops on the runtime's
+    /// reactor; further ones go through the ring thread.
+    #[arg(long, default_value_t = ringdb::io::IoOptions::default().tokio_reactor_max_in_flight)]
+    tokio_reactor_max_in_flight: usize,
     /// Worker threads of the benchmark's tokio runtime (as many as the test
     /// machine's vCPUs by default).
     #[arg(long, default_value_t = 2)]
@@ -218,6 +222,7 @@ fn options(args: &Args) -> Options {
     let mut options = Options { group_commit_wait_us: args.group_commit_wait_us, ..Options::default() };
     options.io.ring_poll_us = args.ring_poll_us;
     options.io.tokio_reactor = args.tokio_reactor;
+    options.io.tokio_reactor_max_in_flight = args.tokio_reactor_max_in_flight;
     options.compaction.max_subcompactions = args.subcompactions;
     options.flush_threads = args.flush_threads;
     options.block_align_bytes = args.block_align_bytes;

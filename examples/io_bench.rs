@@ -59,14 +59,18 @@ struct Args {
     max_sqes_per_enter: usize,
     /// Who runs the engine side's workers (one per queue slot):
     /// `tokio` (tasks of a 2-worker multi-thread runtime, completions through
-    /// its reactor: IoOptions::tokio_reactor), `tokio-ring-thread` (the same
+    /// its reactor: IoOptions::tokio_reactor, at most 2 ops on it and the rest
+    /// through the ring thread, as the engine's defaults have it),
+    /// `one-thread` (the same tasks on a 1-worker runtime that keeps every op
+    /// on its reactor, IoOptions::tokio_reactor_max_in_flight: fio's shape,
+    /// one thread that submits, waits and reaps), `tokio-ring-thread` (the same
     /// tasks, completions through the ring thread), `block-on` (each caller
     /// thread a futures block_on over its share, parking between
     /// completions), or `spin` (the same, busy-polling instead of parking:
     /// the engine's own cost without any thread wake-up).
     #[arg(long, default_value = "tokio")]
     caller: Caller,
-    /// Worker threads of the `tokio` callers' runtime.
+    /// Worker threads of the `tokio` and `tokio-ring-thread` callers' runtime.
     #[arg(long, default_value_t = 2)]
     tokio_workers: usize,
     /// OS threads of the `block-on` and `spin` callers.
@@ -80,6 +84,7 @@ struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Caller {
     Tokio,
+    OneThread,
     TokioRingThread,
     BlockOn,
     Spin,
@@ -88,7 +93,8 @@ enum Caller {
 impl Caller {
     fn describe(self) -> &'static str {
         match self {
-            Caller::Tokio => "tokio tasks, completions via the runtime's reactor",
+            Caller::Tokio => "tokio tasks, completions via the runtime's reactor (at most 2) or the ring thread",
+            Caller::OneThread => "tokio tasks on one worker, every op on its reactor",
             Caller::TokioRingThread => "tokio tasks, completions via the ring thread",
             Caller::BlockOn => "block_on threads (park between completions)",
             Caller::Spin => "spinning threads (never park)",
@@ -219,7 +225,7 @@ fn run_engine(
         end,
     });
     match caller {
-        Caller::Tokio | Caller::TokioRingThread => tokio.block_on(async {
+        Caller::Tokio | Caller::OneThread | Caller::TokioRingThread => tokio.block_on(async {
             let tasks: Vec<_> =
                 (0..job.queue_depth as u64).map(|seed| tokio::spawn(worker(Arc::clone(&run), seed))).collect();
             for task in tasks {
@@ -301,18 +307,25 @@ fn main() {
     let max_depth = jobs.iter().map(|j| j.queue_depth).max().unwrap_or(1) as u32;
     // The `tokio` callers' runtime: by default 2 workers, as in db_bench (the
     // test machine has 2 vCPUs).
+    let one_thread = args.caller == Caller::OneThread;
     let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.tokio_workers.max(1))
+        .worker_threads(if one_thread { 1 } else { args.tokio_workers.max(1) })
         .enable_all()
         .build()
         .expect("runtime");
+    let defaults = IoOptions::default();
     let io = Io::new(IoOptions {
         backend,
         queue_depth: max_depth.max(64),
         ring_poll_us: args.ring_poll_us,
         max_sqes_per_enter: args.max_sqes_per_enter,
-        tokio_reactor: args.caller == Caller::Tokio,
-        ..IoOptions::default()
+        tokio_reactor: matches!(args.caller, Caller::Tokio | Caller::OneThread),
+        tokio_reactor_max_in_flight: if one_thread {
+            max_depth.max(64) as usize
+        } else {
+            defaults.tokio_reactor_max_in_flight
+        },
+        ..defaults
     })
     .expect("I/O backend");
     let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");

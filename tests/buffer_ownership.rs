@@ -72,6 +72,9 @@ fn iterations() -> usize {
     std::env::var("RINGDB_OWNERSHIP_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
 }
 
+/// The bound on ops in flight of the `Io`s [`drop_futures_at_random`] builds.
+const QUEUE_DEPTH: u32 = 64;
+
 /// Submits thousands of reads and writes, polls each a random number of
 /// times and drops it, then checks what landed on disk. Returns the Io (whose
 /// drop drains what is still in flight) and how many ops finished.
@@ -79,7 +82,7 @@ fn drop_futures_at_random(dir: &std::path::Path, options: IoOptions) -> (ringdb:
     let faults = FaultInjector::new();
     // Some submissions fail before reaching the kernel: their buffers must come back too.
     faults.add(FaultRule::new(FaultAction::Error(libc::EIO)).skip(500).times(50));
-    let io = io_with(IoOptions { queue_depth: 64, faults: Some(faults.clone()), ..options });
+    let io = io_with(IoOptions { queue_depth: QUEUE_DEPTH, faults: Some(faults.clone()), ..options });
     let path = dir.join("blocks");
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut dropped = 0usize;
@@ -159,18 +162,34 @@ fn dropping_in_flight_futures_neither_corrupts_nor_leaks() {
 /// reaper must wait for them before any buffer is freed.
 #[test]
 fn dropping_in_flight_futures_on_a_tokio_reactor_neither_corrupts_nor_leaks() {
+    drop_futures_on_a_tokio_reactor(IoOptions::default().tokio_reactor_max_in_flight);
+}
+
+/// The same with a reactor that keeps the whole queue (all 64 ops) on the
+/// runtime's ring: many more ops are in flight there when they are dropped.
+#[test]
+fn dropping_in_flight_futures_on_a_deep_tokio_reactor_neither_corrupts_nor_leaks() {
+    drop_futures_on_a_tokio_reactor(QUEUE_DEPTH as usize);
+}
+
+fn drop_futures_on_a_tokio_reactor(max_in_flight: usize) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let context = runtime.enter();
-    let (io, finished) = drop_futures_at_random(dir.path(), IoOptions { tokio_reactor: true, ..IoOptions::default() });
+    let options = IoOptions { tokio_reactor: true, tokio_reactor_max_in_flight: max_in_flight, ..IoOptions::default() };
+    let (io, finished) = drop_futures_at_random(dir.path(), options);
     let stats = io.stats();
     if io.backend() == ringdb::io::Backend::IoUring {
-        // A reactor holds a few ops in flight and passes the rest to the ring thread.
-        assert!(stats.reactor_ops > 100, "ops went through the reactor: {stats:?}");
-        assert!(stats.reactor_ops < stats.ops_submitted, "and through the ring thread: {stats:?}");
         assert!(finished > 0);
+        if max_in_flight >= QUEUE_DEPTH as usize {
+            assert_eq!(stats.reactor_ops, stats.ops_submitted, "every op through the reactor: {stats:?}");
+        } else {
+            // A reactor holds a few ops in flight and passes the rest to the ring thread.
+            assert!(stats.reactor_ops > 100, "ops went through the reactor: {stats:?}");
+            assert!(stats.reactor_ops < stats.ops_submitted, "and through the ring thread: {stats:?}");
+        }
     } else {
         assert_eq!(stats.reactor_ops, 0, "the portable backend has no reactor");
     }

@@ -248,6 +248,59 @@ fn tokio_reactor_at_queue_depth_two_with_linked_writes() {
     }
 }
 
+/// IoOptions::tokio_reactor_max_in_flight: a reactor allowed a deep queue
+/// keeps every op of a 64-deep burst (half of them writes linked to their
+/// sync, two SQEs each) on the runtime's ring, which is sized for them; the
+/// default spills most of such a burst to the ring thread.
+#[test]
+fn a_deep_tokio_reactor_keeps_every_op_on_the_runtimes_ring() {
+    let burst = |max_in_flight: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let io = io_with(IoOptions {
+            tokio_reactor: true,
+            tokio_reactor_max_in_flight: max_in_flight,
+            ..IoOptions::default()
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let file = Arc::new(runtime.block_on(DirectFile::create(&io, dir.path().join("f"))).unwrap());
+        let before = io.stats();
+        runtime.block_on(async {
+            for round in 0..4u64 {
+                write_read_blocks(file.clone(), round * 64, 64).await;
+            }
+        });
+        let stats = io.stats();
+        assert_eq!(stats.ops_submitted, stats.ops_completed);
+        (io.backend(), stats.reactor_ops - before.reactor_ops, stats.ops_submitted - before.ops_submitted)
+    };
+    let (backend, deep_reactor, deep_all) = burst(64);
+    let (_, default_reactor, default_all) = burst(IoOptions::default().tokio_reactor_max_in_flight);
+    if backend == Backend::IoUring {
+        assert_eq!(deep_reactor, deep_all, "every op through the reactor");
+        assert!(default_reactor < default_all / 2, "{default_reactor} of {default_all} ops through a default reactor");
+    } else {
+        assert_eq!(deep_reactor + default_reactor, 0, "the portable backend has no reactor");
+    }
+}
+
+/// Options out of range are refused with an error that names them.
+#[test]
+fn io_options_out_of_range_are_refused() {
+    let refused = |options: IoOptions| match Io::new(options) {
+        Err(ringdb::Error::InvalidArgument(message)) => message,
+        Err(e) => panic!("not an invalid argument: {e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(refused(IoOptions { queue_depth: 0, ..IoOptions::default() }).contains("queue_depth"));
+    assert!(refused(IoOptions { queue_depth: 4097, ..IoOptions::default() }).contains("queue_depth"));
+    for depth in [0, 4097] {
+        let options = IoOptions { tokio_reactor_max_in_flight: depth, ..IoOptions::default() };
+        assert!(refused(options).contains("tokio_reactor_max_in_flight"), "{depth}");
+    }
+    let options = IoOptions { tokio_reactor: true, tokio_reactor_max_in_flight: 4096, ..IoOptions::default() };
+    assert!(Io::new(options).is_ok(), "the largest depth is accepted");
+}
+
 /// The reactor's reaper is woken by the kernel's eventfd signal of each
 /// completion, without ever reading the counter back (edge-triggered): many
 /// thousands of one-at-a-time reads, each waiting for that wake-up alone,

@@ -120,7 +120,8 @@ pub struct IoOptions {
     /// of through the ring thread: one thread wake-up fewer per operation.
     /// On this project's test VM that took 4 KiB QD1 reads under tokio from
     /// 0.72-0.80x to 0.84-0.91x of fio's IOPS (`docs/io.md`). A runtime's ring
-    /// holds at most 2 ops in flight; deeper queues spill over to the ring
+    /// holds at most [`tokio_reactor_max_in_flight`](Self::tokio_reactor_max_in_flight)
+    /// ops in flight (default 2); deeper queues spill over to the ring
     /// thread, which batches them better on small machines. Everything else
     /// (current-thread runtimes, plain threads, the engine's own threads)
     /// uses the ring thread.
@@ -134,9 +135,38 @@ pub struct IoOptions {
     /// feature (on by default); without it, `true` is an invalid argument.
     /// Default: false.
     pub tokio_reactor: bool,
+    /// The most operations a runtime's ring holds in flight with
+    /// [`tokio_reactor`](Self::tokio_reactor); further ones go to the ring
+    /// thread. Raise it for a runtime with one worker whose tasks do little
+    /// besides I/O: that is fio's shape (one thread submits, waits and
+    /// reaps), and on this project's 2-vCPU test VM it took 4 KiB random
+    /// reads at QD32 from 0.71-0.85 to 0.85-1.07 of fio's IOPS
+    /// (`docs/io.md`, "A deep reactor for one worker"). Keep the default
+    /// where the tasks also do CPU work per operation, or the runtime has
+    /// more workers: 32 concurrent gets on one worker fell to 0.39-0.44 of
+    /// fio's IOPS with every op on the reactor, and raw reads on two workers
+    /// to 0.38-0.43. 1..=4096. Default: 2.
+    pub tokio_reactor_max_in_flight: usize,
     /// Faults to inject, for tests. Default: none.
     pub faults: Option<FaultInjector>,
 }
+
+/// The most ops a reactor holds in flight by default
+/// ([`IoOptions::tokio_reactor_max_in_flight`]); further submissions go
+/// to the ring thread. The reactor removes a thread wake-up from the path of
+/// each op, which is what an op waits for at low depth. At high depth the
+/// ring thread is better on a small machine: it batches submissions on a
+/// thread of its own, while a reactor's submitting tasks and reaper make their
+/// syscalls on the runtime's workers, beside the callers' own work. On this
+/// project's 2-vCPU test VM, 32 concurrent gets (db_bench
+/// readrandom_concurrent, 3 alternating rounds) reached 0.70-0.71 of fio's
+/// QD32 IOPS with every op on the reactor, 0.73-0.76 on the ring thread
+/// alone and 0.78-0.81 with at most 2 on the reactor.
+pub(crate) const REACTOR_DEFAULT_MAX_IN_FLIGHT: usize = 2;
+
+/// The largest `tokio_reactor_max_in_flight` accepted: a ring of twice as
+/// many SQ entries stays well inside the kernel's limit (32768).
+pub(crate) const REACTOR_MOST_MAX_IN_FLIGHT: usize = 4096;
 
 impl Default for IoOptions {
     fn default() -> IoOptions {
@@ -147,6 +177,7 @@ impl Default for IoOptions {
             ring_poll_us: 100,
             max_sqes_per_enter: 8,
             tokio_reactor: false,
+            tokio_reactor_max_in_flight: REACTOR_DEFAULT_MAX_IN_FLIGHT,
             faults: None,
         }
     }
@@ -249,6 +280,12 @@ impl Io {
                 options.queue_depth
             )));
         }
+        if !(1..=REACTOR_MOST_MAX_IN_FLIGHT).contains(&options.tokio_reactor_max_in_flight) {
+            return Err(Error::InvalidArgument(format!(
+                "tokio_reactor_max_in_flight must be in 1..={REACTOR_MOST_MAX_IN_FLIGHT}, got {}",
+                options.tokio_reactor_max_in_flight
+            )));
+        }
         if options.tokio_reactor && !cfg!(feature = "tokio") {
             return Err(Error::InvalidArgument("tokio_reactor needs ringdb's `tokio` feature".into()));
         }
@@ -299,8 +336,8 @@ impl Io {
             }
         };
         #[cfg(feature = "tokio")]
-        let reactors =
-            (options.tokio_reactor && backend == Backend::IoUring).then(|| reactor::Reactors::new(Arc::clone(&stats)));
+        let reactors = (options.tokio_reactor && backend == Backend::IoUring)
+            .then(|| reactor::Reactors::new(Arc::clone(&stats), options.tokio_reactor_max_in_flight));
         Ok(Io {
             inner: Arc::new(IoInner {
                 #[cfg(feature = "tokio")]

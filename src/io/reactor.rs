@@ -17,8 +17,10 @@
 //! reaper then reaps the CQ and completes the ops from a worker thread, where
 //! waking the waiting task is a push onto that worker's run queue.
 //!
-//! A reactor holds at most [`MAX_IN_FLIGHT`] ops; beyond that, submissions
-//! go to the ring thread, which serves deep queues better on small machines.
+//! A reactor holds at most [`super::IoOptions::tokio_reactor_max_in_flight`]
+//! ops (default [`super::REACTOR_DEFAULT_MAX_IN_FLIGHT`]); beyond that,
+//! submissions go to the ring thread, which serves deep queues better on
+//! small machines unless one worker does nothing but I/O.
 //!
 //! Only multi-thread runtimes get a reactor: a current-thread runtime runs
 //! the reaper only while someone drives it, and a caller that enters the
@@ -47,35 +49,30 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use super::op::{IoStatsInner, Submission};
 use super::uring::{CqeOutcome, InFlight, Unconsumed, slot_and_part};
 
-/// The most ops a reactor holds in flight; further submissions go to the
-/// ring thread. The reactor removes a thread wake-up from the path of each
-/// op, which is what an op waits for at low depth. At high depth the ring
-/// thread is better on a small machine: it batches submissions on a thread
-/// of its own, while a reactor's submitting tasks and reaper make their
-/// syscalls on the runtime's workers, beside the callers' own work. On this
-/// project's 2-vCPU test VM, 32 concurrent gets (db_bench
-/// readrandom_concurrent, 3 alternating rounds) reached 0.70-0.71 of fio's
-/// QD32 IOPS with every op on the reactor, 0.73-0.76 on the ring thread
-/// alone and 0.78-0.81 with at most 2 on the reactor.
-const MAX_IN_FLIGHT: usize = 2;
-
-/// SQ entries of a reactor's ring: room for every SQE of `MAX_IN_FLIGHT` ops
-/// (a write and its linked sync are two), even if none was submitted yet
-/// (an interrupted enter). The CQ has twice as many.
-const RING_ENTRIES: u32 = 8;
-const _: () = assert!(RING_ENTRIES as usize >= 2 * MAX_IN_FLIGHT);
+/// SQ entries of a reactor's ring: room for every SQE of `max_in_flight` ops
+/// (a write and its linked sync are two), even if none was submitted yet (an
+/// interrupted enter). The CQ has twice as many.
+fn ring_entries(max_in_flight: usize) -> u32 {
+    assert!(
+        (1..=super::REACTOR_MOST_MAX_IN_FLIGHT).contains(&max_in_flight),
+        "IoOptions validates the reactor's depth"
+    );
+    (2 * max_in_flight).next_power_of_two().max(8) as u32
+}
 
 /// The reactors of one [`super::Io`], one per tokio runtime that submitted.
 pub(crate) struct Reactors {
     stats: Arc<IoStatsInner>,
+    /// Each reactor's most ops in flight.
+    max_in_flight: usize,
     /// `None` once that runtime's reactor closed or could not be set up: its
     /// submissions then go to the ring thread. Runtime ids are never reused.
     by_runtime: Mutex<Vec<(tokio::runtime::Id, Option<Arc<Reactor>>)>>,
 }
 
 impl Reactors {
-    pub(crate) fn new(stats: Arc<IoStatsInner>) -> Reactors {
-        Reactors { stats, by_runtime: Mutex::new(Vec::new()) }
+    pub(crate) fn new(stats: Arc<IoStatsInner>, max_in_flight: usize) -> Reactors {
+        Reactors { stats, max_in_flight, by_runtime: Mutex::new(Vec::new()) }
     }
 
     /// Submits through the current runtime's reactor, or hands the submission
@@ -107,7 +104,7 @@ impl Reactors {
         if let Some((_, slot)) = by_runtime.iter().find(|(runtime, _)| *runtime == id) {
             return slot.clone();
         }
-        let reactor = match Reactor::start(handle, Arc::clone(&self.stats)) {
+        let reactor = match Reactor::start(handle, Arc::clone(&self.stats), self.max_in_flight) {
             Ok(reactor) => Some(reactor),
             Err(e) => {
                 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -145,6 +142,8 @@ pub(crate) struct Reactor {
     close_requested: AtomicBool,
     eventfd: OwnedFd,
     stats: Arc<IoStatsInner>,
+    /// The most ops in [`State::in_flight`]; the SQ has room for all their SQEs.
+    max_in_flight: usize,
 }
 
 struct State {
@@ -169,8 +168,8 @@ impl AsRawFd for EventFd {
 
 impl Reactor {
     /// A ring with its eventfd registered, and its reaper spawned on `handle`.
-    fn start(handle: &Handle, stats: Arc<IoStatsInner>) -> io::Result<Arc<Reactor>> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+    fn start(handle: &Handle, stats: Arc<IoStatsInner>, max_in_flight: usize) -> io::Result<Arc<Reactor>> {
+        let ring = IoUring::new(ring_entries(max_in_flight))?;
         // SAFETY: eventfd takes no pointers; the result is checked below.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -195,6 +194,7 @@ impl Reactor {
             close_requested: AtomicBool::new(false),
             eventfd,
             stats,
+            max_in_flight,
         });
         // The guard is part of the task from the start, so even a task that
         // is dropped unpolled (its runtime shutting down) drains the ring.
@@ -204,7 +204,7 @@ impl Reactor {
 
     fn submit(&self, submission: Submission) -> Result<(), Submission> {
         let mut state = lock(&self.state);
-        if self.closed.load(Ordering::Acquire) || state.in_flight.len() >= MAX_IN_FLIGHT {
+        if self.closed.load(Ordering::Acquire) || state.in_flight.len() >= self.max_in_flight {
             return Err(submission);
         }
         let State { ring, in_flight, unconsumed } = &mut *state;
@@ -326,7 +326,7 @@ impl Drop for Reactor {
     }
 }
 
-/// Pushes SQEs; the SQ has room for every SQE of `MAX_IN_FLIGHT` ops.
+/// Pushes SQEs; the SQ has room for every SQE of the reactor's most ops.
 fn push(
     ring: &mut IoUring,
     unconsumed: &mut Unconsumed,
