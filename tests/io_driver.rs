@@ -283,6 +283,54 @@ fn a_deep_tokio_reactor_keeps_every_op_on_the_runtimes_ring() {
     }
 }
 
+/// A thread remembers the reactor it submitted to last. Two `Io`s used from
+/// the same runtime thread, and a runtime replaced by another on the same
+/// thread, must each still get their own reactor.
+#[test]
+fn each_io_and_each_runtime_keep_their_own_reactor() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = IoOptions { tokio_reactor: true, ..IoOptions::default() };
+    let (first, second) = (io_with(options.clone()), io_with(options));
+    let uring = first.backend() == Backend::IoUring;
+    let read_one = |runtime: &tokio::runtime::Runtime, file: &Arc<DirectFile>| {
+        runtime.block_on(async {
+            let buf = file.read_exact_at(file.alloc_buf(4096), 0, 4096).await.unwrap();
+            assert_eq!(&buf[..], pattern(4096, 0, 3).as_slice());
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let files: Vec<Arc<DirectFile>> = [&first, &second]
+        .iter()
+        .enumerate()
+        .map(|(i, io)| {
+            let file = Arc::new(runtime.block_on(DirectFile::create(io, dir.path().join(format!("f{i}")))).unwrap());
+            runtime.block_on(write_read_blocks(file.clone(), 0, 1));
+            file
+        })
+        .collect();
+    for round in 0..4 {
+        let before = (first.stats().reactor_ops, second.stats().reactor_ops);
+        read_one(&runtime, &files[round % 2]);
+        let after = (first.stats().reactor_ops, second.stats().reactor_ops);
+        let expected = match (uring, round % 2) {
+            (false, _) => before,
+            (true, 0) => (before.0 + 1, before.1),
+            (true, _) => (before.0, before.1 + 1),
+        };
+        assert_eq!(after, expected, "round {round}: the read went through its own Io's reactor");
+    }
+    // The same thread, a new runtime: the old one's reactor closed with it.
+    drop(runtime);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let before = first.stats().reactor_ops;
+    for _ in 0..3 {
+        read_one(&runtime, &files[0]);
+    }
+    let stats = first.stats();
+    assert_eq!(stats.reactor_ops - before, if uring { 3 } else { 0 }, "the new runtime's reactor: {stats:?}");
+    assert_eq!(stats.ops_submitted, stats.ops_completed);
+}
+
 /// Options out of range are refused with an error that names them.
 #[test]
 fn io_options_out_of_range_are_refused() {

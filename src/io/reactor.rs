@@ -37,7 +37,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use io_uring::IoUring;
@@ -65,6 +65,9 @@ pub(crate) struct Reactors {
     stats: Arc<IoStatsInner>,
     /// Each reactor's most ops in flight.
     max_in_flight: usize,
+    /// Tells these reactors from those of another [`super::Io`] in
+    /// [`LAST_REACTOR`]; never reused.
+    id: u64,
     /// `None` once that runtime's reactor closed or could not be set up: its
     /// submissions then go to the ring thread. Runtime ids are never reused.
     by_runtime: Mutex<Vec<(tokio::runtime::Id, Option<Arc<Reactor>>)>>,
@@ -72,7 +75,9 @@ pub(crate) struct Reactors {
 
 impl Reactors {
     pub(crate) fn new(stats: Arc<IoStatsInner>, max_in_flight: usize) -> Reactors {
-        Reactors { stats, max_in_flight, by_runtime: Mutex::new(Vec::new()) }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Reactors { stats, max_in_flight, id, by_runtime: Mutex::new(Vec::new()) }
     }
 
     /// Submits through the current runtime's reactor, or hands the submission
@@ -85,8 +90,23 @@ impl Reactors {
         if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
             return Err(submission);
         }
+        let runtime = handle.id();
+        let cached = LAST_REACTOR.with_borrow(|last| match last {
+            Some((reactors, last_runtime, reactor)) if *reactors == self.id && *last_runtime == runtime => {
+                reactor.upgrade()
+            }
+            _ => None,
+        });
+        // A closed reactor refuses the submission under its lock anyway; this
+        // only sends the caller on to learn whether the runtime has another.
+        if let Some(reactor) = cached.filter(|reactor| !reactor.closed.load(Ordering::Acquire)) {
+            return reactor.submit(submission);
+        }
         match self.reactor_for(&handle) {
-            Some(reactor) => reactor.submit(submission),
+            Some(reactor) => {
+                LAST_REACTOR.set(Some((self.id, runtime, Arc::downgrade(&reactor))));
+                reactor.submit(submission)
+            }
             None => Err(submission),
         }
     }
@@ -130,6 +150,16 @@ impl Reactors {
             }
         }
     }
+}
+
+thread_local! {
+    /// The reactor this thread submitted to last, with the [`Reactors`] and
+    /// runtime it belongs to: a worker submits to its runtime's reactor
+    /// without taking the `by_runtime` lock, which every thread of every
+    /// runtime that uses the `Io` would otherwise take for every op. Weak, so
+    /// a thread that outlives a runtime does not keep its ring open.
+    static LAST_REACTOR: std::cell::RefCell<Option<(u64, tokio::runtime::Id, std::sync::Weak<Reactor>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// One runtime's ring.
