@@ -91,12 +91,17 @@ impl Reactors {
             return Err(submission);
         }
         let runtime = handle.id();
-        let cached = LAST_REACTOR.with_borrow(|last| match last {
-            Some((reactors, last_runtime, reactor)) if *reactors == self.id && *last_runtime == runtime => {
-                reactor.upgrade()
-            }
-            _ => None,
-        });
+        // `try_with`: a submission from a thread-local's destructor, after
+        // this one is gone, takes the slow path instead of panicking.
+        let cached = LAST_REACTOR
+            .try_with(|last| match &*last.borrow() {
+                Some((reactors, last_runtime, reactor)) if *reactors == self.id && *last_runtime == runtime => {
+                    reactor.upgrade()
+                }
+                _ => None,
+            })
+            .ok()
+            .flatten();
         // A closed reactor refuses the submission under its lock anyway; this
         // only sends the caller on to learn whether the runtime has another.
         if let Some(reactor) = cached.filter(|reactor| !reactor.closed.load(Ordering::Acquire)) {
@@ -104,7 +109,8 @@ impl Reactors {
         }
         match self.reactor_for(&handle) {
             Some(reactor) => {
-                LAST_REACTOR.set(Some((self.id, runtime, Arc::downgrade(&reactor))));
+                let remembered = Some((self.id, runtime, Arc::downgrade(&reactor)));
+                let _ = LAST_REACTOR.try_with(|last| *last.borrow_mut() = remembered);
                 reactor.submit(submission)
             }
             None => Err(submission),
