@@ -63,7 +63,8 @@ struct Args {
     /// through the ring thread, as the engine's defaults have it),
     /// `one-thread` (the same tasks on a 1-worker runtime that keeps every op
     /// on its reactor, IoOptions::tokio_reactor_max_in_flight: fio's shape,
-    /// one thread that submits, waits and reaps), `tokio-ring-thread` (the same
+    /// one thread that submits, waits and reaps; the `_2threads` row then
+    /// compares one engine thread with two fio threads), `tokio-ring-thread` (the same
     /// tasks, completions through the ring thread), `block-on` (each caller
     /// thread a futures block_on over its share, parking between
     /// completions), or `spin` (the same, busy-polling instead of parking:
