@@ -315,14 +315,15 @@ fn main() {
         .build()
         .expect("runtime");
     let defaults = IoOptions::default();
+    let queue_depth = max_depth.max(64);
     let io = Io::new(IoOptions {
         backend,
-        queue_depth: max_depth.max(64),
+        queue_depth,
         ring_poll_us: args.ring_poll_us,
         max_sqes_per_enter: args.max_sqes_per_enter,
         tokio_reactor: matches!(args.caller, Caller::Tokio | Caller::OneThread),
         tokio_reactor_max_in_flight: if one_thread {
-            max_depth.max(64) as usize
+            queue_depth as usize
         } else {
             defaults.tokio_reactor_max_in_flight
         },

@@ -102,9 +102,9 @@ impl Reactors {
             })
             .ok()
             .flatten();
-        // A closed reactor refuses the submission under its lock anyway; this
-        // only sends the caller on to learn whether the runtime has another.
-        if let Some(reactor) = cached.filter(|reactor| !reactor.closed.load(Ordering::Acquire)) {
+        // A closed reactor refuses the submission under its lock, and its
+        // runtime never gets another: no need to ask `reactor_for`.
+        if let Some(reactor) = cached {
             return reactor.submit(submission);
         }
         match self.reactor_for(&handle) {
