@@ -48,6 +48,13 @@ struct Args {
     /// Skip fio even if it is installed.
     #[arg(long)]
     no_fio: bool,
+    /// Read patterns read a file that is allocated but never written (ext4's
+    /// unwritten extents): the filesystem returns zeroes without asking the
+    /// device, for the engine and fio alike, so the rows compare the software
+    /// path of a read alone (submission, completion, wake-up), free of the
+    /// disk's noise. Not a measure of the disk.
+    #[arg(long)]
+    unwritten: bool,
     /// I/O backend: auto, io_uring or posix.
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -186,15 +193,9 @@ async fn worker(run: Arc<Run>, seed: u64) {
 }
 
 /// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
-fn run_engine(
-    io: &Io,
-    job: &Job,
-    dir: &Path,
-    runtime: Duration,
-    caller: Caller,
-    caller_threads: usize,
-    tokio: &tokio::runtime::Runtime,
-) -> Figures {
+fn run_engine(io: &Io, job: &Job, dir: &Path, args: &Args, tokio: &tokio::runtime::Runtime) -> Figures {
+    let runtime = Duration::from_secs(args.runtime_secs.max(1));
+    let (caller, caller_threads, unwritten) = (args.caller, args.caller_threads.max(1), args.unwritten);
     let path = dir.join(&job.file_name);
     let writing = job.rw == "write";
     let file = futures::executor::block_on(async {
@@ -203,6 +204,11 @@ fn run_engine(
             let file = DirectFile::create(io, &path).await.expect("create");
             // fio's default (fallocate=native) reserves the file before writing; so do we.
             file.allocate(0, job.file_bytes).await.expect("allocate");
+        } else if unwritten {
+            if !std::fs::metadata(&path).is_ok_and(|m| m.len() >= job.file_bytes) {
+                let file = DirectFile::create(io, &path).await.expect("create");
+                file.allocate(0, job.file_bytes).await.expect("allocate");
+            }
         } else {
             lay_out(io, &path, job.file_bytes).await;
         }
@@ -332,7 +338,7 @@ fn main() {
     .expect("I/O backend");
     let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");
     println!(
-        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | caller {} | fio: {}",
+        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | caller {} | fio: {}{}",
         dir.display(),
         io.backend(),
         probe.is_direct(),
@@ -340,7 +346,8 @@ fn main() {
         args.rounds.max(1),
         runtime.as_secs(),
         args.caller.describe(),
-        if with_fio { "yes" } else { "not run (install fio to compare)" }
+        if with_fio { "yes" } else { "not run (install fio to compare)" },
+        if args.unwritten { " | reads of unwritten extents: no device I/O, the software path alone" } else { "" }
     );
     drop(probe);
     let _ = std::fs::remove_file(dir.join("probe"));
@@ -357,8 +364,7 @@ fn main() {
         for round in 0..args.rounds.max(1) {
             for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
-                    let caller_threads = args.caller_threads.max(1);
-                    engine_rounds.push(run_engine(&io, job, &dir, runtime, args.caller, caller_threads, &tokio));
+                    engine_rounds.push(run_engine(&io, job, &dir, &args, &tokio));
                 } else if with_fio {
                     fio_rounds.push(run_fio(job, &dir, runtime));
                 }
