@@ -205,10 +205,11 @@ fn run_engine(io: &Io, job: &Job, dir: &Path, args: &Args, tokio: &tokio::runtim
             // fio's default (fallocate=native) reserves the file before writing; so do we.
             file.allocate(0, job.file_bytes).await.expect("allocate");
         } else if unwritten {
-            if !std::fs::metadata(&path).is_ok_and(|m| m.len() >= job.file_bytes) {
-                let file = DirectFile::create(io, &path).await.expect("create");
-                file.allocate(0, job.file_bytes).await.expect("allocate");
-            }
+            // Made anew each round (allocating is metadata only): a written
+            // file left by another run would send the reads to the device.
+            let _ = std::fs::remove_file(&path);
+            let file = DirectFile::create(io, &path).await.expect("create");
+            file.allocate(0, job.file_bytes).await.expect("allocate");
         } else {
             lay_out(io, &path, job.file_bytes).await;
         }
