@@ -193,20 +193,23 @@ async fn worker(run: Arc<Run>, seed: u64) {
 }
 
 /// Runs one pattern through ringdb::io for RAMP + runtime and reports the measured part.
-fn run_engine(io: &Io, job: &Job, dir: &Path, args: &Args, tokio: &tokio::runtime::Runtime) -> Figures {
-    let runtime = Duration::from_secs(args.runtime_secs.max(1));
-    let (caller, caller_threads, unwritten) = (args.caller, args.caller_threads.max(1), args.unwritten);
+fn run_engine(
+    io: &Io,
+    job: &Job,
+    dir: &Path,
+    runtime: Duration,
+    args: &Args,
+    tokio: &tokio::runtime::Runtime,
+) -> Figures {
+    let (caller, caller_threads) = (args.caller, args.caller_threads.max(1));
     let path = dir.join(&job.file_name);
     let writing = job.rw == "write";
     let file = futures::executor::block_on(async {
-        if writing {
-            let _ = std::fs::remove_file(&path);
-            let file = DirectFile::create(io, &path).await.expect("create");
-            // fio's default (fallocate=native) reserves the file before writing; so do we.
-            file.allocate(0, job.file_bytes).await.expect("allocate");
-        } else if unwritten {
-            // Made anew each round (allocating is metadata only): a written
-            // file left by another run would send the reads to the device.
+        // A new allocated file: to write into, as fio's default
+        // (fallocate=native) reserves its file first; or, with --unwritten,
+        // to read zeroes from, made anew each round so that a written file
+        // left by another run cannot send the reads to the device.
+        if writing || args.unwritten {
             let _ = std::fs::remove_file(&path);
             let file = DirectFile::create(io, &path).await.expect("create");
             file.allocate(0, job.file_bytes).await.expect("allocate");
@@ -365,7 +368,7 @@ fn main() {
         for round in 0..args.rounds.max(1) {
             for side in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
                 if side == 0 {
-                    engine_rounds.push(run_engine(&io, job, &dir, &args, &tokio));
+                    engine_rounds.push(run_engine(&io, job, &dir, runtime, &args, &tokio));
                 } else if with_fio {
                     fio_rounds.push(run_fio(job, &dir, runtime));
                 }
