@@ -69,6 +69,37 @@ fn batch_of_writes(max_sqes_per_enter: usize) -> (u64, u64) {
     })
 }
 
+/// Reads 256 blocks at once and returns (ops, submitting io_uring_enter calls).
+fn batch_of_reads(max_sqes_per_enter: usize) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = IoOptions { backend: Backend::IoUring, queue_depth: 256, max_sqes_per_enter, ..IoOptions::default() };
+    let io = io_with(options);
+    futures::executor::block_on(async {
+        let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
+        let data = pattern(256 * 4096, 0, 3);
+        let mut buf = file.alloc_buf(data.len());
+        buf.extend_from_slice(&data);
+        file.write_at(buf, 0).await.unwrap();
+        let before = io.stats();
+        let reads = (0..256u64).map(|i| file.read_at(file.alloc_buf(4096), i * 4096, 4096));
+        for (i, result) in futures::future::join_all(reads).await.into_iter().enumerate() {
+            assert_eq!(&result.unwrap()[..], &data[i * 4096..(i + 1) * 4096]);
+        }
+        let after = io.stats();
+        (after.ops_submitted - before.ops_submitted, after.submitting_enters - before.submitting_enters)
+    })
+}
+
+#[test]
+fn small_reads_go_to_the_kernel_one_per_enter_where_writes_are_batched() {
+    // The same burst as the write test below, which batches: reads of 4 KiB
+    // are each dispatched by an enter of their own, however many are queued
+    // and whatever the cap (`Op::dispatches_alone`).
+    let (ops, enters) = batch_of_reads(256);
+    assert_eq!(ops, 256);
+    assert_eq!(enters, ops, "{enters} io_uring_enter calls for {ops} small reads");
+}
+
 #[test]
 fn submissions_are_batched_into_few_kernel_entries() {
     // join_all polls all 256 futures before the ring thread runs much, so most

@@ -112,7 +112,11 @@ pub struct IoOptions {
     /// and dispatches it only when the whole batch is built, so a deep batch
     /// delays its first requests: on this project's virtio test machine,
     /// unbounded batches (13-15 SQEs at QD32) gave 0.67-0.71 of fio's 4 KiB
-    /// random-read IOPS and batches of at most 1-8 gave 0.8-0.97. Default: 8.
+    /// random-read IOPS and batches of at most 1-8 gave 0.8-0.97. The cap
+    /// applies to writes and to bulk reads (512 KiB and more), which the plug
+    /// can merge; every smaller read goes to the kernel in an enter of its own,
+    /// since scattered reads gain nothing from the plug: that took QD32 4 KiB
+    /// reads from 64-66K to 73-77K IOPS there (`docs/io.md`). Default: 8.
     pub max_sqes_per_enter: usize,
     /// Operations submitted from a task of a multi-thread tokio runtime go
     /// through a ring of that runtime's own, whose completions wake the

@@ -64,6 +64,16 @@ impl Op {
         }
     }
 
+    /// A read that is not bulk: a get's block, a scan's next blocks. The ring
+    /// thread hands each such read to the kernel in an `io_uring_enter` of its
+    /// own. The kernel plugs the requests of one enter and dispatches them when
+    /// the last is built, and reads like these, scattered over the disk, gain
+    /// nothing from the plug (no merging) while the first of a batch of 8 waits
+    /// for the other 7. Writes keep batching: sequential writes do merge.
+    pub(crate) fn dispatches_alone(&self) -> bool {
+        matches!(self.kind, OpKind::Read { .. }) && !self.is_bulk()
+    }
+
     /// Asserts the O_DIRECT rules right before a request reaches the kernel.
     /// `DirectFile` validates user input first, so a failure here is our bug.
     /// The range check holds for every file, since the kernel is given a raw pointer.
@@ -172,5 +182,19 @@ mod tests {
         assert!(!write(1 << 20, true).is_bulk(), "a write someone waits to be synced");
         assert!(!op(OpKind::Sync { data_only: true }).is_bulk());
         assert!(!op(OpKind::Allocate { offset: 0, len: 1 << 30 }).is_bulk());
+    }
+
+    #[test]
+    fn only_reads_below_bulk_size_dispatch_alone() {
+        let read = |len| op(OpKind::Read { buf: AlignedBuf::new(len, 512), start: 0, len, offset: 0 });
+        assert!(read(4096).dispatches_alone(), "a get's block");
+        assert!(read(BULK_TRANSFER_BYTES - 512).dispatches_alone());
+        assert!(!read(BULK_TRANSFER_BYTES).dispatches_alone(), "compaction read-ahead batches");
+        let write = |sync_after| {
+            op(OpKind::Write { buf: AlignedBuf::new(4096, 512), start: 0, len: 4096, offset: 0, sync_after })
+        };
+        assert!(!write(false).dispatches_alone(), "writes batch: sequential ones merge");
+        assert!(!write(true).dispatches_alone());
+        assert!(!op(OpKind::Sync { data_only: true }).dispatches_alone());
     }
 }

@@ -321,6 +321,11 @@ impl InFlight {
         self.submission.op.is_bulk()
     }
 
+    /// See [`Op::dispatches_alone`].
+    pub(super) fn dispatches_alone(&self) -> bool {
+        self.submission.op.dispatches_alone()
+    }
+
     /// Hands the results and the buffer back to the caller.
     pub(super) fn finish(self, stats: &IoStatsInner) {
         let linked = matches!(self.submission.op.kind, OpKind::Write { sync_after: true, .. });
@@ -592,6 +597,9 @@ impl RingThread {
                 self.unconsumed.pushed(entry.get_user_data());
                 self.unsubmitted_op_sqes += 1;
                 self.stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.in_flight[slot].dispatches_alone() {
+                self.enter(0);
             }
         }
     }
