@@ -48,14 +48,28 @@ async fn in_flight_operations_are_bounded_by_queue_depth() {
     assert_eq!(io.stats().ops_submitted, 201, "200 writes + the directory sync of create, none refused");
 }
 
+/// An io_uring `Io` with room for 256 ops in flight and at most
+/// `max_sqes_per_enter` per enter, and a new file of it in `dir`.
+fn ring_and_file(dir: &std::path::Path, max_sqes_per_enter: usize) -> (Io, DirectFile) {
+    let options = IoOptions { backend: Backend::IoUring, queue_depth: 256, max_sqes_per_enter, ..IoOptions::default() };
+    let io = io_with(options);
+    let file = futures::executor::block_on(DirectFile::create(&io, dir.join("f"))).unwrap();
+    (io, file)
+}
+
+/// (ops, submitting io_uring_enter calls) that `io` made while `burst` ran.
+fn enters_during(io: &Io, burst: impl std::future::Future<Output = ()>) -> (u64, u64) {
+    let before = io.stats();
+    futures::executor::block_on(burst);
+    let after = io.stats();
+    (after.ops_submitted - before.ops_submitted, after.submitting_enters - before.submitting_enters)
+}
+
 /// Submits 256 writes at once and returns (ops, submitting io_uring_enter calls).
 fn batch_of_writes(max_sqes_per_enter: usize) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let options = IoOptions { backend: Backend::IoUring, queue_depth: 256, max_sqes_per_enter, ..IoOptions::default() };
-    let io = io_with(options);
-    futures::executor::block_on(async {
-        let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
-        let before = io.stats();
+    let (io, file) = ring_and_file(dir.path(), max_sqes_per_enter);
+    enters_during(&io, async {
         let writes = (0..256u64).map(|i| {
             let mut buf = file.alloc_buf(4096);
             buf.extend_from_slice(&pattern(4096, i, 0));
@@ -64,29 +78,22 @@ fn batch_of_writes(max_sqes_per_enter: usize) -> (u64, u64) {
         for result in futures::future::join_all(writes).await {
             result.unwrap();
         }
-        let after = io.stats();
-        (after.ops_submitted - before.ops_submitted, after.submitting_enters - before.submitting_enters)
     })
 }
 
 /// Reads 256 blocks at once and returns (ops, submitting io_uring_enter calls).
 fn batch_of_reads(max_sqes_per_enter: usize) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let options = IoOptions { backend: Backend::IoUring, queue_depth: 256, max_sqes_per_enter, ..IoOptions::default() };
-    let io = io_with(options);
-    futures::executor::block_on(async {
-        let file = DirectFile::create(&io, dir.path().join("f")).await.unwrap();
-        let data = pattern(256 * 4096, 0, 3);
-        let mut buf = file.alloc_buf(data.len());
-        buf.extend_from_slice(&data);
-        file.write_at(buf, 0).await.unwrap();
-        let before = io.stats();
+    let (io, file) = ring_and_file(dir.path(), max_sqes_per_enter);
+    let data = pattern(256 * 4096, 0, 3);
+    let mut buf = file.alloc_buf(data.len());
+    buf.extend_from_slice(&data);
+    futures::executor::block_on(file.write_at(buf, 0)).unwrap();
+    enters_during(&io, async {
         let reads = (0..256u64).map(|i| file.read_at(file.alloc_buf(4096), i * 4096, 4096));
         for (i, result) in futures::future::join_all(reads).await.into_iter().enumerate() {
             assert_eq!(&result.unwrap()[..], &data[i * 4096..(i + 1) * 4096]);
         }
-        let after = io.stats();
-        (after.ops_submitted - before.ops_submitted, after.submitting_enters - before.submitting_enters)
     })
 }
 
