@@ -64,12 +64,13 @@ impl Op {
         }
     }
 
-    /// A read that is not bulk: a get's block, a scan's next blocks. The ring
-    /// thread hands each such read to the kernel in an `io_uring_enter` of its
-    /// own. The kernel plugs the requests of one enter and dispatches them when
-    /// the last is built, and reads like these, scattered over the disk, gain
-    /// nothing from the plug (no merging) while the first of a batch of 8 waits
-    /// for the other 7. Writes keep batching: sequential writes do merge.
+    /// A read that is not bulk: a get's block, a scan's first blocks (before
+    /// its 1 MiB read-ahead takes over). The ring thread hands each such read
+    /// to the kernel in an `io_uring_enter` of its own. The kernel plugs the
+    /// requests of one enter and dispatches them when the last is built, and
+    /// reads like these, scattered over the disk, gain nothing from the plug
+    /// (no merging) while the first of a batch of 8 waits for the other 7.
+    /// Writes keep batching: sequential writes do merge.
     pub(crate) fn dispatches_alone(&self) -> bool {
         matches!(self.kind, OpKind::Read { .. }) && !self.is_bulk()
     }
