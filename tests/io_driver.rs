@@ -81,10 +81,11 @@ fn batch_of_writes(max_sqes_per_enter: usize) -> (u64, u64) {
     })
 }
 
-/// Reads 256 blocks at once and returns (ops, submitting io_uring_enter calls).
-fn batch_of_reads(max_sqes_per_enter: usize) -> (u64, u64) {
+/// Reads 256 blocks at once, under a cap that would let one enter carry them
+/// all, and returns (ops, submitting io_uring_enter calls).
+fn batch_of_reads() -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (io, file) = ring_and_file(dir.path(), max_sqes_per_enter);
+    let (io, file) = ring_and_file(dir.path(), 256);
     let data = pattern(256 * 4096, 0, 3);
     let mut buf = file.alloc_buf(data.len());
     buf.extend_from_slice(&data);
@@ -102,7 +103,7 @@ fn small_reads_go_to_the_kernel_one_per_enter_where_writes_are_batched() {
     // The same burst as the write test below, which batches: reads of 4 KiB
     // are each dispatched by an enter of their own, however many are queued
     // and whatever the cap (`Op::dispatches_alone`).
-    let (ops, enters) = batch_of_reads(256);
+    let (ops, enters) = batch_of_reads();
     assert_eq!(ops, 256);
     assert_eq!(enters, ops, "{enters} io_uring_enter calls for {ops} small reads");
 }
