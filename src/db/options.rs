@@ -57,7 +57,10 @@ pub struct Options {
     pub bloom_bits_per_key: usize,
     /// Memory for cached data blocks of tables, in bytes (0: no caching).
     /// A block is charged the aligned buffer it was read into: 4 KiB for most
-    /// 4 KiB blocks. Index and filter blocks are pinned outside it. Default: 64 MiB.
+    /// 4 KiB blocks. Index and filter blocks are pinned outside it. A block
+    /// read from the device enters the cache when the next block read is
+    /// submitted, so up to 16 blocks may be held beside the capacity (gets
+    /// find them meanwhile). Default: 64 MiB.
     pub block_cache_size_bytes: u64,
     /// A MANIFEST larger than this, in bytes, is replaced by a new one that
     /// starts with a snapshot of the live files. Default: 64 MiB.
