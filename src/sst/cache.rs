@@ -1,8 +1,8 @@
 //! The block cache: verified data blocks of open tables, shared by every
 //! table of a database and bounded in bytes.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use super::block::Block;
 use crate::io::{AlignedBuf, BufPool};
@@ -95,8 +95,7 @@ impl BlockCache {
 
     pub(crate) fn get(&self, table: u64, offset: u64) -> Option<Block> {
         let found = self.cache.get(&(table, offset)).map(|cached| cached.block).or_else(|| {
-            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.iter().find(|(key, _)| *key == (table, offset)).map(|(_, cached)| cached.block.clone())
+            self.waiting().iter().find(|(key, _)| *key == (table, offset)).map(|(_, cached)| cached.block.clone())
         });
         let counter = if found.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +114,7 @@ impl BlockCache {
     /// delaying the get that read the block. Until then `get` finds it here.
     pub(crate) fn insert_soon(&self, table: u64, offset: u64, block: Block, charge_bytes: u64) {
         let full = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self.waiting();
             waiting.push(((table, offset), CachedBlock { block, charge_bytes }));
             (waiting.len() > MAX_WAITING_INSERTS).then(|| std::mem::take(&mut *waiting))
         };
@@ -127,15 +126,19 @@ impl BlockCache {
     /// How many blocks wait to be inserted.
     #[cfg(test)]
     pub(crate) fn waiting_len(&self) -> usize {
-        self.waiting.lock().unwrap().len()
+        self.waiting().len()
     }
 
     /// Inserts the blocks [`insert_soon`](Self::insert_soon) left waiting.
     pub(crate) fn insert_waiting(&self) {
-        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let waiting = std::mem::take(&mut *self.waiting());
         for (key, cached) in waiting {
             self.cache.insert(key, cached);
         }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Vec<((u64, u64), CachedBlock)>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A pooled buffer for a read of `span_bytes` at `alignment`: the
@@ -146,10 +149,7 @@ impl BlockCache {
     }
 
     pub(crate) fn stats(&self) -> BlockCacheStats {
-        let waiting_bytes: u64 = {
-            let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-            waiting.iter().map(|(_, cached)| cached.charge_bytes).sum()
-        };
+        let waiting_bytes: u64 = self.waiting().iter().map(|(_, cached)| cached.charge_bytes).sum();
         BlockCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),

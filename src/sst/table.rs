@@ -555,8 +555,8 @@ impl TableReader {
         let source = BlockSource { pool: Some(cache), ..self.source() };
         let mut read = std::pin::pin!(source.read_block(handle));
         // The first poll submits the read. Blocks that earlier reads left
-        // waiting enter the cache while it is in flight: at QD1 every µs
-        // between a completion and the next submission counts twice on this
+        // waiting enter the cache while it is in flight. At QD1 a µs between
+        // a completion and the next submission costs more than a µs on this
         // project's VM, since a read issued later also takes longer in the
         // device (docs/io.md, "The device's time depends on the reader's turnaround").
         let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
@@ -743,15 +743,14 @@ mod tests {
             let cache = Arc::new(BlockCache::new(64 << 20, 4096));
             let table = TableReader::open(&io, &path, 1, Some(Arc::clone(&cache))).await.unwrap();
             let (first, last) = (model.keys().next().unwrap().0.clone(), model.keys().next_back().unwrap().0.clone());
-            let found = |got: Option<MemtableValue>| got.is_some();
-            assert!(found(table.get(&first, SeqNo::MAX).await.unwrap()));
+            assert!(table.get(&first, SeqNo::MAX).await.unwrap().is_some());
             assert_eq!(cache.waiting_len(), 1, "the block read waits to be inserted");
-            assert!(found(table.get(&first, SeqNo::MAX).await.unwrap()), "and a get finds it meanwhile");
+            assert!(table.get(&first, SeqNo::MAX).await.unwrap().is_some(), "and a get finds it meanwhile");
             assert_eq!(cache.waiting_len(), 1);
-            assert!(found(table.get(&last, SeqNo::MAX).await.unwrap()));
+            assert!(table.get(&last, SeqNo::MAX).await.unwrap().is_some());
             assert_eq!(cache.waiting_len(), 1, "the next read inserted the first block; its own block waits");
-            assert!(found(table.get(&first, SeqNo::MAX).await.unwrap()));
-            assert!(found(table.get(&last, SeqNo::MAX).await.unwrap()));
+            assert!(table.get(&first, SeqNo::MAX).await.unwrap().is_some());
+            assert!(table.get(&last, SeqNo::MAX).await.unwrap().is_some());
             let stats = cache.stats();
             assert_eq!((stats.hits, stats.misses), (3, 2), "two device reads in five gets");
         });
