@@ -21,6 +21,10 @@
 //!   file, then one fsync (its staging writes into a new table, then the
 //!   table's fdatasync), in MiB/s (the `fio` column is MiB/s for `flush`, IOPS
 //!   for the others).
+//!
+//! The read benchmarks also note `cpu_us_per_get`: the process's CPU time
+//! (user and system, all threads) over the timed gets, per get. It moves far
+//! less than the rate when the shared disk's speed swings.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +39,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use ringdb::{Db, Durability, Options, WriteBatch, WriteOptions};
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/fio.rs"]
 mod fio;
 
@@ -527,12 +533,14 @@ async fn run_reads(
     let rounds = if paired_fio.is_some() { args.read_rounds.max(1) as u64 } else { 1 };
     let mut latency_ns = Histogram::<u64>::new(3).expect("histogram");
     let mut elapsed = Duration::ZERO;
+    let mut cpu = Duration::ZERO;
     let mut paired = Vec::new();
     for round in 0..rounds {
         let ops = plan.ops / rounds + u64::from(round < plan.ops % rounds);
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), cpu::process_cpu_time());
         latency_ns.add(run_tasks(plan.tasks, ops, 7 + round * 1000, progress, Arc::clone(&op)).await).expect("merge");
         let round_elapsed = start.elapsed();
+        cpu += cpu::process_cpu_time().saturating_sub(cpu_start);
         elapsed += round_elapsed;
         if let Some(job) = paired_fio {
             match fio::run_fio(job, &fio_dir, paired_secs) {
@@ -561,6 +569,7 @@ async fn run_reads(
         ("tables".into(), after.tables().into()),
         ("cache_hit_rate".into(), (hits as f64 / (hits + misses).max(1) as f64).into()),
         ("device_reads_per_get".into(), (io_ops as f64 / plan.ops as f64).into()),
+        ("cpu_us_per_get".into(), (cpu.as_secs_f64() * 1e6 / plan.ops as f64).into()),
     ]);
     Outcome { ops: plan.ops, elapsed, latency_ns, io_ops, notes, bytes_per_sec: None }
 }

@@ -11,7 +11,11 @@
 //! read from its fio job file, so the two sides cannot drift apart. Ratios
 //! (ringdb / fio) measured in one run are what to quote on a noisy machine:
 //! `ratio` is that of the means over the rounds, `paired` the median of the
-//! rounds' own ratios (each round runs both sides back to back).
+//! rounds' own ratios (each round runs both sides back to back). `cpu us` is
+//! the CPU time (user and system, all threads) per operation: the engine's
+//! process over the measured span (its ring thread's poll included), and
+//! fio's job from its own report. It moves far less than the rates when the
+//! shared disk's speed swings.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/fio.rs"]
 mod fio;
 use fio::{Figures, Job, fio_available, load_jobs, median, run_fio};
@@ -235,6 +241,12 @@ fn run_engine(
         measure_from,
         end,
     });
+    // The process's CPU time over the measured span: sampled when the ramp
+    // ends (by a thread that waits for it), and when the workers are done.
+    let cpu_at_measure_start = std::thread::spawn(move || {
+        std::thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+        cpu::process_cpu_time()
+    });
     match caller {
         Caller::Tokio | Caller::OneThread | Caller::TokioRingThread => tokio.block_on(async {
             let tasks: Vec<_> =
@@ -266,12 +278,14 @@ fn run_engine(
         // Inside the timed span, as fio counts its end_fsync.
         futures::executor::block_on(run.file.sync_data()).expect("sync");
     }
+    let cpu_used = cpu::process_cpu_time().saturating_sub(cpu_at_measure_start.join().expect("CPU sampler"));
     let ops = run.measured_ops.load(Ordering::Relaxed) as f64;
     let secs = if job.one_pass { start.elapsed().as_secs_f64() } else { runtime.as_secs_f64() };
     Figures {
         iops: ops / secs,
         mib_per_sec: ops * job.block_bytes as f64 / secs / (1 << 20) as f64,
         mean_latency_us: run.latency_ns.load(Ordering::Relaxed) as f64 / ops.max(1.0) / 1000.0,
+        cpu_us_per_op: cpu_used.as_secs_f64() * 1e6 / ops.max(1.0),
     }
 }
 
@@ -357,8 +371,20 @@ fn main() {
     let _ = std::fs::remove_file(dir.join("probe"));
     let name_width = jobs.iter().map(|job| job.name.len()).max().unwrap_or(0).max("pattern".len());
     println!(
-        "{:<name_width$} {:>6} {:>3} | {:>12} {:>10} {:>9} | {:>10} {:>10} {:>9} | {:>6} {:>6}",
-        "pattern", "bs", "qd", "ringdb MiB/s", "IOPS", "lat us", "fio MiB/s", "IOPS", "lat us", "ratio", "paired"
+        "{:<name_width$} {:>6} {:>3} | {:>12} {:>10} {:>9} {:>6} | {:>10} {:>10} {:>9} {:>6} | {:>6} {:>6}",
+        "pattern",
+        "bs",
+        "qd",
+        "ringdb MiB/s",
+        "IOPS",
+        "lat us",
+        "cpu us",
+        "fio MiB/s",
+        "IOPS",
+        "lat us",
+        "cpu us",
+        "ratio",
+        "paired"
     );
     for job in &jobs {
         // Alternate the order (ringdb, fio, fio, ringdb, ...) so drift on a noisy
@@ -391,19 +417,25 @@ fn main() {
         };
         let (fio_cols, ratio) = match &fio {
             Some(Ok(f)) => (
-                format!("{:>10.1} {:>10.0} {:>9.1}", f.mib_per_sec, f.iops, f.mean_latency_us),
+                format!("{:>10.1} {:>10.0} {:>9.1} {:>6.1}", f.mib_per_sec, f.iops, f.mean_latency_us, f.cpu_us_per_op),
                 format!("{:>6.2}", engine.iops / f.iops),
             ),
             Some(Err(e)) => {
                 eprintln!("{}: {e}", job.name);
-                (format!("{:>32}", "fio failed"), format!("{:>6}", "-"))
+                (format!("{:>39}", "fio failed"), format!("{:>6}", "-"))
             }
-            None => (format!("{:>32}", "-"), format!("{:>6}", "-")),
+            None => (format!("{:>39}", "-"), format!("{:>6}", "-")),
         };
         let paired = paired.map_or_else(|| format!("{:>6}", "-"), |p| format!("{p:>6.2}"));
         println!(
-            "{:<name_width$} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} | {fio_cols} | {ratio} {paired}",
-            job.name, bs, job.queue_depth, engine.mib_per_sec, engine.iops, engine.mean_latency_us
+            "{:<name_width$} {:>6} {:>3} | {:>12.1} {:>10.0} {:>9.1} {:>6.1} | {fio_cols} | {ratio} {paired}",
+            job.name,
+            bs,
+            job.queue_depth,
+            engine.mib_per_sec,
+            engine.iops,
+            engine.mean_latency_us,
+            engine.cpu_us_per_op
         );
         let _ = std::fs::remove_file(dir.join(&job.file_name));
     }

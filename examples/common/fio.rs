@@ -39,6 +39,8 @@ pub struct Figures {
     pub mib_per_sec: f64,
     pub iops: f64,
     pub mean_latency_us: f64,
+    /// CPU time (user and system, all threads) per operation, in µs; 0 where not measured.
+    pub cpu_us_per_op: f64,
 }
 
 impl Figures {
@@ -48,6 +50,7 @@ impl Figures {
             mib_per_sec: rounds.iter().map(|f| f.mib_per_sec).sum::<f64>() / n,
             iops: rounds.iter().map(|f| f.iops).sum::<f64>() / n,
             mean_latency_us: rounds.iter().map(|f| f.mean_latency_us).sum::<f64>() / n,
+            cpu_us_per_op: rounds.iter().map(|f| f.cpu_us_per_op).sum::<f64>() / n,
         }
     }
 }
@@ -184,13 +187,20 @@ fn run_fio_file(job: &Job, job_file: &Path, dir: &Path, runtime: Duration) -> Re
     let report: serde_json::Value =
         serde_json::from_str(&stdout[json_start..]).map_err(|e| format!("fio JSON: {e}"))?;
     let side = if job.rw.contains("write") { "write" } else { "read" };
-    let stats = &report["jobs"][0][side];
+    let job_report = &report["jobs"][0];
+    let stats = &job_report[side];
     let bytes_per_sec = stats["bw_bytes"].as_f64().ok_or("no bw_bytes")?;
+    // usr_cpu and sys_cpu are percentages of job_runtime, which (like the
+    // CPU times behind them) sums the threads of a group-reported job.
+    let cpu_percent = job_report["usr_cpu"].as_f64().unwrap_or(0.0) + job_report["sys_cpu"].as_f64().unwrap_or(0.0);
+    let runtime_us = job_report["job_runtime"].as_f64().unwrap_or(0.0) * 1000.0;
+    let total_ios = stats["total_ios"].as_f64().unwrap_or(0.0);
     Ok(Figures {
         iops: stats["iops"].as_f64().ok_or("no iops")?,
         mib_per_sec: bytes_per_sec / (1 << 20) as f64,
         mean_latency_us: stats["clat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0
             + stats["slat_ns"]["mean"].as_f64().unwrap_or(0.0) / 1000.0,
+        cpu_us_per_op: if total_ios > 0.0 { cpu_percent / 100.0 * runtime_us / total_ios } else { 0.0 },
     })
 }
 
