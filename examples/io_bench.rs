@@ -14,8 +14,9 @@
 //! rounds' own ratios (each round runs both sides back to back). `cpu us` is
 //! the CPU time (user and system, all threads) per operation: the engine's
 //! process over the measured span (its ring thread's poll included), and
-//! fio's job from its own report. It moves far less than the rates when the
-//! shared disk's speed swings.
+//! fio's job thread from fio's own report, which leaves out the kernel's io-wq
+//! workers (fsyncs; `docs/io.md`, "CPU time per operation"). It moves far
+//! less than the rates when the shared disk's speed swings.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
