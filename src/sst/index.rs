@@ -328,6 +328,32 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_keys_with_equal_numbers_find_what_the_block_finds() {
+        for run in 0..=12u32 {
+            // Keys around a run of `run` keys whose first 8 bytes agree: the
+            // numbers cannot order them, so the search must leave them to the
+            // block search (its `Within` answer), however long the run.
+            let mut user_keys: Vec<Vec<u8>> = vec![b"a0".to_vec(), b"m".to_vec()];
+            user_keys.extend((0..run).map(|i| format!("mxxxxxxx{i:02}5").into_bytes()));
+            user_keys.extend([b"mxxxxxxy".to_vec(), b"z".to_vec()]);
+            let keys: Vec<Vec<u8>> = user_keys.iter().map(|k| internal(k, 1)).collect();
+            let block = block_of(&keys, 1);
+            let index = PinnedIndex::new(block.clone(), path(), 0).unwrap();
+            let mut targets = keys.clone();
+            // Between, before and after the keys of the run, and at other sequence numbers.
+            targets.extend((0..=run).map(|i| internal(format!("mxxxxxxx{i:02}").as_bytes(), 7)));
+            targets.extend([b"mxxxxxxx".as_slice(), b"mxxxxxxx~", b"a", b"zz"].map(|k| internal(k, 3)));
+            for target in &targets {
+                let (_, plain) = block.iter_from(target, compare_internal_keys, path(), 0).unwrap();
+                let (_, fast) = index.iter_from(target, path(), 0).unwrap();
+                assert_eq!(fast, plain, "run of {run}, target {target:?}");
+                let plain_handle = plain.map(|(_, value)| BlockHandle::decode_from(&mut Reader::new(&value)).unwrap());
+                assert_eq!(index.find_handle(target, path()).unwrap(), plain_handle, "run of {run}, target {target:?}");
+            }
+        }
+    }
+
+    #[test]
     fn an_empty_index_finds_nothing() {
         let index = PinnedIndex::new(block_of(&[], 1), path(), 0).unwrap();
         assert!(index.numbers.is_empty());
