@@ -149,7 +149,9 @@ pub struct IoOptions {
     /// where the tasks also do CPU work per operation, or the runtime has
     /// more workers: 32 concurrent gets on one worker fell to 0.39-0.44 of
     /// fio's IOPS with every op on the reactor, and raw reads on two workers
-    /// to 0.38-0.43. 1..=4096. Default: 2.
+    /// to 0.38-0.43, at twice the CPU per read: both workers submit to the
+    /// runtime's one ring and wait for each other's `io_uring_enter`.
+    /// 1..=4096. Default: 2.
     pub tokio_reactor_max_in_flight: usize,
     /// Faults to inject, for tests. Default: none.
     pub faults: Option<FaultInjector>,
