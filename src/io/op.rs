@@ -51,7 +51,7 @@ pub(crate) struct Op {
 /// The flush's staging writes and compaction's read-ahead are 1 MiB. Smaller
 /// sequential transfers (256 KiB at QD4 complete every 0.2 ms or so) keep the
 /// poll, which catches most of their completions.
-pub(crate) const BULK_TRANSFER_BYTES: usize = 256 * 1024;
+pub(crate) const BULK_TRANSFER_BYTES: usize = 512 * 1024;
 
 impl Op {
     /// A read or plain write of at least [`BULK_TRANSFER_BYTES`]: flush and
