@@ -49,8 +49,9 @@ pub(crate) struct Op {
 /// Transfers of at least this many bytes are bulk: they take a millisecond or
 /// so on the device, so nobody gains from the ring thread polling for them.
 /// The flush's staging writes and compaction's read-ahead are 1 MiB. Smaller
-/// sequential transfers (256 KiB at QD4 complete every 0.2 ms or so) keep the
-/// poll, which catches most of their completions.
+/// sequential transfers keep the poll, which catches some of their
+/// completions: with the line at 256 KiB, 256 KiB reads at QD4 used a third
+/// less CPU but read a little slower (`docs/io.md`).
 pub(crate) const BULK_TRANSFER_BYTES: usize = 512 * 1024;
 
 impl Op {
