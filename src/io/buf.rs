@@ -14,20 +14,34 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::huge::{self, HugeMemory};
+
 /// The smallest alignment any block device uses; also the floor for discovery.
 pub const MIN_ALIGNMENT: usize = 512;
 
 const PAGE_BYTES: usize = 4096;
 
-/// One aligned heap allocation. Owns its memory and frees it on drop.
+/// One aligned allocation, from the heap or from huge pages. Owns its memory and frees it on drop.
 struct RawBuf {
     ptr: NonNull<u8>,
-    layout: Layout,
+    /// Usable bytes: a multiple of `io_align`.
+    capacity_bytes: usize,
+    backing: Backing,
     /// The alignment asked for; the address may be aligned further (pages).
     io_align: usize,
 }
 
-// SAFETY: RawBuf is a uniquely owned heap allocation with no interior sharing;
+/// Where a buffer's memory comes from, and so how it is freed.
+enum Backing {
+    /// The global allocator, with this layout.
+    Heap(Layout),
+    /// Huge pages (`huge.rs`): buffers of [`huge::MIN_BYTES`] or more, so
+    /// that a large transfer is a few physically contiguous segments.
+    /// The memory is freed when it drops, with the buffer.
+    Huge { _memory: HugeMemory },
+}
+
+// SAFETY: RawBuf is a uniquely owned allocation with no interior sharing;
 // moving it between threads is as safe as moving a Box<[u8]>.
 unsafe impl Send for RawBuf {}
 // SAFETY: shared references only allow reads of initialised bytes.
@@ -41,19 +55,28 @@ impl RawBuf {
         // pins one page per 4 KiB and builds one segment per page, instead of
         // straddling two pages per block (measured: +20% IOPS on 4 KiB reads).
         let mem_align = if capacity_bytes >= PAGE_BYTES { align.max(PAGE_BYTES) } else { align };
+        if capacity_bytes >= huge::MIN_BYTES
+            && align <= huge::SLOT_BYTES
+            && let Some(memory) = huge::ARENA.zeroed(capacity_bytes)
+        {
+            let ptr = memory.ptr();
+            return RawBuf { ptr, capacity_bytes, backing: Backing::Huge { _memory: memory }, io_align: align };
+        }
         let layout = Layout::from_size_align(capacity_bytes, mem_align).expect("buffer layout");
         // SAFETY: layout has a non-zero size (at least `align` bytes).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        RawBuf { ptr, layout, io_align: align }
+        RawBuf { ptr, capacity_bytes, backing: Backing::Heap(layout), io_align: align }
     }
 }
 
 impl Drop for RawBuf {
     fn drop(&mut self) {
-        // SAFETY: ptr was returned by alloc_zeroed with exactly this layout and
-        // is freed only here, once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        if let Backing::Heap(layout) = self.backing {
+            // SAFETY: ptr was returned by alloc_zeroed with exactly this layout
+            // and is freed only here, once.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 
@@ -62,7 +85,11 @@ pub(crate) const fn round_up(value: usize, align: usize) -> usize {
     (value + align - 1) & !(align - 1)
 }
 
-/// A heap buffer whose address and capacity are multiples of an alignment, ready for O_DIRECT.
+/// A buffer whose address and capacity are multiples of an alignment, ready for O_DIRECT.
+///
+/// Buffers of 256 KiB or more live on transparent huge pages where the kernel
+/// grants them, so that a large transfer reaches the device in a few
+/// physically contiguous segments (`docs/io.md`, "Large buffers on huge pages").
 ///
 /// `len` counts the meaningful bytes (what a write sends, what a read filled);
 /// `capacity` is the allocation. A buffer taken from a [`BufPool`] goes back to
@@ -96,7 +123,7 @@ impl AlignedBuf {
 
     /// The usable size in bytes (a multiple of [`alignment`](Self::alignment)).
     pub fn capacity(&self) -> usize {
-        self.raw().layout.size()
+        self.raw().capacity_bytes
     }
 
     /// The number of meaningful bytes.
@@ -150,7 +177,7 @@ impl AlignedBuf {
     /// The whole allocation, including bytes past `len`.
     pub fn as_full_mut_slice(&mut self) -> &mut [u8] {
         let raw = self.raw();
-        let (ptr, size) = (raw.ptr.as_ptr(), raw.layout.size());
+        let (ptr, size) = (raw.ptr.as_ptr(), raw.capacity_bytes);
         // SAFETY: the allocation is `size` initialised bytes owned by self, and
         // &mut self guarantees exclusive access for the slice's lifetime.
         unsafe { std::slice::from_raw_parts_mut(ptr, size) }
@@ -322,6 +349,49 @@ mod tests {
                 assert!(buf.as_full_mut_slice().iter().all(|&b| b == 0));
             }
         }
+    }
+
+    #[test]
+    fn large_buffers_are_zeroed_aligned_and_keep_their_capacity() {
+        for (cap, align) in [(256 << 10, 512), (1 << 20, 4096), ((1 << 20) + 512, 512), (3 << 20, 4096)] {
+            let mut buf = AlignedBuf::new(cap, align);
+            assert!(matches!(buf.raw().backing, Backing::Huge { .. }), "{cap} bytes should be on huge pages");
+            assert_eq!(buf.as_mut_ptr() as usize % 4096, 0);
+            assert_eq!(buf.capacity(), cap.next_multiple_of(align));
+            assert!(buf.as_full_mut_slice().iter().all(|&b| b == 0));
+            buf.as_full_mut_slice().fill(0xee);
+        }
+        // Smaller ones stay on the heap.
+        assert!(matches!(AlignedBuf::new((256 << 10) - 4096, 4096).raw().backing, Backing::Heap(_)));
+    }
+
+    /// Where the kernel offers transparent huge pages for advised memory, a
+    /// large buffer really is on one: `AnonHugePages` of its mapping in
+    /// /proc/self/smaps counts it once the buffer has been touched.
+    #[test]
+    fn large_buffers_land_on_huge_pages_where_the_kernel_has_them() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        if !(thp.contains("[always]") || thp.contains("[madvise]")) {
+            eprintln!("skipped: transparent huge pages are off ({})", thp.trim());
+            return;
+        }
+        let mut buf = AlignedBuf::new(2 << 20, 4096);
+        buf.as_full_mut_slice().fill(1);
+        let addr = buf.as_mut_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_mapping = false;
+        let mut huge_kib = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ')
+                && let Some((start, end)) = range.split_once('-')
+                && let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16))
+            {
+                in_mapping = (start..end).contains(&addr);
+            } else if in_mapping && let Some(kib) = line.strip_prefix("AnonHugePages:") {
+                huge_kib = kib.trim().trim_end_matches(" kB").trim().parse::<u64>().ok();
+            }
+        }
+        assert!(huge_kib.unwrap_or(0) >= 2048, "the buffer's mapping has {huge_kib:?} KiB of huge pages");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod align;
 mod buf;
 mod fault;
 mod file;
+mod huge;
 mod lock;
 mod op;
 mod posix;
