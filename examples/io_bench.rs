@@ -357,7 +357,7 @@ fn main() {
     .expect("I/O backend");
     let probe = futures::executor::block_on(DirectFile::create(&io, dir.join("probe"))).expect("probe file");
     println!(
-        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | caller {} | fio: {}{}",
+        "io_bench: dir {} | backend {} | O_DIRECT {} | alignment {} B | {} rounds of {} s per side | caller {} | buffers of 256 KiB+: {} | fio: {}{}",
         dir.display(),
         io.backend(),
         probe.is_direct(),
@@ -365,7 +365,8 @@ fn main() {
         args.rounds.max(1),
         runtime.as_secs(),
         args.caller.describe(),
-        if with_fio { "yes" } else { "not run (install fio to compare)" },
+        large_buffer_memory(),
+        if with_fio { "yes (its buffers: malloc, fio's default)" } else { "not run (install fio to compare)" },
         if args.unwritten { " | reads of unwritten extents: no device I/O, the software path alone" } else { "" }
     );
     drop(probe);
@@ -448,4 +449,18 @@ fn main() {
         stats.submitting_enters,
         stats.sqes_submitted as f64 / stats.submitting_enters.max(1) as f64
     );
+}
+
+/// Where the engine's buffers of 256 KiB or more live: on transparent huge
+/// pages when the kernel offers them for advised memory (`docs/io.md`, "Large
+/// buffers on huge pages"). This decides the sequential rows on a VM whose
+/// disk handles every segment of a request separately.
+fn large_buffer_memory() -> String {
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let mode = enabled.split_once('[').and_then(|(_, rest)| rest.split_once(']')).map(|(mode, _)| mode.to_string());
+    match mode.as_deref() {
+        Some("always" | "madvise") => format!("huge pages (THP {})", mode.unwrap_or_default()),
+        Some(other) => format!("4 KiB pages (THP {other})"),
+        None => "4 KiB pages (no THP)".to_string(),
+    }
 }
