@@ -5,7 +5,7 @@
 //! one from a 2 MiB huge page. On this project's VM the host's virtio backend
 //! handles each segment separately, and the segment count decides the speed of
 //! large transfers (`docs/io.md`, "Large buffers on huge pages"): io_bench's
-//! 256 KiB and 1 MiB sequential reads and writes ran 3-5 times faster from
+//! 256 KiB and 1 MiB sequential reads and writes ran 3-6 times faster from
 //! huge pages than from the heap.
 //!
 //! Buffers of [`MIN_BYTES`] up to one huge page share huge pages in 256 KiB
