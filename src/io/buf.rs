@@ -51,6 +51,8 @@ impl RawBuf {
     fn new(capacity_bytes: usize, align: usize) -> RawBuf {
         assert!(align.is_power_of_two() && align >= MIN_ALIGNMENT, "bad alignment {align}");
         let capacity_bytes = round_up(capacity_bytes.max(align), align);
+        // As `Vec` does: no allocation may exceed `isize::MAX` bytes.
+        assert!(capacity_bytes <= isize::MAX as usize, "capacity overflow: a buffer of {capacity_bytes} bytes");
         // A buffer of a page or more starts on a page boundary: the kernel then
         // pins one page per 4 KiB and builds one segment per page, instead of
         // straddling two pages per block (measured: +20% IOPS on 4 KiB reads).
@@ -81,8 +83,15 @@ impl Drop for RawBuf {
 }
 
 /// Rounds `value` up to a multiple of `align` (a power of two).
+///
+/// # Panics
+/// If the result does not fit in a `usize` (a buffer that large could not
+/// be allocated anyway).
 pub(crate) const fn round_up(value: usize, align: usize) -> usize {
-    (value + align - 1) & !(align - 1)
+    match value.checked_add(align - 1) {
+        Some(sum) => sum & !(align - 1),
+        None => panic!("capacity overflow: a buffer size rounds up past usize::MAX"),
+    }
 }
 
 /// A buffer whose address and capacity are multiples of an alignment, ready for O_DIRECT.
@@ -105,7 +114,9 @@ impl AlignedBuf {
     /// Allocates a zeroed buffer of at least `capacity_bytes`, rounded up to a multiple of `align`.
     ///
     /// # Panics
-    /// If `align` is not a power of two of at least 512 bytes (a programming error).
+    /// If `align` is not a power of two of at least 512 bytes (a programming
+    /// error), or, as `Vec::with_capacity` does, if the rounded capacity
+    /// exceeds `isize::MAX` bytes.
     pub fn new(capacity_bytes: usize, align: usize) -> AlignedBuf {
         AlignedBuf { raw: Some(RawBuf::new(capacity_bytes, align)), len: 0, home: None }
     }
@@ -359,8 +370,9 @@ mod tests {
             assert_eq!(buf.as_mut_ptr() as usize % 4096, 0);
             assert_eq!(buf.capacity(), cap.next_multiple_of(align));
             assert!(buf.as_full_mut_slice().iter().all(|&b| b == 0));
-            buf.as_full_mut_slice().fill(0xee);
         }
+        // (That reused slots come back zeroed is checked on an arena of the
+        // test's own in `io::huge`: here other tests share the process's.)
         // Smaller ones stay on the heap.
         assert!(matches!(AlignedBuf::new((256 << 10) - 4096, 4096).raw().backing, Backing::Heap(_)));
     }
@@ -395,6 +407,19 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "capacity overflow")]
+    fn a_size_that_rounds_past_usize_max_panics_as_vec_does() {
+        let _ = AlignedBuf::new(usize::MAX, 512);
+    }
+
+    #[test]
+    #[should_panic(expected = "capacity overflow")]
+    fn a_size_past_isize_max_panics_as_vec_does() {
+        // A multiple of the alignment: it rounds to itself, on the huge-page path.
+        let _ = AlignedBuf::new(usize::MAX - 511, 512);
+    }
+
+    #[test]
     fn page_sized_buffers_are_page_aligned_but_pad_to_the_io_alignment() {
         let mut buf = AlignedBuf::new(4608, 512);
         assert_eq!(buf.as_mut_ptr() as usize % 4096, 0);
@@ -424,11 +449,13 @@ mod tests {
         drop(bufs);
         assert_eq!(keeping.idle_count(), 3);
 
-        let aging = BufPool::with_idle_ttl(4096, 512, 8, Duration::from_millis(1));
+        // Long enough that a descheduled test thread does not outlive it
+        // between the first two drops.
+        let aging = BufPool::with_idle_ttl(4096, 512, 8, Duration::from_millis(300));
         let (a, b, c) = (aging.get(), aging.get(), aging.get());
         drop((a, b));
         assert_eq!(aging.idle_count(), 2, "expiry is checked when a buffer comes back, not before");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(600));
         drop(c);
         assert_eq!(aging.idle_count(), 1, "the two old buffers were freed, the new one kept");
         // The newest comes out first.

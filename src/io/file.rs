@@ -157,6 +157,9 @@ impl DirectFile {
     }
 
     /// A new zeroed buffer of at least `capacity_bytes`, aligned for this file.
+    ///
+    /// # Panics
+    /// As [`AlignedBuf::new`], if the rounded capacity exceeds `isize::MAX` bytes.
     pub fn alloc_buf(&self, capacity_bytes: usize) -> AlignedBuf {
         AlignedBuf::new(round_up(capacity_bytes.max(1), self.align), self.align)
     }

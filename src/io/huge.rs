@@ -42,6 +42,10 @@ pub(crate) static ARENA: HugeArena = HugeArena::new();
 /// Huge pages shared by buffers, with at least one live buffer each.
 pub(crate) struct HugeArena {
     pages: Mutex<Vec<SharedPage>>,
+    /// Bytes this arena has given back to the kernel, for tests to check
+    /// what was unmapped.
+    #[cfg(test)]
+    unmapped_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Memory for one buffer. Freed on drop.
@@ -60,11 +64,22 @@ unsafe impl Sync for HugeMemory {}
 
 impl HugeArena {
     const fn new() -> HugeArena {
-        HugeArena { pages: Mutex::new(Vec::new()) }
+        HugeArena {
+            pages: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            unmapped_bytes: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     fn pages(&self) -> std::sync::MutexGuard<'_, Vec<SharedPage>> {
         self.pages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Unmaps `bytes` at `addr`, memory this arena handed out.
+    fn unmap(&self, addr: usize, bytes: usize) {
+        #[cfg(test)]
+        self.unmapped_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        unmap(addr, bytes);
     }
 
     /// Zeroed memory of at least `bytes` (at least [`MIN_BYTES`]), aligned to
@@ -73,7 +88,8 @@ impl HugeArena {
     pub(crate) fn zeroed(&'static self, bytes: usize) -> Option<HugeMemory> {
         assert!(bytes >= MIN_BYTES, "{bytes} bytes is below the huge-buffer size");
         if bytes > HUGE_PAGE_BYTES {
-            let reserved_bytes = bytes.next_multiple_of(HUGE_PAGE_BYTES);
+            // No size this large can be mapped anyway: the heap path reports it.
+            let reserved_bytes = bytes.checked_next_multiple_of(HUGE_PAGE_BYTES)?;
             // A fresh anonymous mapping reads as zeroes.
             let ptr = map_huge_pages(reserved_bytes)?;
             return Some(HugeMemory { ptr, reserved_bytes, arena: self });
@@ -118,7 +134,7 @@ impl HugeMemory {
 impl Drop for HugeMemory {
     fn drop(&mut self) {
         if self.reserved_bytes > HUGE_PAGE_BYTES {
-            unmap(self.ptr.as_ptr() as usize, self.reserved_bytes);
+            self.arena.unmap(self.ptr.as_ptr() as usize, self.reserved_bytes);
             return;
         }
         let addr = self.ptr.as_ptr() as usize;
@@ -133,7 +149,7 @@ impl Drop for HugeMemory {
             (page.used == 0).then(|| pages.swap_remove(at))
         };
         if let Some(page) = emptied {
-            unmap(page.base, HUGE_PAGE_BYTES);
+            self.arena.unmap(page.base, HUGE_PAGE_BYTES);
         }
     }
 }
@@ -155,7 +171,7 @@ fn free_run(used: u8, mask: u8) -> Option<u32> {
 fn map_huge_pages(bytes: usize) -> Option<NonNull<u8>> {
     debug_assert!(bytes.is_multiple_of(HUGE_PAGE_BYTES));
     // Over-reserve by one huge page, then trim, to get the alignment.
-    let reserve_bytes = bytes + HUGE_PAGE_BYTES;
+    let reserve_bytes = bytes.checked_add(HUGE_PAGE_BYTES)?;
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
     let mapped = unsafe {
         libc::mmap(
@@ -257,18 +273,50 @@ mod tests {
         assert_eq!(b2.ptr(), b_at, "the freed run is reused");
         assert!(bytes_of(&b2, 600 << 10).iter().all(|byte| *byte == 0));
 
-        drop((a, b2, c));
+        let unmapped = || arena.unmapped_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        drop((a, b2));
+        assert_eq!(unmapped(), 0, "c still holds the first page");
+        drop(c);
         assert_eq!(live_pages(), 1, "the first page is unmapped once empty");
+        assert_eq!(unmapped(), HUGE_PAGE_BYTES);
         drop(d);
         assert_eq!(live_pages(), 0);
+        assert_eq!(unmapped(), 2 * HUGE_PAGE_BYTES);
+    }
+
+    #[test]
+    fn a_run_over_used_and_fresh_slots_is_zeroed_whole() {
+        let arena = arena();
+        let holder = arena.zeroed(SLOT_BYTES).unwrap();
+        let used = arena.zeroed(SLOT_BYTES).unwrap();
+        let used_at = used.ptr();
+        // SAFETY: `used` owns these bytes.
+        unsafe { std::ptr::write_bytes(used_at.as_ptr(), 0xcd, SLOT_BYTES) };
+        drop(used);
+        // Slot 1 (dirty) and slot 2 (never handed out).
+        let run = arena.zeroed(2 * SLOT_BYTES).unwrap();
+        assert_eq!(run.ptr(), used_at, "the run starts at the freed slot");
+        assert!(bytes_of(&run, 2 * SLOT_BYTES).iter().all(|byte| *byte == 0));
+        drop((holder, run));
+        assert_eq!(arena.pages().len(), 0);
     }
 
     #[test]
     fn larger_buffers_get_a_mapping_of_their_own() {
-        let memory = arena().zeroed(5 << 20).unwrap();
+        let arena = arena();
+        let memory = arena.zeroed(5 << 20).unwrap();
         assert_eq!(memory.reserved_bytes, 6 << 20);
         assert_eq!(memory.ptr().as_ptr() as usize % HUGE_PAGE_BYTES, 0);
         assert!(bytes_of(&memory, 5 << 20).iter().all(|byte| *byte == 0));
+        assert_eq!(arena.pages().len(), 0, "no shared page is involved");
+        drop(memory);
+        assert_eq!(arena.unmapped_bytes.load(std::sync::atomic::Ordering::Relaxed), 6 << 20);
+    }
+
+    #[test]
+    fn sizes_past_what_can_be_mapped_are_refused_not_wrapped() {
+        assert!(arena().zeroed(usize::MAX - 511).is_none());
+        assert!(arena().zeroed(usize::MAX - HUGE_PAGE_BYTES + 1).is_none());
     }
 
     #[test]
