@@ -198,3 +198,101 @@ fn drop_futures_on_a_tokio_reactor(max_in_flight: usize) {
     drop(io);
     assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "aligned buffers leaked or double-freed");
 }
+
+/// Writes of [`IN_FLIGHT_BLOCK`] bytes, each with its fdatasync, each polled once (so submitted to the
+/// runtime's reactor) and dropped at once: they are still in flight when the
+/// function returns. Returns the Io, the runtime, how many were in flight
+/// and how many went through the reactor.
+const IN_FLIGHT_WRITES: u64 = 64;
+/// Below the huge-page size, so the counting allocator sees the buffers.
+const IN_FLIGHT_BLOCK: usize = 128 << 10;
+
+fn writes_left_in_flight_on_a_reactor(path: &std::path::Path) -> (ringdb::io::Io, tokio::runtime::Runtime, u64, u64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let reactor_ops_before;
+    let io = {
+        let _context = runtime.enter();
+        let options = IoOptions {
+            tokio_reactor: true,
+            tokio_reactor_max_in_flight: IN_FLIGHT_WRITES as usize,
+            ..IoOptions::default()
+        };
+        let io = io_with(options);
+        let file = futures::executor::block_on(DirectFile::create(&io, path)).unwrap();
+        reactor_ops_before = io.stats().reactor_ops;
+        for block in 0..IN_FLIGHT_WRITES {
+            let offset = block * IN_FLIGHT_BLOCK as u64;
+            let mut buf = file.alloc_buf(IN_FLIGHT_BLOCK);
+            buf.extend_from_slice(&pattern(IN_FLIGHT_BLOCK, offset, 1));
+            let file = &file;
+            // Each linked to an fdatasync: those run one at a time in the
+            // filesystem, so most of the 64 are surely still in flight.
+            let mut write: BoxFuture<'_, ()> = Box::pin(async move {
+                let _ = file.write_at_and_sync(buf, offset).await;
+            });
+            // Polled once from inside the runtime's context: submitted, then dropped.
+            poll_some(&mut write, 1);
+        }
+        io
+    };
+    let stats = io.stats();
+    (io, runtime, stats.ops_submitted - stats.ops_completed, stats.reactor_ops - reactor_ops_before)
+}
+
+/// Every block the writes above wrote holds its pattern (read through a new backend).
+fn assert_written(path: &std::path::Path) {
+    let io = io_with(IoOptions::default());
+    futures::executor::block_on(async {
+        let file = DirectFile::open(&io, path).await.unwrap();
+        for block in 0..IN_FLIGHT_WRITES {
+            let offset = block * IN_FLIGHT_BLOCK as u64;
+            let buf = file.read_at(file.alloc_buf(IN_FLIGHT_BLOCK), offset, IN_FLIGHT_BLOCK).await.unwrap();
+            assert!(buf[..] == pattern(IN_FLIGHT_BLOCK, offset, 1)[..], "block {block} did not land whole");
+        }
+    });
+}
+
+/// A runtime shut down while its reactor has writes in flight: the reaper's
+/// drain waits for each before its buffer goes, and completes it.
+#[test]
+fn a_runtime_shut_down_with_writes_in_flight_on_its_reactor_drains_them_first() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in-flight");
+    let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
+    let (io, runtime, in_flight, on_reactor) = writes_left_in_flight_on_a_reactor(&path);
+    if io.backend() == ringdb::io::Backend::IoUring {
+        assert_eq!(on_reactor, IN_FLIGHT_WRITES, "every write went through the reactor");
+        assert!(in_flight > 0, "writes were still in flight when the runtime shut down");
+    }
+    drop(runtime);
+    // The portable backend's writes are not the runtime's: its workers run on.
+    if io.backend() == ringdb::io::Backend::IoUring {
+        let stats = io.stats();
+        assert_eq!(stats.ops_completed, stats.ops_submitted, "the drain completed every write: {stats:?}");
+        assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "every buffer was freed, once");
+    }
+    drop(io);
+    assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "every buffer was freed, once");
+    assert_written(&path);
+}
+
+/// The last `Io` handle dropped while its runtime lives on and its reactor
+/// has writes in flight: the drop waits for them, as it waits for the ring
+/// thread's, so their buffers are gone and their bytes on disk when it returns.
+#[test]
+fn dropping_the_last_io_waits_for_the_writes_in_flight_on_its_reactors() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in-flight");
+    let baseline = LIVE_ALIGNED.load(Ordering::SeqCst);
+    let (io, runtime, in_flight, on_reactor) = writes_left_in_flight_on_a_reactor(&path);
+    if io.backend() == ringdb::io::Backend::IoUring {
+        assert_eq!(on_reactor, IN_FLIGHT_WRITES, "every write went through the reactor");
+        assert!(in_flight > 0, "writes were still in flight when the Io was dropped");
+    }
+    drop(io);
+    assert_eq!(LIVE_ALIGNED.load(Ordering::SeqCst), baseline, "the drop waited for every write's buffer");
+    assert_written(&path);
+    drop(runtime);
+}

@@ -28,12 +28,12 @@
 //!
 //! Ownership is the ring thread's: an op lives in the reactor's slab, under
 //! its mutex, from when its SQEs are pushed until its last CQE. When the
-//! reaper task ends (its runtime shuts down, or the [`super::Io`] is dropped)
-//! it closes the reactor and waits, blocking, for every op still in flight
-//! before anything can be freed; later submissions from that runtime go to the
-//! ring thread. If a broken invariant panicked while the reactor's state was
-//! locked (its mutex is then poisoned), the ops in flight may never see their
-//! CQEs: their buffers are leaked rather than freed under the kernel.
+//! reaper task ends (its runtime shuts down) or the last [`super::Io`] handle
+//! is dropped, the reactor closes and waits, blocking, for every op still in
+//! flight before anything can be freed; later submissions from that runtime
+//! go to the ring thread. If a broken invariant panicked while CQEs taken off
+//! the ring were not yet matched to their ops, those ops may never complete:
+//! their buffers are then leaked rather than freed under the kernel.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -148,12 +148,18 @@ impl Reactors {
         reactor
     }
 
-    /// Asks every reaper to finish: each completes what is in flight, then ends.
+    /// Closes every reactor and waits, blocking, for the ops in flight on it,
+    /// as the ring thread's shutdown does: once the last `Io` handle is
+    /// gone, none of its writes is still to land. Each reaper then ends.
+    ///
+    /// The drain needs neither the reaper nor any worker to run: it reaps for
+    /// itself, and the kernel posts each CQE on the thread that submitted the
+    /// op, waking it from any sleep to do so (or at its exit).
     pub(crate) fn shutdown(&self) {
-        for (_, reactor) in lock(&self.by_runtime).drain(..) {
-            if let Some(reactor) = reactor {
-                reactor.request_close();
-            }
+        let reactors: Vec<Arc<Reactor>> = lock(&self.by_runtime).drain(..).filter_map(|(_, r)| r).collect();
+        for reactor in reactors {
+            reactor.request_close();
+            reactor.close_and_drain();
         }
     }
 }
@@ -176,6 +182,10 @@ pub(crate) struct Reactor {
     closed: AtomicBool,
     /// The [`Reactors`] asked the reaper to finish.
     close_requested: AtomicBool,
+    /// A panic unwound while CQEs taken off the ring were not yet matched to
+    /// their ops: those ops may never complete, so the drain leaks them
+    /// instead of waiting for good.
+    cqes_lost: AtomicBool,
     eventfd: OwnedFd,
     stats: Arc<IoStatsInner>,
     /// The most ops in [`State::in_flight`]; the SQ has room for all their SQEs.
@@ -228,6 +238,7 @@ impl Reactor {
             state: Mutex::new(State { ring, in_flight: Slab::new(), unconsumed: Unconsumed::default() }),
             closed: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
+            cqes_lost: AtomicBool::new(false),
             eventfd,
             stats,
             max_in_flight,
@@ -238,7 +249,10 @@ impl Reactor {
         Ok(reactor)
     }
 
-    fn submit(&self, submission: Submission) -> Result<(), Submission> {
+    fn submit(&self, mut submission: Submission) -> Result<(), Submission> {
+        // Before the lock: a broken O_DIRECT rule panics here with nothing
+        // of this reactor's state half-changed.
+        submission.op.assert_aligned();
         let mut state = lock(&self.state);
         if self.closed.load(Ordering::Acquire) || state.in_flight.len() >= self.max_in_flight {
             return Err(submission);
@@ -282,6 +296,7 @@ impl Reactor {
             let mut state = lock(&self.state);
             let State { ring, in_flight, unconsumed } = &mut *state;
             let mut finished = Vec::new();
+            let unmatched = LostIfUnwound(&self.cqes_lost);
             let cqes: Vec<(u64, i32)> = ring.completion().map(|cqe| (cqe.user_data(), cqe.result())).collect();
             for (user_data, result) in cqes {
                 let (slot, part) = slot_and_part(user_data);
@@ -292,6 +307,7 @@ impl Reactor {
                     CqeOutcome::Finished => finished.push(in_flight.remove(slot)),
                 }
             }
+            std::mem::forget(unmatched);
             if !ring.submission().is_empty() {
                 self.enter(&mut state, 0);
             }
@@ -323,7 +339,7 @@ impl Reactor {
             self.closed.store(true, Ordering::Release);
         }
         loop {
-            if self.state.is_poisoned() {
+            if self.cqes_lost.load(Ordering::Acquire) {
                 // A broken invariant panicked mid-reap: CQEs may be lost, so
                 // waiting could last forever. Leak what is in flight rather
                 // than free it under the kernel.
@@ -384,6 +400,16 @@ fn push(
         assert!(pushed.is_ok(), "a reactor's SQ has room for all its ops' SQEs");
         unconsumed.pushed(entry.get_user_data());
         stats.sqes_submitted.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a reactor's CQEs lost if dropped, which only a panic does: a
+/// successful pass `forget`s it.
+struct LostIfUnwound<'a>(&'a AtomicBool);
+
+impl Drop for LostIfUnwound<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
