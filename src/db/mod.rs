@@ -172,7 +172,8 @@ impl Db {
     pub async fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = path.as_ref().to_path_buf();
         options.validate()?;
-        if !dir.exists() {
+        let created = missing_dirs(&dir);
+        if !created.is_empty() {
             if !options.create_if_missing {
                 return Err(Error::InvalidArgument(format!("{} does not exist", dir.display())));
             }
@@ -185,8 +186,14 @@ impl Db {
         }
         let lock = DirLock::acquire(dir.join("LOCK"))?;
         let io = Io::new(options.io.clone())?;
-        // The directory's own entry must be durable before anything in it is.
+        // The directory's own entry must be durable before anything in it is,
+        // and so must the entry of every directory this open made above it
+        // (ext4 commits them with the first fsync, a filesystem that logs
+        // each directory's fsync on its own may not).
         io.sync_dir(crate::io::parent_dir(&dir)).await?;
+        for made in created.iter().skip(1) {
+            io.sync_dir(crate::io::parent_dir(made)).await?;
+        }
         let cache = (options.block_cache_size_bytes > 0)
             .then(|| Arc::new(BlockCache::new(options.block_cache_size_bytes, options.block_size_bytes)));
         let graveyard = Arc::new(Graveyard::default());
@@ -946,5 +953,38 @@ impl LevelStats {
     /// (RocksDB's `W-Amp`); 0 when nothing came down.
     pub fn write_amplification(&self) -> f64 {
         if self.read_upper_bytes == 0 { 0.0 } else { self.written_bytes as f64 / self.read_upper_bytes as f64 }
+    }
+}
+
+/// The directories of `dir`'s path that do not exist yet, `dir` first, up to
+/// the deepest one that does.
+fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path.to_path_buf());
+        at = path.parent();
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_makes_and_syncs_every_missing_directory_of_its_path() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("outer").join("inner").join("db");
+        let outer = root.path().join("outer");
+        assert_eq!(missing_dirs(&path), vec![path.clone(), outer.join("inner"), outer.clone()]);
+        assert_eq!(missing_dirs(Path::new("no-such-dir-here")), vec![PathBuf::from("no-such-dir-here")]);
+        futures::executor::block_on(async {
+            let db = Db::open(&path, Options::default()).await.unwrap();
+            db.put("k", "v").await.unwrap();
+            db.close().await.unwrap();
+        });
+        assert!(missing_dirs(&path).is_empty());
+        assert!(path.join("CURRENT").exists());
     }
 }

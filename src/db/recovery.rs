@@ -43,6 +43,10 @@ enum FileKind {
     Manifest(u64),
     /// Left by an interrupted creation: never in use.
     Temporary,
+    /// A log a tolerant recovery set aside (`set_aside`): kept for the user,
+    /// its number never given to another file, which a later set-aside of
+    /// that number would rename over it.
+    DroppedLog(u64),
     Other,
 }
 
@@ -53,6 +57,9 @@ fn classify(name: &str) -> FileKind {
     }
     if let Some(n) = name.strip_suffix(".wal").and_then(number) {
         return FileKind::Log(n);
+    }
+    if let Some(n) = name.strip_suffix(".wal.dropped").and_then(number) {
+        return FileKind::DroppedLog(n);
     }
     if let Some(n) = name.strip_suffix(".sst").and_then(number) {
         return FileKind::Table(n);
@@ -143,6 +150,10 @@ pub(crate) async fn recover(
             FileKind::Manifest(n) => {
                 highest_number = highest_number.max(n);
                 Some(n) != manifest_number
+            }
+            FileKind::DroppedLog(n) => {
+                highest_number = highest_number.max(n);
+                false
             }
             FileKind::Other => false,
         };
@@ -307,6 +318,28 @@ mod tests {
             smallest_key: encode_internal_key(keys[0].as_bytes(), SeqNo(seq), ValueKind::Put),
             largest_key: encode_internal_key(keys[keys.len() - 1].as_bytes(), SeqNo(seq), ValueKind::Put),
         }
+    }
+
+    #[test]
+    fn the_number_of_a_log_set_aside_is_never_given_out_again() {
+        let io = Io::new(IoOptions::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        futures::executor::block_on(async {
+            let edit = VersionEdit {
+                log_number: Some(3),
+                next_file_number: Some(4),
+                last_sequence: Some(SeqNo(0)),
+                ..VersionEdit::default()
+            };
+            let mut state = ManifestState::default();
+            state.apply(&edit).unwrap();
+            ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
+            std::fs::write(dir.path().join("000009.wal.dropped"), b"damaged").unwrap();
+            let graveyard = Arc::new(Graveyard::default());
+            let recovered = recover(&io, dir.path(), &Options::default(), None, &graveyard).await.unwrap();
+            assert_eq!(recovered.next_file_number, 10);
+            assert!(dir.path().join("000009.wal.dropped").exists(), "a log set aside stays");
+        });
     }
 
     #[test]
