@@ -109,7 +109,7 @@ pub(crate) fn sequential(table: &Arc<TableFile>) -> BlockFetch {
 /// inputs of a compaction's later key ranges start inside their tables.
 pub(crate) fn sequential_from(table: &Arc<TableFile>, target: &[u8]) -> BlockFetch {
     let reader = &table.reader;
-    let found = reader.index().iter_from(target, reader.path(), 0).ok().and_then(|(_, f)| f);
+    let found = reader.index().iter_from(target, reader.path()).ok().and_then(|(_, f)| f);
     let offset = found.and_then(|(_, handle)| BlockHandle::decode_from(&mut crate::coding::Reader::new(&handle)));
     BlockFetch::Sequential(match offset {
         Some(handle) => ReadAhead::starting_at(table, handle.offset),
@@ -137,7 +137,7 @@ impl TableCursor {
 
     async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
         let reader = &self.table.reader;
-        let handle = crate::sst::index::decode_handle(handle_bytes, reader.path())?;
+        let handle = crate::sst::index::decode_handle(handle_bytes, reader.path(), reader.index().offset())?;
         self.blocks_loaded += 1;
         if matches!(self.fetch, BlockFetch::Adaptive) && self.blocks_loaded > BLOCKS_BEFORE_READ_AHEAD {
             self.fetch = BlockFetch::Sequential(ReadAhead::new(&self.table));
@@ -170,7 +170,7 @@ impl TableCursor {
             if self.step_in_block()? {
                 return Ok(());
             }
-            match self.index.next_entry(self.table.reader.path(), 0)? {
+            match self.index.next_entry(self.table.reader.path(), self.table.reader.index().offset())? {
                 Some((_, handle)) => self.load_block(&handle).await?,
                 None => {
                     self.block = None;
@@ -184,7 +184,7 @@ impl TableCursor {
     async fn seek(&mut self, target: &[u8]) -> Result<()> {
         let path = self.table.reader.path().to_path_buf();
         self.blocks_loaded = 0;
-        let (index, found) = self.table.reader.index().iter_from(target, &path, 0)?;
+        let (index, found) = self.table.reader.index().iter_from(target, &path)?;
         self.index = index;
         let Some((_, handle)) = found else {
             self.block = None;
@@ -358,10 +358,11 @@ impl RevTableCursor {
     fn handles(&mut self) -> Result<&[(Vec<u8>, BlockHandle)]> {
         if self.handles.is_none() {
             let path = self.table.reader.path().to_path_buf();
+            let index_offset = self.table.reader.index().offset();
             let mut iter = self.table.reader.index().iter();
             let mut handles = Vec::new();
-            while let Some((separator, handle)) = iter.next_entry(&path, 0)? {
-                let handle = crate::sst::index::decode_handle(&handle, &path)?;
+            while let Some((separator, handle)) = iter.next_entry(&path, index_offset)? {
+                let handle = crate::sst::index::decode_handle(&handle, &path, index_offset)?;
                 handles.push((separator, handle));
             }
             self.handles = Some(handles);

@@ -102,14 +102,21 @@ pub(crate) async fn recover(
     let mut tables = Vec::with_capacity(state.files.len());
     for meta in state.files.values() {
         let path = table_path(dir, meta.file_number);
-        let reader = TableReader::open(io, &path, meta.file_number, cache.clone()).await?;
-        if reader.size_bytes() != meta.size_bytes {
+        // Checked before the table is read: its footer's handles are bounded
+        // by the file's size, and its buffers by them, so a damaged table
+        // (a sparse file of a terabyte, say) cannot ask for more than the
+        // size the MANIFEST recorded when the table was whole.
+        let size_bytes = std::fs::metadata(&path)
+            .map_err(|source| Error::Io { op: IoOp::Open, path: path.clone(), offset: None, source })?
+            .len();
+        if size_bytes != meta.size_bytes {
             return Err(Error::Corruption {
                 file: path,
                 offset: 0,
-                reason: format!("{} bytes, the MANIFEST says {}", reader.size_bytes(), meta.size_bytes),
+                reason: format!("{size_bytes} bytes, the MANIFEST says {}", meta.size_bytes),
             });
         }
+        let reader = TableReader::open(io, &path, meta.file_number, cache.clone()).await?;
         tables.push(Arc::new(TableFile { meta: meta.clone(), reader: LiveTable::new(reader, Arc::clone(graveyard)) }));
     }
     // Checksums passed, yet the tables may not form a tree (overlapping
@@ -339,6 +346,42 @@ mod tests {
             let recovered = recover(&io, dir.path(), &Options::default(), None, &graveyard).await.unwrap();
             assert_eq!(recovered.next_file_number, 10);
             assert!(dir.path().join("000009.wal.dropped").exists(), "a log set aside stays");
+        });
+    }
+
+    #[test]
+    fn a_table_whose_size_is_not_the_recorded_one_is_corruption_before_it_is_read() {
+        let io = Io::new(IoOptions::default()).unwrap();
+        futures::executor::block_on(async {
+            // Cut short, and grown into a sparse gigabyte: the footer is not
+            // where the MANIFEST's size puts it either way.
+            for grown in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let meta = table(&io, dir.path(), 1, 0, &["a", "m"], 1).await;
+                let recorded = meta.size_bytes;
+                let edit = VersionEdit {
+                    new_files: vec![meta],
+                    log_number: Some(3),
+                    next_file_number: Some(4),
+                    last_sequence: Some(SeqNo(1)),
+                    ..VersionEdit::default()
+                };
+                let mut state = ManifestState::default();
+                state.apply(&edit).unwrap();
+                ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
+                let path = table_path(dir.path(), 1);
+                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                file.set_len(if grown { recorded + (1 << 30) } else { recorded - 1 }).unwrap();
+                let graveyard = Arc::new(Graveyard::default());
+                match recover(&io, dir.path(), &Options::default(), None, &graveyard).await {
+                    Err(Error::Corruption { file, reason, .. }) => {
+                        assert_eq!(file, path);
+                        assert!(reason.contains(&format!("the MANIFEST says {recorded}")), "{reason}");
+                    }
+                    Err(e) => panic!("grown {grown}: {e}"),
+                    Ok(_) => panic!("grown {grown}: a table of the wrong size was opened"),
+                }
+            }
         });
     }
 

@@ -22,6 +22,8 @@ pub(crate) const FOOTER_BYTES: usize = 48;
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"RINGSST1");
 /// The table format this code writes and reads.
 pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The longest key of a block entry: an internal key of the longest user key.
+const MAX_ENTRY_KEY_BYTES: usize = crate::batch::MAX_KEY_BYTES + crate::key::TRAILER_LEN;
 
 /// Builds one block. Keys must be added in increasing order (the caller's order:
 /// internal keys in data blocks, separators in the index, names in the metaindex).
@@ -502,6 +504,13 @@ impl BlockIter {
         if shared > self.key.len() {
             return Err(corrupt(format!("entry at {at} shares {shared} bytes of a {}-byte key", self.key.len())));
         }
+        // No key the engine writes is longer; a crafted block whose keys grow
+        // by a byte per entry would otherwise make every step copy more.
+        if unshared > MAX_ENTRY_KEY_BYTES - shared {
+            return Err(corrupt(format!(
+                "entry at {at} has a key longer than {MAX_ENTRY_KEY_BYTES} bytes ({shared} shared + {unshared})"
+            )));
+        }
         let delta =
             reader.take(unshared).ok_or_else(|| corrupt(format!("key of the entry at {at} runs past the block")))?;
         let value_start = self.pos + reader.position();
@@ -521,6 +530,36 @@ mod tests {
 
     fn path() -> &'static Path {
         Path::new("000009.sst")
+    }
+
+    /// A crafted block whose keys grow by a byte per entry stops at the
+    /// longest key the engine writes, with an error, instead of copying ever
+    /// longer keys.
+    #[test]
+    fn a_key_past_the_longest_possible_is_corruption() {
+        let mut entries = Vec::new();
+        put_varint(&mut entries, 0);
+        put_varint(&mut entries, MAX_ENTRY_KEY_BYTES as u64);
+        put_varint(&mut entries, 0);
+        entries.extend(std::iter::repeat_n(b'k', MAX_ENTRY_KEY_BYTES));
+        for _ in 0..3 {
+            put_varint(&mut entries, MAX_ENTRY_KEY_BYTES as u64 - 1);
+            put_varint(&mut entries, 2);
+            put_varint(&mut entries, 0);
+            entries.extend_from_slice(b"zz");
+        }
+        // One restart point, at the first entry.
+        let mut raw = entries;
+        put_u32(&mut raw, 0);
+        put_u32(&mut raw, 1);
+        let block = Block::new(Bytes::from(raw), path(), 0).unwrap();
+        let mut iter = block.iter();
+        assert!(iter.step(path(), 0).unwrap().is_some(), "a key of the longest length is fine");
+        assert_eq!(iter.key().len(), MAX_ENTRY_KEY_BYTES);
+        match iter.step(path(), 0) {
+            Err(Error::Corruption { reason, .. }) => assert!(reason.contains("longer than"), "{reason}"),
+            other => panic!("expected corruption, got {other:?}"),
+        }
     }
 
     fn build(entries: &[(Vec<u8>, Vec<u8>)], interval: usize) -> Vec<u8> {

@@ -36,6 +36,8 @@ const GROUP_LEN: usize = 64;
 #[derive(Debug)]
 pub(crate) struct PinnedIndex {
     block: Block,
+    /// Where the index block lies in its file, for errors.
+    offset: u64,
     /// The longest prefix all restart keys' user keys share.
     common: Vec<u8>,
     /// Per entry (each a restart point), [`number`] of its user key after
@@ -66,11 +68,12 @@ fn number(suffix: &[u8]) -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// The block handle an index entry holds; `file` names the table in the error.
-pub(crate) fn decode_handle(value: &[u8], file: &Path) -> Result<BlockHandle> {
+/// The block handle an index entry holds; `file` and `index_offset` (the
+/// index block's) name it in the error.
+pub(crate) fn decode_handle(value: &[u8], file: &Path, index_offset: u64) -> Result<BlockHandle> {
     BlockHandle::decode_from(&mut Reader::new(value)).ok_or_else(|| Error::Corruption {
         file: file.to_path_buf(),
-        offset: 0,
+        offset: index_offset,
         reason: "malformed block handle in the index".into(),
     })
 }
@@ -82,28 +85,41 @@ fn user_key(internal_key: &[u8]) -> &[u8] {
 }
 
 impl PinnedIndex {
-    /// Checks that every key of `block` is a well-formed internal key (a
-    /// malformed separator would otherwise send lookups to the wrong block
-    /// without an error) and builds the search array. `file` and `offset`
-    /// name the block in errors.
+    /// Checks that every key of `block` is a well-formed internal key and
+    /// that the keys ascend (a malformed or misplaced separator would
+    /// otherwise send lookups to the wrong block without an error), and
+    /// builds the search array. `file` and `offset` name the block in errors.
+    ///
+    /// Two passes over the block, keeping no key but the first and the
+    /// previous: a crafted index whose prefix-compressed keys grow by a byte
+    /// per 6-byte entry would otherwise cost memory quadratic in its size.
     pub(crate) fn new(block: Block, file: &Path, offset: u64) -> Result<PinnedIndex> {
-        let mut user_keys = Vec::with_capacity(block.num_restarts());
+        let corrupt = |reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
         let mut handles = Vec::with_capacity(block.num_restarts());
+        let mut first_user_key = Vec::new();
+        let mut previous = Vec::new();
+        let mut shortest_user_key = usize::MAX;
         let mut iter = block.iter();
-        while let Some((key, value)) = iter.next_entry(file, offset)? {
-            if ParsedInternalKey::parse(&key).is_none() {
-                return Err(Error::Corruption {
-                    file: file.to_path_buf(),
-                    offset,
-                    reason: format!("malformed internal key of {} bytes", key.len()),
-                });
+        while let Some(value) = iter.step(file, offset)? {
+            let key = iter.key();
+            if ParsedInternalKey::parse(key).is_none() {
+                return Err(corrupt(format!("malformed internal key of {} bytes", key.len())));
             }
-            user_keys.push(user_key(&key).to_vec());
+            if handles.is_empty() {
+                first_user_key = user_key(key).to_vec();
+            } else if compare_internal_keys(&previous, key) != Ordering::Less {
+                return Err(corrupt(format!("index entry {} does not follow the one before it", handles.len())));
+            }
+            shortest_user_key = shortest_user_key.min(user_key(key).len());
+            previous.clear();
+            previous.extend_from_slice(key);
             // A malformed handle is reported by the block search, when a lookup lands on it.
-            handles.push(BlockHandle::decode_from(&mut Reader::new(&value)));
+            handles.push(BlockHandle::decode_from(&mut Reader::new(&block.data()[value])));
         }
+        let entries = handles.len();
         let mut index = PinnedIndex {
             block,
+            offset,
             common: Vec::new(),
             numbers: Vec::new(),
             group_firsts: Vec::new(),
@@ -113,20 +129,22 @@ impl PinnedIndex {
         // numbers stand for restart points. Another layout (or an empty
         // block, whose one restart point has no entry) is searched in the
         // block alone.
-        if user_keys.is_empty() || user_keys.len() != index.block.num_restarts() {
+        if entries == 0 || entries != index.block.num_restarts() {
             return Ok(index);
         }
         if let Some(handles) = handles.into_iter().collect::<Option<Vec<_>>>() {
             index.handles = handles;
         }
-        // Keys are ascending, so what the first and last share, all share.
-        // (A damaged index with unsorted keys gets wrong answers from the
-        // search, as it does from the block search, but no panic.)
-        let (first, last) = (&user_keys[0], &user_keys[user_keys.len() - 1]);
-        let shared = first.iter().zip(last.iter()).take_while(|(a, b)| a == b).count();
-        let shared = user_keys.iter().map(|k| k.len()).min().unwrap_or(0).min(shared);
-        index.common = first[..shared].to_vec();
-        index.numbers = user_keys.iter().map(|k| number(&k[shared..])).collect();
+        // Keys ascend (checked above), so what the first and last share, all share.
+        let last_user_key = user_key(&previous);
+        let shared = first_user_key.iter().zip(last_user_key).take_while(|(a, b)| a == b).count();
+        let shared = shared.min(shortest_user_key);
+        index.common = first_user_key[..shared].to_vec();
+        index.numbers = Vec::with_capacity(entries);
+        let mut iter = index.block.iter();
+        while iter.step(file, offset)?.is_some() {
+            index.numbers.push(number(&user_key(iter.key())[shared..]));
+        }
         index.group_firsts = index.numbers.iter().step_by(GROUP_LEN).copied().collect();
         Ok(index)
     }
@@ -136,10 +154,16 @@ impl PinnedIndex {
         self.block.iter()
     }
 
+    /// Where the index block lies in its file (what errors about it name).
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The first entry whose key is `>= target` (an internal key), and an
     /// iterator positioned just after it: what [`Block::iter_from`] under
     /// [`compare_internal_keys`] returns, found with fewer cache misses.
-    pub(crate) fn iter_from(&self, target: &[u8], file: &Path, offset: u64) -> Result<(BlockIter, Option<Entry>)> {
+    pub(crate) fn iter_from(&self, target: &[u8], file: &Path) -> Result<(BlockIter, Option<Entry>)> {
+        let offset = self.offset;
         let (lo, hi) = match self.narrow(target) {
             // The restart point before it is < target: the block search checks one entry.
             Some(Narrowed::Exact(Some(first))) => (first.saturating_sub(1), first.saturating_sub(1)),
@@ -161,8 +185,8 @@ impl PinnedIndex {
         {
             return Ok(first.map(|i| self.handles[i]));
         }
-        match self.iter_from(target, file, 0)?.1 {
-            Some((_, handle)) => decode_handle(&handle, file).map(Some),
+        match self.iter_from(target, file)?.1 {
+            Some((_, handle)) => decode_handle(&handle, file, self.offset).map(Some),
             None => Ok(None),
         }
     }
@@ -287,7 +311,7 @@ mod tests {
                 .collect();
             all_targets.extend(keys.iter().cloned());
             for target in &all_targets {
-                let (mut fast_iter, fast) = index.iter_from(target, path(), 0).unwrap();
+                let (mut fast_iter, fast) = index.iter_from(target, path()).unwrap();
                 let (mut plain_iter, plain) = block.iter_from(target, compare_internal_keys, path(), 0).unwrap();
                 prop_assert_eq!(&fast, &plain);
                 // Both iterators go on from the same place.
@@ -318,7 +342,7 @@ mod tests {
         assert!(index.common.is_empty());
         assert!(index.numbers[..200].iter().all(|n| *n == index.numbers[0]));
         for (i, key) in keys.iter().enumerate() {
-            let (_, found) = index.iter_from(key, path(), 0).unwrap();
+            let (_, found) = index.iter_from(key, path()).unwrap();
             let (found_key, value) = found.unwrap();
             assert_eq!(&found_key, key);
             assert_eq!(value.as_ref(), handle_bytes(i));
@@ -345,7 +369,7 @@ mod tests {
             targets.extend([b"mxxxxxxx".as_slice(), b"mxxxxxxx~", b"a", b"zz"].map(|k| internal(k, 3)));
             for target in &targets {
                 let (_, plain) = block.iter_from(target, compare_internal_keys, path(), 0).unwrap();
-                let (_, fast) = index.iter_from(target, path(), 0).unwrap();
+                let (_, fast) = index.iter_from(target, path()).unwrap();
                 assert_eq!(fast, plain, "run of {run}, target {target:?}");
                 let plain_handle = plain.map(|(_, value)| BlockHandle::decode_from(&mut Reader::new(&value)).unwrap());
                 assert_eq!(index.find_handle(target, path()).unwrap(), plain_handle, "run of {run}, target {target:?}");
@@ -354,10 +378,30 @@ mod tests {
     }
 
     #[test]
+    fn an_index_whose_keys_do_not_ascend_is_corruption() {
+        let ascending: Vec<Vec<u8>> = (0..10u32).map(|i| internal(format!("key{i:02}").as_bytes(), 1)).collect();
+        for (a, b) in [(3, 4), (0, 9), (5, 5)] {
+            let mut keys = ascending.clone();
+            if a == b {
+                keys.insert(a, keys[a].clone()); // a duplicate
+            } else {
+                keys.swap(a, b);
+            }
+            match PinnedIndex::new(block_of(&keys, 1), path(), 4096) {
+                Err(Error::Corruption { offset: 4096, reason, .. }) => {
+                    assert!(reason.contains("does not follow"), "{reason}")
+                }
+                other => panic!("keys out of order ({a}, {b}) gave {other:?}"),
+            }
+        }
+        assert!(PinnedIndex::new(block_of(&ascending, 1), path(), 4096).is_ok());
+    }
+
+    #[test]
     fn an_empty_index_finds_nothing() {
         let index = PinnedIndex::new(block_of(&[], 1), path(), 0).unwrap();
         assert!(index.numbers.is_empty());
-        let (_, found) = index.iter_from(&internal(b"k", 1), path(), 0).unwrap();
+        let (_, found) = index.iter_from(&internal(b"k", 1), path()).unwrap();
         assert_eq!(found, None);
     }
 }

@@ -115,9 +115,11 @@ impl VersionEdit {
                     }
                     edit.format_version = Some(version);
                 }
-                TAG_LOG_NUMBER => edit.log_number = Some(body.varint().ok_or_else(|| bad("log number"))?),
+                TAG_LOG_NUMBER => {
+                    edit.log_number = Some(decode_file_number(&mut body).ok_or_else(|| bad("log number"))?)
+                }
                 TAG_NEXT_FILE_NUMBER => {
-                    edit.next_file_number = Some(body.varint().ok_or_else(|| bad("next file number"))?)
+                    edit.next_file_number = Some(decode_file_number(&mut body).ok_or_else(|| bad("next file number"))?)
                 }
                 TAG_LAST_SEQUENCE => {
                     let seq = body.varint().and_then(SeqNo::new).ok_or_else(|| bad("last sequence"))?;
@@ -126,7 +128,7 @@ impl VersionEdit {
                 TAG_NEW_FILE => edit.new_files.push(decode_new_file(&mut body).ok_or_else(|| bad("new file"))?),
                 TAG_DELETED_FILE => {
                     let level = decode_level(&mut body).ok_or_else(|| bad("deleted file"))?;
-                    let number = body.varint().ok_or_else(|| bad("deleted file"))?;
+                    let number = decode_file_number(&mut body).ok_or_else(|| bad("deleted file"))?;
                     edit.deleted_files.push((level, number));
                 }
                 0 => return Err(format!("tag 0 at byte {at}")),
@@ -143,6 +145,17 @@ impl VersionEdit {
     }
 }
 
+/// File numbers (and log numbers, which share their counter) stay below
+/// this: 2^48 is thousands of years of files at one a millisecond, and the
+/// headroom above it keeps the counter's `+ 1`s from overflowing when a
+/// damaged MANIFEST holds a number near `u64::MAX`.
+pub(crate) const MAX_FILE_NUMBER: u64 = 1 << 48;
+
+/// A file number, which must be below [`MAX_FILE_NUMBER`].
+fn decode_file_number(body: &mut Reader<'_>) -> Option<u64> {
+    body.varint().filter(|number| *number < MAX_FILE_NUMBER)
+}
+
 /// A level number, which must name one of the tree's levels.
 fn decode_level(body: &mut Reader<'_>) -> Option<u32> {
     body.varint().filter(|level| *level < crate::version::NUM_LEVELS as u64).map(|level| level as u32)
@@ -150,7 +163,7 @@ fn decode_level(body: &mut Reader<'_>) -> Option<u32> {
 
 fn decode_new_file(body: &mut Reader<'_>) -> Option<FileMeta> {
     let level = decode_level(body)?;
-    let file_number = body.varint()?;
+    let file_number = decode_file_number(body)?;
     let size_bytes = body.varint()?;
     let smallest_seq = SeqNo::new(body.varint()?)?;
     let largest_seq = SeqNo::new(body.varint()?)?;
@@ -239,6 +252,39 @@ mod tests {
     }
 
     #[test]
+    fn file_numbers_from_the_bound_up_are_refused_in_every_field() {
+        let file = |file_number| FileMeta {
+            level: 0,
+            file_number,
+            size_bytes: 1,
+            smallest_seq: SeqNo(1),
+            largest_seq: SeqNo(1),
+            smallest_key: encode_internal_key(b"a", SeqNo(1), ValueKind::Put),
+            largest_key: encode_internal_key(b"a", SeqNo(1), ValueKind::Put),
+        };
+        let edits = |n: u64| {
+            [
+                VersionEdit { log_number: Some(n), ..VersionEdit::default() },
+                VersionEdit { next_file_number: Some(n), ..VersionEdit::default() },
+                VersionEdit { new_files: vec![file(n)], ..VersionEdit::default() },
+                VersionEdit { deleted_files: vec![(1, n)], ..VersionEdit::default() },
+            ]
+        };
+        for edit in edits(MAX_FILE_NUMBER - 1) {
+            let mut out = Vec::new();
+            edit.encode_to(&mut out);
+            assert_eq!(VersionEdit::decode(&out).unwrap(), edit);
+        }
+        for n in [MAX_FILE_NUMBER, u64::MAX] {
+            for edit in edits(n) {
+                let mut out = Vec::new();
+                edit.encode_to(&mut out);
+                assert!(VersionEdit::decode(&out).unwrap_err().contains("malformed"), "{edit:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_newer_format_version_is_refused() {
         let edit = VersionEdit { format_version: Some(2), ..VersionEdit::default() };
         let mut out = Vec::new();
@@ -249,11 +295,11 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(
-            log in proptest::option::of(any::<u64>()),
-            next in proptest::option::of(any::<u64>()),
+            log in proptest::option::of(0..MAX_FILE_NUMBER),
+            next in proptest::option::of(0..MAX_FILE_NUMBER),
             seq in proptest::option::of(0u64..(1 << 56)),
-            files in proptest::collection::vec((0u32..NUM_LEVELS as u32, any::<u64>(), any::<u64>(), 0u64..1000, proptest::collection::vec(any::<u8>(), 0..20)), 0..5),
-            deleted in proptest::collection::vec((0u32..NUM_LEVELS as u32, any::<u64>()), 0..5),
+            files in proptest::collection::vec((0u32..NUM_LEVELS as u32, 0..MAX_FILE_NUMBER, any::<u64>(), 0u64..1000, proptest::collection::vec(any::<u8>(), 0..20)), 0..5),
+            deleted in proptest::collection::vec((0u32..NUM_LEVELS as u32, 0..MAX_FILE_NUMBER), 0..5),
         ) {
             let edit = VersionEdit {
                 format_version: Some(EDIT_FORMAT_VERSION),
