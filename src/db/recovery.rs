@@ -327,23 +327,33 @@ mod tests {
         }
     }
 
+    /// A MANIFEST (number 3, logs from 3 on, next file number 4) that
+    /// records `files`, as a flush of sequence numbers up to `last_seq` left it.
+    async fn manifest_of(io: &Io, dir: &Path, files: Vec<FileMeta>, last_seq: u64) {
+        let edit = VersionEdit {
+            new_files: files,
+            log_number: Some(3),
+            next_file_number: Some(4),
+            last_sequence: Some(SeqNo(last_seq)),
+            ..VersionEdit::default()
+        };
+        let mut state = ManifestState::default();
+        state.apply(&edit).unwrap();
+        ManifestWriter::create(io, dir, 3, &state, None).await.unwrap();
+    }
+
+    async fn recover_with_defaults(io: &Io, dir: &Path) -> Result<Recovered> {
+        recover(io, dir, &Options::default(), None, &Arc::new(Graveyard::default())).await
+    }
+
     #[test]
     fn the_number_of_a_log_set_aside_is_never_given_out_again() {
         let io = Io::new(IoOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         futures::executor::block_on(async {
-            let edit = VersionEdit {
-                log_number: Some(3),
-                next_file_number: Some(4),
-                last_sequence: Some(SeqNo(0)),
-                ..VersionEdit::default()
-            };
-            let mut state = ManifestState::default();
-            state.apply(&edit).unwrap();
-            ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
+            manifest_of(&io, dir.path(), Vec::new(), 0).await;
             std::fs::write(dir.path().join("000009.wal.dropped"), b"damaged").unwrap();
-            let graveyard = Arc::new(Graveyard::default());
-            let recovered = recover(&io, dir.path(), &Options::default(), None, &graveyard).await.unwrap();
+            let recovered = recover_with_defaults(&io, dir.path()).await.unwrap();
             assert_eq!(recovered.next_file_number, 10);
             assert!(dir.path().join("000009.wal.dropped").exists(), "a log set aside stays");
         });
@@ -359,21 +369,11 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let meta = table(&io, dir.path(), 1, 0, &["a", "m"], 1).await;
                 let recorded = meta.size_bytes;
-                let edit = VersionEdit {
-                    new_files: vec![meta],
-                    log_number: Some(3),
-                    next_file_number: Some(4),
-                    last_sequence: Some(SeqNo(1)),
-                    ..VersionEdit::default()
-                };
-                let mut state = ManifestState::default();
-                state.apply(&edit).unwrap();
-                ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
+                manifest_of(&io, dir.path(), vec![meta], 1).await;
                 let path = table_path(dir.path(), 1);
                 let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
                 file.set_len(if grown { recorded + (1 << 30) } else { recorded - 1 }).unwrap();
-                let graveyard = Arc::new(Graveyard::default());
-                match recover(&io, dir.path(), &Options::default(), None, &graveyard).await {
+                match recover_with_defaults(&io, dir.path()).await {
                     Err(Error::Corruption { file, reason, .. }) => {
                         assert_eq!(file, path);
                         assert!(reason.contains(&format!("the MANIFEST says {recorded}")), "{reason}");
@@ -395,19 +395,8 @@ mod tests {
                     table(&io, dir.path(), 1, 1, &["a", "m"], 1).await,
                     table(&io, dir.path(), 2, second_level, &["g", "z"], 2).await,
                 ];
-                let edit = VersionEdit {
-                    new_files: files,
-                    log_number: Some(3),
-                    next_file_number: Some(4),
-                    last_sequence: Some(SeqNo(2)),
-                    ..VersionEdit::default()
-                };
-                let mut state = ManifestState::default();
-                state.apply(&edit).unwrap();
-                ManifestWriter::create(&io, dir.path(), 3, &state, None).await.unwrap();
-                let graveyard = Arc::new(Graveyard::default());
-                let recovered = recover(&io, dir.path(), &Options::default(), None, &graveyard).await;
-                match recovered {
+                manifest_of(&io, dir.path(), files, 2).await;
+                match recover_with_defaults(&io, dir.path()).await {
                     Err(Error::Corruption { file, reason, .. }) if overlapping => {
                         assert!(file.ends_with("MANIFEST-000003"), "{}", file.display());
                         assert!(reason.contains("overlap"), "{reason}");
