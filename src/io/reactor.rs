@@ -68,8 +68,8 @@ pub(crate) struct Reactors {
     /// Tells these reactors from those of another [`super::Io`] in
     /// [`LAST_REACTOR`]; never reused.
     id: u64,
-    /// `None` once that runtime's reactor closed or could not be set up: its
-    /// submissions then go to the ring thread. Runtime ids are never reused.
+    /// `None` if that runtime's reactor could not be set up: its submissions
+    /// then go to the ring thread. Runtime ids are never reused.
     by_runtime: Mutex<Vec<(tokio::runtime::Id, Option<Arc<Reactor>>)>>,
 }
 
@@ -102,8 +102,11 @@ impl Reactors {
             })
             .ok()
             .flatten();
-        // A closed reactor refuses the submission under its lock, and its
-        // runtime never gets another: no need to ask `reactor_for`.
+        // A closed reactor refuses the submission under its lock (the op
+        // goes to the ring thread): no need to ask `reactor_for` while it
+        // lives. A runtime that shut down submits nothing more; one whose
+        // reactor closed on an eventfd error gets a new one once the closed
+        // one is forgotten and gone.
         if let Some(reactor) = cached {
             return reactor.submit(submission);
         }
@@ -120,13 +123,12 @@ impl Reactors {
     fn reactor_for(&self, handle: &Handle) -> Option<Arc<Reactor>> {
         let id = handle.id();
         let mut by_runtime = lock(&self.by_runtime);
-        // Let go of the rings of runtimes that shut down (or of this one, if
-        // its reactor closed): their reapers drained them.
-        for (_, slot) in by_runtime.iter_mut() {
-            if slot.as_ref().is_some_and(|reactor| reactor.closed.load(Ordering::Acquire)) {
-                *slot = None;
-            }
-        }
+        // Forget the rings of runtimes that shut down (their reapers drained
+        // them), so a process that makes runtime after runtime does not keep
+        // an entry for each. (A live runtime whose reactor closed, its eventfd
+        // having failed, gets a new one.) An entry without a reactor stays:
+        // its runtime could not get one, and should not try at every op.
+        by_runtime.retain(|(_, slot)| !slot.as_ref().is_some_and(|reactor| reactor.closed.load(Ordering::Acquire)));
         if let Some((_, slot)) = by_runtime.iter().find(|(runtime, _)| *runtime == id) {
             return slot.clone();
         }
@@ -451,5 +453,43 @@ async fn reap_until_closed(reaper: Reaper) {
         if reactor.close_requested.load(Ordering::Acquire) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::io::{Backend, DirectFile, Io, IoOptions};
+
+    /// Runtime after runtime, each submitting through a reactor of its own
+    /// and then shut down: the `Io` keeps no entry for the ones gone.
+    #[test]
+    fn reactors_of_runtimes_that_shut_down_are_forgotten() {
+        let io = Io::new(IoOptions { tokio_reactor: true, ..IoOptions::default() }).unwrap();
+        if io.backend() != Backend::IoUring {
+            eprintln!("skipped: no io_uring, so no reactors");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::sync::Arc::new(futures::executor::block_on(DirectFile::create(&io, &path)).unwrap());
+        let mut block = file.alloc_buf(4096);
+        block.extend_from_slice(&[7u8; 4096]);
+        futures::executor::block_on(file.write_at(block, 0)).unwrap();
+        let entries = || super::lock(&io.inner.reactors.as_ref().unwrap().by_runtime).len();
+        for _ in 0..5 {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let before = io.stats().reactor_ops;
+            runtime.block_on(async {
+                tokio::spawn({
+                    let file = std::sync::Arc::clone(&file);
+                    async move { file.read_at(file.alloc_buf(4096), 0, 4096).await.unwrap() }
+                })
+                .await
+                .unwrap();
+            });
+            assert_eq!(io.stats().reactor_ops, before + 1, "the read went through this runtime's reactor");
+            drop(runtime);
+        }
+        assert!(entries() <= 1, "{} entries kept for 5 runtimes, 4 of them gone before the last began", entries());
     }
 }
