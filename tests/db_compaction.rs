@@ -291,3 +291,54 @@ async fn compact_range_also_cleans_the_bottom_tables_the_push_did_not_touch() {
     }
     db.close().await.unwrap();
 }
+
+/// A writer waits at level 0's stop trigger while a slow compaction runs;
+/// another handle's `close()` is polled once and dropped. The compaction
+/// sees the database closing and stops; the writer must still be woken, and
+/// get `Error::Closed`, not wait for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_waiting_at_the_stop_trigger_is_woken_by_a_close_dropped_early() {
+    use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    // Compaction reads crawl: level 0 fills up to its stop trigger.
+    faults.add(FaultRule::new(FaultAction::DelayMs(300)).op(ringdb::IoOp::Read).path_contains(".sst"));
+    let options = Options {
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        write_buffer_size_bytes: 16 << 10,
+        max_immutable_memtables: 64,
+        compaction: CompactionOptions {
+            l0_compaction_trigger: 2,
+            l0_slowdown_trigger: 3,
+            l0_stop_trigger: 4,
+            ..options().compaction
+        },
+        ..options()
+    };
+    let db = Db::open(dir.path(), options).await.unwrap();
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            for n in 0..1_000_000u32 {
+                if let Err(e) = db.put(key(n), "v".repeat(50)).await {
+                    return e;
+                }
+            }
+            panic!("a million writes never stalled");
+        })
+    };
+    // Until the writer has waited at the stop trigger for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.stats().write_stall_us < 200_000 {
+        assert!(std::time::Instant::now() < deadline, "the writer never stalled:\n{}", db.stats());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut close = Box::pin(db.clone().close());
+    assert!(futures::poll!(close.as_mut()).is_pending());
+    drop(close);
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(20), writer).await;
+    let error = woken.expect("the stalled writer was woken").unwrap();
+    assert!(matches!(error, ringdb::Error::Closed), "{error}");
+    faults.clear();
+    drop(db);
+}

@@ -719,6 +719,16 @@ impl Db {
         self.request_flush(sync, false)?.await.unwrap_or(Err(Error::Closed))
     }
 
+    /// Wakes every engine thread and every writer waiting for room, so that
+    /// each sees `closing`: the threads stop, the writers get
+    /// [`Error::Closed`].
+    fn wake_all_for_close(&self) {
+        self.inner.log.work.notify_all();
+        self.inner.log.flush_work.notify_all();
+        self.inner.log.compact_work.notify_all();
+        self.inner.log.room.notify(usize::MAX);
+    }
+
     /// Queues a flush request; with `close`, also stops the database in the
     /// same critical section, so the flush covers every write that got in.
     fn request_flush(&self, sync: bool, close: bool) -> Result<oneshot::Receiver<Result<()>>> {
@@ -737,7 +747,13 @@ impl Db {
     /// on writes. A poisoned database reports [`Error::Poisoned`] here.
     pub async fn close(self) -> Result<()> {
         let flushed = match self.request_flush(true, true) {
-            Ok(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
+            Ok(receiver) => {
+                // Before any await: if this future is dropped there, nobody
+                // else would wake writers waiting for room (an engine thread
+                // that sees `closing` stops without a word).
+                self.wake_all_for_close();
+                receiver.await.unwrap_or(Err(Error::Closed))
+            }
             Err(Error::Closed) => Ok(()),
             Err(other) => {
                 // Poisoned. If the log itself is healthy (a flush or a
@@ -749,6 +765,7 @@ impl Db {
                     let was_closing = std::mem::replace(&mut state.closing, true);
                     (!was_closing && state.log_failed.is_none()).then(|| state.queue_flush(true))
                 };
+                self.wake_all_for_close();
                 if let Some(receiver) = receiver {
                     self.inner.log.work.notify_one();
                     let _ = receiver.await;
@@ -756,11 +773,7 @@ impl Db {
                 Err(other)
             }
         };
-        self.inner.log.work.notify_all();
-        self.inner.log.flush_work.notify_all();
-        self.inner.log.compact_work.notify_all();
-        // Writers waiting for room must see `closing`.
-        self.inner.log.room.notify(usize::MAX);
+        self.wake_all_for_close();
         let threads: Vec<_> = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         if !threads.is_empty() {
             // The log writer exits right after the flush above, the flush thread
