@@ -789,3 +789,37 @@ async fn a_log_cut_at_recovery_is_filled_back_to_full_length_when_reused() {
     }
     db.close().await.unwrap();
 }
+
+/// A close on one handle while another handle's close, dropped, is joining
+/// the engine threads (a flush still writing its table, slowly): the second
+/// returns only once the threads and the joiner's handle are gone, so the
+/// directory opens again at once, not with `Error::Locked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_finds_another_under_way_waits_for_its_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    let options = Options {
+        write_buffer_size_bytes: 16 * 1024,
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..small_options()
+    };
+    faults.add(FaultRule::new(FaultAction::DelayMs(300)).op(IoOp::Write).path_contains(".sst"));
+    let db = Db::open(dir.path(), options).await.unwrap();
+    for i in 0..400u32 {
+        db.put(i.to_be_bytes(), [1u8; 100]).await.unwrap();
+    }
+    let other = db.clone();
+    let mut first = Box::pin(db.close());
+    // The first close gets its final flush answered, then waits for the
+    // threads, among them the flush thread in its slow table writes.
+    assert!(futures::poll!(first.as_mut()).is_pending());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(futures::poll!(first.as_mut()).is_pending(), "the flush thread is still writing");
+    // Dropped while it waits: its joiner goes on, holding a handle.
+    drop(first);
+    other.close().await.unwrap();
+    faults.clear();
+    let reopened = Db::open(dir.path(), small_options()).await.expect("the directory is free once a close returns");
+    assert!(reopened.get(399u32.to_be_bytes()).await.unwrap().is_some());
+    reopened.close().await.unwrap();
+}

@@ -12,7 +12,7 @@ mod versions;
 
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,10 @@ struct DbInner {
     options: Options,
     /// The log writer and the flush thread.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set once a `close()` has joined the engine threads and let go of the
+    /// handle it held meanwhile: every `close()` waits for it, whichever
+    /// took the threads to join.
+    threads_joined: Arc<ThreadsJoined>,
     cache: Option<Arc<BlockCache>>,
     flush_counters: Arc<FlushCounters>,
     compaction_counters: Arc<CompactionCounters>,
@@ -306,6 +310,7 @@ impl Db {
                 log: shared,
                 options,
                 threads: Mutex::new(vec![writer]),
+                threads_joined: Arc::new(ThreadsJoined::default()),
                 cache,
                 flush_counters,
                 compaction_counters,
@@ -754,6 +759,9 @@ impl Db {
                 self.wake_all_for_close();
                 receiver.await.unwrap_or(Err(Error::Closed))
             }
+            // Another handle's close came first: once the threads are joined
+            // (below), its final flush has answered, and a failed one has
+            // poisoned the database.
             Err(Error::Closed) => Ok(()),
             Err(other) => {
                 // Poisoned. If the log itself is healthy (a flush or a
@@ -781,19 +789,43 @@ impl Db {
             // The joiner holds a handle until they are done: if this future
             // is dropped meanwhile, the directory stays locked (another open
             // must not start while these threads still write to it).
-            let (done, joined) = oneshot::channel();
             let keep = self.clone();
+            let joined = Arc::clone(&self.inner.threads_joined);
             std::thread::spawn(move || {
                 for thread in threads {
                     let _ = thread.join();
                 }
                 drop(keep);
-                let _ = done.send(());
+                joined.done.store(true, Ordering::Release);
+                joined.event.notify(usize::MAX);
             });
-            let _ = joined.await;
         }
-        flushed
+        // Every close, also one that found another under way, returns only
+        // once the threads are gone and the joiner's handle with them: once
+        // the callers' handles are gone too, the directory opens again.
+        let joined = &self.inner.threads_joined;
+        while !joined.done.load(Ordering::Acquire) {
+            let listener = joined.event.listen();
+            if joined.done.load(Ordering::Acquire) {
+                break;
+            }
+            listener.await;
+        }
+        match flushed {
+            Ok(()) => match &self.inner.log.lock().poisoned {
+                Some(reason) => Err(Error::Poisoned(reason.clone())),
+                None => Ok(()),
+            },
+            failed => failed,
+        }
     }
+}
+
+/// Whether a `close()` has joined the engine threads (see `DbInner::threads_joined`).
+#[derive(Default)]
+struct ThreadsJoined {
+    done: AtomicBool,
+    event: event_listener::Event,
 }
 
 /// The open's new log `log_number`: `reusable` (a log recovery found with
