@@ -181,13 +181,13 @@ async fn automatic_compactions_keep_levels_within_their_targets() {
     assert_eq!(scan_all(&db).await.len(), 2000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_slow_down_past_the_slowdown_trigger_and_never_fail() {
+/// Options whose table reads take `read_delay_ms` each (returned with the
+/// injector, to clear it): compactions (and table opens) lag behind flushes,
+/// and level 0 fills towards `l0_stop_trigger`.
+fn slow_compaction_options(read_delay_ms: u64, l0_stop_trigger: usize) -> (Options, ringdb::io::FaultInjector) {
     use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
-    let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    // A slow device for table reads: compactions (and table opens) lag behind flushes.
-    faults.add(FaultRule::new(FaultAction::DelayMs(20)).op(ringdb::IoOp::Read).path_contains(".sst"));
+    faults.add(FaultRule::new(FaultAction::DelayMs(read_delay_ms)).op(ringdb::IoOp::Read).path_contains(".sst"));
     let options = Options {
         io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
         write_buffer_size_bytes: 16 << 10,
@@ -196,11 +196,18 @@ async fn writes_slow_down_past_the_slowdown_trigger_and_never_fail() {
         compaction: CompactionOptions {
             l0_compaction_trigger: 2,
             l0_slowdown_trigger: 3,
-            l0_stop_trigger: 40,
+            l0_stop_trigger,
             ..options().compaction
         },
         ..options()
     };
+    (options, faults)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_slow_down_past_the_slowdown_trigger_and_never_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (options, faults) = slow_compaction_options(20, 40);
     let db = Db::open(dir.path(), options).await.unwrap();
     for n in 0..3000u32 {
         db.put(key(n), "v".repeat(50)).await.unwrap();
@@ -298,23 +305,9 @@ async fn compact_range_also_cleans_the_bottom_tables_the_push_did_not_touch() {
 /// get `Error::Closed`, not wait for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_waiting_at_the_stop_trigger_is_woken_by_a_close_dropped_early() {
-    use ringdb::io::{FaultAction, FaultInjector, FaultRule, IoOptions};
     let dir = tempfile::tempdir().unwrap();
-    let faults = FaultInjector::new();
     // Compaction reads crawl: level 0 fills up to its stop trigger.
-    faults.add(FaultRule::new(FaultAction::DelayMs(300)).op(ringdb::IoOp::Read).path_contains(".sst"));
-    let options = Options {
-        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
-        write_buffer_size_bytes: 16 << 10,
-        max_immutable_memtables: 64,
-        compaction: CompactionOptions {
-            l0_compaction_trigger: 2,
-            l0_slowdown_trigger: 3,
-            l0_stop_trigger: 4,
-            ..options().compaction
-        },
-        ..options()
-    };
+    let (options, faults) = slow_compaction_options(300, 4);
     let db = Db::open(dir.path(), options).await.unwrap();
     let writer = {
         let db = db.clone();
