@@ -137,7 +137,7 @@ impl TableCursor {
 
     async fn load_block(&mut self, handle_bytes: &[u8]) -> Result<()> {
         let reader = &self.table.reader;
-        let handle = crate::sst::index::decode_handle(handle_bytes, reader.path(), reader.index().offset())?;
+        let handle = reader.index().decode_handle(handle_bytes, reader.path())?;
         self.blocks_loaded += 1;
         if matches!(self.fetch, BlockFetch::Adaptive) && self.blocks_loaded > BLOCKS_BEFORE_READ_AHEAD {
             self.fetch = BlockFetch::Sequential(ReadAhead::new(&self.table));
@@ -358,11 +358,11 @@ impl RevTableCursor {
     fn handles(&mut self) -> Result<&[(Vec<u8>, BlockHandle)]> {
         if self.handles.is_none() {
             let path = self.table.reader.path().to_path_buf();
-            let index_offset = self.table.reader.index().offset();
-            let mut iter = self.table.reader.index().iter();
+            let index = self.table.reader.index();
+            let mut iter = index.iter();
             let mut handles = Vec::new();
-            while let Some((separator, handle)) = iter.next_entry(&path, index_offset)? {
-                let handle = crate::sst::index::decode_handle(&handle, &path, index_offset)?;
+            while let Some((separator, handle)) = iter.next_entry(&path, index.offset())? {
+                let handle = index.decode_handle(&handle, &path)?;
                 handles.push((separator, handle));
             }
             self.handles = Some(handles);

@@ -781,7 +781,8 @@ impl Db {
                 Err(other)
             }
         };
-        self.wake_all_for_close();
+        // Everyone was woken above, or by the close that came first; all
+        // of them check `closing` under the lock before they wait again.
         let threads: Vec<_> = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         if !threads.is_empty() {
             // The log writer exits right after the flush above, the flush thread

@@ -70,7 +70,7 @@ fn number(suffix: &[u8]) -> u64 {
 
 /// The block handle an index entry holds; `file` and `index_offset` (the
 /// index block's) name it in the error.
-pub(crate) fn decode_handle(value: &[u8], file: &Path, index_offset: u64) -> Result<BlockHandle> {
+fn decode_handle(value: &[u8], file: &Path, index_offset: u64) -> Result<BlockHandle> {
     BlockHandle::decode_from(&mut Reader::new(value)).ok_or_else(|| Error::Corruption {
         file: file.to_path_buf(),
         offset: index_offset,
@@ -157,6 +157,12 @@ impl PinnedIndex {
     /// Where the index block lies in its file (what errors about it name).
     pub(crate) fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The block handle an entry of this index holds (`value`); `file`
+    /// names the table in the error.
+    pub(crate) fn decode_handle(&self, value: &[u8], file: &Path) -> Result<BlockHandle> {
+        decode_handle(value, file, self.offset)
     }
 
     /// The first entry whose key is `>= target` (an internal key), and an

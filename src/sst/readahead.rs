@@ -182,7 +182,7 @@ mod tests {
             let mut handles = Vec::new();
             let mut index = reader.index().iter();
             while let Some((_, value)) = index.next_entry(&path, 0).unwrap() {
-                handles.push(crate::sst::index::decode_handle(&value, &path, 0).unwrap());
+                handles.push(reader.index().decode_handle(&value, &path).unwrap());
             }
             let meta = FileMeta {
                 level: 0,
