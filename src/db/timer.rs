@@ -56,12 +56,22 @@ fn timer() -> &'static Timer {
 
 fn run(timer: &'static Timer) {
     let mut due = timer.due.lock().unwrap_or_else(|e| e.into_inner());
+    let mut to_wake = Vec::new();
     loop {
         let now = Instant::now();
         while due.peek().is_some_and(|entry| entry.at <= now) {
             let entry = due.pop().expect("peeked");
             entry.fired.store(true, Ordering::Release);
-            entry.waker.wake();
+            to_wake.push(entry.waker);
+        }
+        if !to_wake.is_empty() {
+            // Woken outside the lock: a waker may poll its task right here (some
+            // executors do), and that task may sleep again and take the lock; dropping
+            // a waker may also drop the last handle of a database.
+            drop(due);
+            to_wake.drain(..).for_each(Waker::wake);
+            due = timer.due.lock().unwrap_or_else(|e| e.into_inner());
+            continue;
         }
         due = match due.peek().map(|entry| entry.at - now) {
             Some(wait) => timer.changed.wait_timeout(due, wait).unwrap_or_else(|e| e.into_inner()).0,
@@ -115,5 +125,33 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(30), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    /// A waker that polls a new sleep inside `wake()`, as an executor that runs
+    /// tasks inline would; the timer must not hold its lock while it wakes.
+    struct PollsInsideWake {
+        polled_inside: std::sync::mpsc::SyncSender<()>,
+    }
+
+    impl futures::task::ArcWake for PollsInsideWake {
+        fn wake_by_ref(arc_self: &Arc<Self>) {
+            let mut again = Box::pin(sleep(Duration::from_secs(3600)));
+            let waker = futures::task::noop_waker();
+            let _ = again.as_mut().poll(&mut Context::from_waker(&waker));
+            let _ = arc_self.polled_inside.send(());
+        }
+    }
+
+    #[test]
+    fn a_waker_may_sleep_again_inside_its_wake() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let waker = futures::task::waker(Arc::new(PollsInsideWake { polled_inside: tx }));
+        let mut first = Box::pin(sleep(Duration::from_millis(5)));
+        assert!(first.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+        rx.recv_timeout(Duration::from_secs(10)).expect("the timer woke the waker without deadlocking");
+        // The timer still serves later sleeps.
+        let start = Instant::now();
+        futures::executor::block_on(sleep(Duration::from_millis(5)));
+        assert!(start.elapsed() < Duration::from_secs(10));
     }
 }
