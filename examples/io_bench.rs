@@ -91,6 +91,10 @@ struct Args {
     /// OS threads of the `block-on` and `spin` callers.
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,
+    /// Most ops on a runtime's reactor (IoOptions::tokio_reactor_max_in_flight)
+    /// for the `tokio` caller; the engine's default if not given.
+    #[arg(long)]
+    reactor_max_in_flight: Option<usize>,
     /// Where the fio job files live.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/fio-configs"))]
     fio_configs: PathBuf,
@@ -350,7 +354,7 @@ fn main() {
         tokio_reactor_max_in_flight: if one_thread {
             queue_depth as usize
         } else {
-            defaults.tokio_reactor_max_in_flight
+            args.reactor_max_in_flight.unwrap_or(defaults.tokio_reactor_max_in_flight)
         },
         ..defaults
     })

@@ -601,8 +601,6 @@ fn another_process_gets_a_locked_error() {
     });
 }
 
-/// Waits up to 10 s for `path` to exist with space reserved (the flush
-/// thread makes the spare table after a flush, in the background).
 /// Log files in `dir`: logs (`.wal`) and logs being made (`.wal.tmp`).
 fn log_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
@@ -649,6 +647,8 @@ fn the_next_log_is_prepared_after_the_first_write_not_at_open() {
     });
 }
 
+/// Waits up to 10 s for `path` to exist with space reserved (the flush
+/// thread makes the spare table after a flush, in the background).
 fn wait_for_file(path: &std::path::Path) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
