@@ -697,6 +697,47 @@ fn each_flush_writes_into_the_spare_made_after_the_last_one_and_close_removes_it
     });
 }
 
+/// A flush that finishes after `close()` began makes no spare table: the
+/// thread would only remove it again at exit, and the close would wait for
+/// its create, reservation and directory fsync.
+#[test]
+fn a_flush_that_finishes_during_close_makes_no_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
+    // The table's first write is slow, so the close starts while the flush runs.
+    faults.add(FaultRule::new(FaultAction::DelayMs(400)).op(IoOp::Write).path_contains(".sst").times(1));
+    // Any attempt at a spare shows here.
+    faults.add(FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Allocate).path_contains("flush-spare"));
+    let options = Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..small_options()
+    };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options).await.unwrap();
+        db.put("a", "1").await.unwrap();
+        let flushing = {
+            let db = db.clone();
+            std::thread::spawn(move || futures::executor::block_on(db.flush()))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while faults.fired() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the flush reached its table write");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        db.close().await.unwrap();
+        // The flush itself may report the close; what matters is what it left.
+        let _ = flushing.join().unwrap();
+        assert_eq!(faults.fired(), 1, "only the slow write fired: no spare was attempted after the close began");
+        assert!(!dir.path().join("flush-spare.sst.tmp").exists());
+    });
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), small_options()).await.unwrap();
+        assert_eq!(db.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
+        db.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_spare_that_cannot_be_made_costs_nothing_but_the_next_flush_makes_its_own_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -153,9 +153,15 @@ fn flush_jobs(flusher: &mut Flusher) {
                     }
                 }
                 // Only when no flush is waiting: a flush that is due would
-                // wait for it. A database that never flushes holds no spare.
-                if !flusher.shared.lock().immutables.is_empty() {
-                    continue;
+                // wait for it. A database that never flushes holds no spare,
+                // and one that is closing would only remove it again at exit
+                // (a create, a reservation and a directory fsync that the
+                // close waits for).
+                {
+                    let state = flusher.shared.lock();
+                    if !state.immutables.is_empty() || state.closing {
+                        continue;
+                    }
                 }
                 flusher.make_spare();
             }
