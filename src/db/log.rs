@@ -280,9 +280,10 @@ impl SpareLog {
             state.spare_log = Some(number);
             (number, state.recyclable_logs.pop())
         };
+        let recycled_number = recycled;
         let recycled = recycled.map(|old| log_path(&shared.dir, old));
         let (io, path, bytes) = (io.clone(), log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
-        let creating = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("ringdb-wal-spare".into())
             .spawn(move || {
                 futures_executor::block_on(async {
@@ -296,9 +297,22 @@ impl SpareLog {
                     }
                     WalWriter::create(&io, &path, log_number, bytes).await
                 })
-            })
-            .ok()?;
-        Some(SpareLog { log_number, creating })
+            });
+        match spawned {
+            Ok(creating) => Some(SpareLog { log_number, creating }),
+            Err(e) => {
+                // No spare this time: the next switch creates its log itself. The
+                // flushed log taken for reuse goes back, so it is reused or
+                // deleted later instead of lying unused until the next open.
+                tracing::warn!(error = %e, "could not start a thread to prepare the next log");
+                let mut state = shared.lock();
+                if state.spare_log == Some(log_number) {
+                    state.spare_log = None;
+                }
+                state.recyclable_logs.extend(recycled_number);
+                None
+            }
+        }
     }
 
     fn finish(self) -> Result<WalWriter> {
