@@ -283,21 +283,19 @@ impl SpareLog {
         let recycled_number = recycled;
         let recycled = recycled.map(|old| log_path(&shared.dir, old));
         let (io, path, bytes) = (io.clone(), log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
-        let spawned = std::thread::Builder::new()
-            .name("ringdb-wal-spare".into())
-            .spawn(move || {
-                futures_executor::block_on(async {
-                    if let Some(old) = recycled {
-                        match WalWriter::recycle(&io, &old, &path, log_number, bytes).await {
-                            Ok(wal) => return Ok(wal),
-                            // Not fatal: a new log is as good. What is left of the
-                            // old one is deleted by the next open.
-                            Err(e) => tracing::warn!(error = %e, "could not reuse a flushed log; creating one"),
-                        }
+        let spawned = std::thread::Builder::new().name("ringdb-wal-spare".into()).spawn(move || {
+            futures_executor::block_on(async {
+                if let Some(old) = recycled {
+                    match WalWriter::recycle(&io, &old, &path, log_number, bytes).await {
+                        Ok(wal) => return Ok(wal),
+                        // Not fatal: a new log is as good. What is left of the
+                        // old one is deleted by the next open.
+                        Err(e) => tracing::warn!(error = %e, "could not reuse a flushed log; creating one"),
                     }
-                    WalWriter::create(&io, &path, log_number, bytes).await
-                })
-            });
+                }
+                WalWriter::create(&io, &path, log_number, bytes).await
+            })
+        });
         match spawned {
             Ok(creating) => Some(SpareLog { log_number, creating }),
             Err(e) => {
