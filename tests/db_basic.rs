@@ -697,6 +697,15 @@ fn each_flush_writes_into_the_spare_made_after_the_last_one_and_close_removes_it
     });
 }
 
+/// `small_options` with automatic compactions off and `faults` injected.
+fn without_compactions_with_faults(faults: &FaultInjector) -> Options {
+    Options {
+        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
+        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
+        ..small_options()
+    }
+}
+
 /// A flush that finishes after `close()` began makes no spare table: the
 /// thread would only remove it again at exit, and the close would wait for
 /// its create, reservation and directory fsync.
@@ -708,11 +717,7 @@ fn a_flush_that_finishes_during_close_makes_no_spare() {
     faults.add(FaultRule::new(FaultAction::DelayMs(400)).op(IoOp::Write).path_contains(".sst").times(1));
     // Any attempt at a spare shows here.
     faults.add(FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Allocate).path_contains("flush-spare"));
-    let options = Options {
-        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
-        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
-        ..small_options()
-    };
+    let options = without_compactions_with_faults(&faults);
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), options).await.unwrap();
         db.put("a", "1").await.unwrap();
@@ -745,11 +750,7 @@ fn a_spare_that_cannot_be_made_costs_nothing_but_the_next_flush_makes_its_own_fi
     let faults = FaultInjector::new();
     // Every reservation of a spare fails, as on a full disk.
     faults.add(FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Allocate).path_contains("flush-spare"));
-    let options = Options {
-        compaction: ringdb::CompactionOptions { disable_auto_compactions: true, ..Default::default() },
-        io: IoOptions { faults: Some(faults.clone()), ..IoOptions::default() },
-        ..small_options()
-    };
+    let options = without_compactions_with_faults(&faults);
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), options.clone()).await.unwrap();
         for round in 0..3u32 {
