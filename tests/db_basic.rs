@@ -865,3 +865,89 @@ async fn a_close_that_finds_another_under_way_waits_for_its_threads() {
     assert!(reopened.get(399u32.to_be_bytes()).await.unwrap().is_some());
     reopened.close().await.unwrap();
 }
+
+/// An executor's task as `futures`' thread pool keeps one: the future lives in
+/// the task, and the task lives as long as a waker for it does. Records the
+/// thread that drops it.
+struct OwningTask {
+    future: std::sync::Mutex<Option<futures::future::BoxFuture<'static, ()>>>,
+    dropped_on: std::sync::mpsc::Sender<Option<String>>,
+}
+
+impl futures::task::ArcWake for OwningTask {
+    // Never polled again: an executor that is gone.
+    fn wake_by_ref(_task: &std::sync::Arc<Self>) {}
+}
+
+impl Drop for OwningTask {
+    fn drop(&mut self) {
+        drop(self.future.lock().unwrap().take());
+        let _ = self.dropped_on.send(std::thread::current().name().map(str::to_owned));
+    }
+}
+
+/// The last handle of a database may be dropped on the backend's own thread:
+/// a get's completion wakes, and so lets go of, a task that nobody else
+/// holds. That drop must not wait there for the engine threads, whose last
+/// writes need that very thread; the database still closes, writes what was
+/// buffered, and unlocks its directory.
+#[test]
+fn the_last_handle_dropped_on_an_io_thread_still_closes_the_database() {
+    use std::task::{Context, Poll};
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { block_cache_size_bytes: 0, ..small_options() };
+    futures::executor::block_on(async {
+        let db = Db::open(dir.path(), options.clone()).await.unwrap();
+        db.put("k", "v").await.unwrap();
+        db.flush().await.unwrap();
+        db.close().await.unwrap();
+    });
+    // The completion may come before the test lets go of the task; then the
+    // drop happens here and the attempt is repeated.
+    let mut dropped_on_io_thread = false;
+    for attempt in 0..50u32 {
+        let db = futures::executor::block_on(Db::open(dir.path(), options.clone())).unwrap();
+        let key = format!("buffered{attempt}");
+        let buffered = WriteOptions::with_durability(Durability::Buffered);
+        let mut batch = WriteBatch::new();
+        batch.put(&key, "1");
+        futures::executor::block_on(db.write(batch, buffered)).unwrap();
+        let (dropped_on, drop_thread) = std::sync::mpsc::channel();
+        let task = std::sync::Arc::new(OwningTask {
+            future: std::sync::Mutex::new(Some(Box::pin(async move {
+                // A table read: no block is cached.
+                let _ = db.get("k").await;
+            }))),
+            dropped_on,
+        });
+        let waker = futures::task::waker(task.clone());
+        let polled = task.future.lock().unwrap().as_mut().unwrap().as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(polled, Poll::Pending), "the get waits for its read");
+        drop(waker);
+        drop(task);
+        let thread = drop_thread
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the task is let go of, and dropped, once its read completes");
+        dropped_on_io_thread = thread.as_deref().is_some_and(|name| name.starts_with("ringdb-io"));
+        // Either way the database closes: its directory opens again, with the
+        // buffered write.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let reopened = loop {
+            match futures::executor::block_on(Db::open(dir.path(), options.clone())) {
+                Ok(db) => break db,
+                Err(Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("the dropped database never closed (dropped on {thread:?}): {e}"),
+            }
+        };
+        futures::executor::block_on(async {
+            assert_eq!(reopened.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]));
+            reopened.close().await.unwrap();
+        });
+        if dropped_on_io_thread {
+            break;
+        }
+    }
+    assert!(dropped_on_io_thread, "in 50 attempts the last handle was never dropped on an I/O thread");
+}

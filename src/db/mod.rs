@@ -76,7 +76,8 @@ struct DbInner {
     /// Bytes of batches written by users (keys, values, framing).
     user_bytes_written: AtomicU64,
     io: Io,
-    _lock: DirLock,
+    /// Held until the engine threads are done (see `Drop`).
+    lock: Option<DirLock>,
     path: PathBuf,
 }
 
@@ -91,7 +92,27 @@ impl Drop for DbInner {
         self.log.work.notify_all();
         self.log.flush_work.notify_all();
         self.log.compact_work.notify_all();
-        for thread in self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let threads: Vec<_> = self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        if crate::io::on_io_thread() {
+            // The last handle was dropped on an I/O thread, by a completion
+            // that let go of the task owning it (an executor dropped with the
+            // task still waiting). The engine threads' last writes need this
+            // thread, so another one waits for them, and holds the directory's
+            // lock until they are done.
+            let lock = self.lock.take();
+            let joining = std::thread::Builder::new().name("ringdb-drop".into()).spawn(move || {
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                drop(lock);
+            });
+            if let Err(e) = joining {
+                // Nobody can wait: the threads finish on their own.
+                tracing::warn!(error = %e, "ringdb: the database was dropped on an I/O thread and no thread could wait for its engine threads; its directory is unlocked before they finish");
+            }
+            return;
+        }
+        for thread in threads {
             let _ = thread.join();
         }
     }
@@ -318,7 +339,7 @@ impl Db {
                 slowdown_time_us: AtomicU64::new(0),
                 user_bytes_written: AtomicU64::new(0),
                 io,
-                _lock: lock,
+                lock: Some(lock),
                 path: dir.clone(),
             }),
         };

@@ -521,6 +521,24 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+thread_local! {
+    static IO_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of a backend's own threads (the ring
+/// thread, a posix worker): completions run here.
+fn mark_io_thread() {
+    IO_THREAD.with(|flag| flag.set(true));
+}
+
+/// Whether the calling thread is one of a backend's own threads. Whatever a
+/// completion's waker owned may be dropped here (an executor's task that
+/// nobody else holds), so a drop that waits for I/O must not wait on such a
+/// thread: the I/O it waits for would need this thread to complete.
+pub(crate) fn on_io_thread() -> bool {
+    IO_THREAD.with(std::cell::Cell::get)
+}
+
 /// Asks the kernel to give the calling thread short time slices, so that it
 /// runs soon after it wakes even when CPU-bound threads hold every CPU:
 /// for the threads on the I/O path (the ring thread, the posix backend's
