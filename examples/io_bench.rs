@@ -92,7 +92,9 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     caller_threads: usize,
     /// Most ops on a runtime's reactor (IoOptions::tokio_reactor_max_in_flight)
-    /// for the `tokio` caller; the engine's default if not given.
+    /// for the `tokio` caller; the engine's default if not given. The
+    /// `one-thread` caller always keeps every op on its reactor, and the other
+    /// callers use no reactor, so they ignore it.
     #[arg(long)]
     reactor_max_in_flight: Option<usize>,
     /// Where the fio job files live.

@@ -713,8 +713,9 @@ fn without_compactions_with_faults(faults: &FaultInjector) -> Options {
 fn a_flush_that_finishes_during_close_makes_no_spare() {
     let dir = tempfile::tempdir().unwrap();
     let faults = FaultInjector::new();
-    // The table's first write is slow, so the close starts while the flush runs.
-    faults.add(FaultRule::new(FaultAction::DelayMs(400)).op(IoOp::Write).path_contains(".sst").times(1));
+    // The table's first write is slow, so the close starts while the flush
+    // runs (2 s: a stalled VM must not let the flush finish before it).
+    faults.add(FaultRule::new(FaultAction::DelayMs(2000)).op(IoOp::Write).path_contains(".sst").times(1));
     // Any attempt at a spare shows here.
     faults.add(FaultRule::new(FaultAction::Error(libc::ENOSPC)).op(IoOp::Allocate).path_contains("flush-spare"));
     let options = without_compactions_with_faults(&faults);
@@ -886,13 +887,17 @@ impl Drop for OwningTask {
     }
 }
 
-/// The last handle of a database may be dropped on the backend's own thread:
-/// a get's completion wakes, and so lets go of, a task that nobody else
-/// holds. That drop must not wait there for the engine threads, whose last
-/// writes need that very thread; the database still closes, writes what was
-/// buffered, and unlocks its directory.
-#[test]
-fn the_last_handle_dropped_on_an_io_thread_still_closes_the_database() {
+/// Drops the last handle of a database on an engine thread whose name starts
+/// with `thread_prefix`: a task that nobody else holds owns it and waits on
+/// the future `make` returns, so the completion that wakes the task lets go of
+/// it there. The database must still close (not wait on that thread for
+/// itself), write what was buffered, and unlock its directory. A completion
+/// may come before the test lets go of the task (the drop then happens here),
+/// so it tries again up to 50 times.
+fn drop_last_handle_on_engine_thread(
+    thread_prefix: &str,
+    make: impl Fn(Db) -> futures::future::BoxFuture<'static, ()>,
+) {
     use std::task::{Context, Poll};
     let dir = tempfile::tempdir().unwrap();
     let options = Options { block_cache_size_bytes: 0, ..small_options() };
@@ -902,35 +907,22 @@ fn the_last_handle_dropped_on_an_io_thread_still_closes_the_database() {
         db.flush().await.unwrap();
         db.close().await.unwrap();
     });
-    // The completion may come before the test lets go of the task; then the
-    // drop happens here and the attempt is repeated.
-    let mut dropped_on_io_thread = false;
     for attempt in 0..50u32 {
         let db = futures::executor::block_on(Db::open(dir.path(), options.clone())).unwrap();
         let key = format!("buffered{attempt}");
-        let buffered = WriteOptions::with_durability(Durability::Buffered);
         let mut batch = WriteBatch::new();
         batch.put(&key, "1");
-        futures::executor::block_on(db.write(batch, buffered)).unwrap();
+        futures::executor::block_on(db.write(batch, WriteOptions::with_durability(Durability::Buffered))).unwrap();
         let (dropped_on, drop_thread) = std::sync::mpsc::channel();
-        let task = std::sync::Arc::new(OwningTask {
-            future: std::sync::Mutex::new(Some(Box::pin(async move {
-                // A table read: no block is cached.
-                let _ = db.get("k").await;
-            }))),
-            dropped_on,
-        });
+        let task = std::sync::Arc::new(OwningTask { future: std::sync::Mutex::new(Some(make(db))), dropped_on });
         let waker = futures::task::waker(task.clone());
         let polled = task.future.lock().unwrap().as_mut().unwrap().as_mut().poll(&mut Context::from_waker(&waker));
-        assert!(matches!(polled, Poll::Pending), "the get waits for its read");
+        assert!(matches!(polled, Poll::Pending), "the task waits for the engine");
         drop(waker);
         drop(task);
         let thread = drop_thread
             .recv_timeout(Duration::from_secs(10))
-            .expect("the task is let go of, and dropped, once its read completes");
-        dropped_on_io_thread = thread.as_deref().is_some_and(|name| name.starts_with("ringdb-io"));
-        // Either way the database closes: its directory opens again, with the
-        // buffered write.
+            .expect("the task is let go of, and dropped, once the engine completes its request");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let reopened = loop {
             match futures::executor::block_on(Db::open(dir.path(), options.clone())) {
@@ -942,12 +934,39 @@ fn the_last_handle_dropped_on_an_io_thread_still_closes_the_database() {
             }
         };
         futures::executor::block_on(async {
-            assert_eq!(reopened.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(reopened.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]), "dropped on {thread:?}");
+            assert_eq!(reopened.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
             reopened.close().await.unwrap();
         });
-        if dropped_on_io_thread {
-            break;
+        if thread.as_deref().is_some_and(|name| name.starts_with(thread_prefix)) {
+            return;
         }
     }
-    assert!(dropped_on_io_thread, "in 50 attempts the last handle was never dropped on an I/O thread");
+    panic!("in 50 attempts the last handle was never dropped on a {thread_prefix}* thread");
+}
+
+/// A get's block read completes on the I/O backend's thread, whose work the
+/// engine threads' last writes need. (With the posix backend's several workers
+/// the old code did not hang here; the ring thread is the one that did.)
+#[test]
+fn the_last_handle_dropped_on_an_io_thread_still_closes_the_database() {
+    drop_last_handle_on_engine_thread("ringdb-io", |db| {
+        Box::pin(async move {
+            // A table read: no block is cached.
+            let _ = db.get("k").await;
+        })
+    });
+}
+
+/// A synced write completes on the log writer's thread, which the drop would
+/// otherwise try to join from itself.
+#[test]
+fn the_last_handle_dropped_on_the_log_writer_still_closes_the_database() {
+    drop_last_handle_on_engine_thread("ringdb-wal", |db| {
+        Box::pin(async move {
+            let mut batch = WriteBatch::new();
+            batch.put("synced", "1");
+            let _ = db.write(batch, WriteOptions::with_durability(Durability::Synced)).await;
+        })
+    });
 }

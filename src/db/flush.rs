@@ -156,7 +156,8 @@ fn flush_jobs(flusher: &mut Flusher) {
                 // wait for it. A database that never flushes holds no spare,
                 // and one that is closing would only remove it again at exit
                 // (a create, a reservation and a directory fsync that the
-                // close waits for).
+                // close waits for). A close that starts after this check still
+                // gets one; that is only wasted work.
                 {
                     let state = flusher.shared.lock();
                     if !state.immutables.is_empty() || state.closing {

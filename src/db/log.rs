@@ -282,8 +282,10 @@ impl SpareLog {
         };
         let recycled_number = recycled;
         let recycled = recycled.map(|old| log_path(&shared.dir, old));
-        let (io, path, bytes) = (io.clone(), log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
+        let io_for_thread = io.clone();
+        let (path, bytes) = (log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
         let spawned = std::thread::Builder::new().name("ringdb-wal-spare".into()).spawn(move || {
+            let io = io_for_thread;
             futures_executor::block_on(async {
                 if let Some(old) = recycled {
                     match WalWriter::recycle(&io, &old, &path, log_number, bytes).await {
@@ -303,11 +305,23 @@ impl SpareLog {
                 // flushed log taken for reuse goes back, so it is reused or
                 // deleted later instead of lying unused until the next open.
                 tracing::warn!(error = %e, "could not start a thread to prepare the next log");
-                let mut state = shared.lock();
-                if state.spare_log == Some(log_number) {
-                    state.spare_log = None;
+                let surplus = {
+                    let mut state = shared.lock();
+                    if state.spare_log == Some(log_number) {
+                        state.spare_log = None;
+                    }
+                    match recycled_number {
+                        Some(number) if state.recyclable_logs.len() < MAX_RECYCLABLE_LOGS => {
+                            state.recyclable_logs.push(number);
+                            None
+                        }
+                        // The flush thread kept another meanwhile.
+                        other => other,
+                    }
+                };
+                if let Some(number) = surplus {
+                    let _ = futures_executor::block_on(io.remove_file(log_path(&shared.dir, number)));
                 }
-                state.recyclable_logs.extend(recycled_number);
                 None
             }
         }

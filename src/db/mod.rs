@@ -93,22 +93,34 @@ impl Drop for DbInner {
         self.log.flush_work.notify_all();
         self.log.compact_work.notify_all();
         let threads: Vec<_> = self.threads.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-        if crate::io::on_io_thread() {
-            // The last handle was dropped on an I/O thread, by a completion
-            // that let go of the task owning it (an executor dropped with the
-            // task still waiting). The engine threads' last writes need this
-            // thread, so another one waits for them, and holds the directory's
-            // lock until they are done.
-            let lock = self.lock.take();
-            let joining = std::thread::Builder::new().name("ringdb-drop".into()).spawn(move || {
-                for thread in threads {
-                    let _ = thread.join();
+        if crate::io::on_engine_thread() && !threads.is_empty() {
+            // The last handle was dropped on one of the engine's threads, by a
+            // completion (of I/O, a write, a flush) that let go of the task
+            // owning it (an executor dropped with the task still waiting).
+            // Joining here would wait for this thread's own work (the ring
+            // thread's I/O) or for this thread itself, so another thread waits,
+            // and holds the directory's lock until the engine threads are done.
+            let handed_over = Arc::new(Mutex::new(Some((threads, self.lock.take()))));
+            let joiner = {
+                let handed_over = Arc::clone(&handed_over);
+                std::thread::Builder::new().name("ringdb-drop".into()).spawn(move || {
+                    let taken = handed_over.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some((threads, lock)) = taken {
+                        for thread in threads {
+                            let _ = thread.join();
+                        }
+                        drop(lock);
+                    }
+                })
+            };
+            if let Err(e) = joiner {
+                // Nobody can wait. The threads finish on their own, and the
+                // directory stays locked until the process exits rather than
+                // being unlocked while they may still write to it.
+                tracing::warn!(error = %e, "ringdb: the database was dropped on an engine thread and no thread could wait for the others; its directory stays locked until the process exits");
+                if let Some((_threads, lock)) = handed_over.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    std::mem::forget(lock);
                 }
-                drop(lock);
-            });
-            if let Err(e) = joining {
-                // Nobody can wait: the threads finish on their own.
-                tracing::warn!(error = %e, "ringdb: the database was dropped on an I/O thread and no thread could wait for its engine threads; its directory is unlocked before they finish");
             }
             return;
         }
@@ -285,7 +297,10 @@ impl Db {
             .name("ringdb-wal".into())
             .spawn({
                 let (shared, io) = (Arc::clone(&shared), io.clone());
-                move || log::writer_thread(shared, io, Some(wal))
+                move || {
+                    crate::io::mark_engine_thread();
+                    log::writer_thread(shared, io, Some(wal))
+                }
             })
             .map_err(spawn_error)?;
         let versions = Arc::new(VersionSet::new(
@@ -320,11 +335,17 @@ impl Db {
         };
         let flush_thread = std::thread::Builder::new().name("ringdb-flush".into()).spawn({
             let shared = Arc::clone(&shared);
-            move || log::run_guarded(&shared, "flush", || flush::flush_thread(flusher))
+            move || {
+                crate::io::mark_engine_thread();
+                log::run_guarded(&shared, "flush", || flush::flush_thread(flusher))
+            }
         });
         let compaction_thread = std::thread::Builder::new().name("ringdb-compact".into()).spawn({
             let shared = Arc::clone(&shared);
-            move || log::run_guarded(&shared, "compaction", || compact::compaction_thread(compactor))
+            move || {
+                crate::io::mark_engine_thread();
+                log::run_guarded(&shared, "compaction", || compact::compaction_thread(compactor))
+            }
         });
         let db = Db {
             inner: Arc::new(DbInner {

@@ -522,21 +522,24 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 }
 
 thread_local! {
-    static IO_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ENGINE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Marks the calling thread as one of a backend's own threads (the ring
-/// thread, a posix worker): completions run here.
-fn mark_io_thread() {
-    IO_THREAD.with(|flag| flag.set(true));
+/// Marks the calling thread as one of the engine's own: a backend's (the
+/// ring thread, a posix worker) or a database's (log writer, flush,
+/// compaction, timer). They complete operations and requests, and so wake,
+/// and may be the last to hold, the tasks waiting for them.
+pub(crate) fn mark_engine_thread() {
+    ENGINE_THREAD.with(|flag| flag.set(true));
 }
 
-/// Whether the calling thread is one of a backend's own threads. Whatever a
-/// completion's waker owned may be dropped here (an executor's task that
-/// nobody else holds), so a drop that waits for I/O must not wait on such a
-/// thread: the I/O it waits for would need this thread to complete.
-pub(crate) fn on_io_thread() -> bool {
-    IO_THREAD.with(std::cell::Cell::get)
+/// Whether the calling thread is one of the engine's own
+/// ([`mark_engine_thread`]). Whatever a waker owned may be dropped there (an
+/// executor's task that nobody else holds), so a drop that waits for the
+/// engine must not wait on such a thread: what it waits for may need this
+/// very thread (its I/O, or its own exit).
+pub(crate) fn on_engine_thread() -> bool {
+    ENGINE_THREAD.with(std::cell::Cell::get)
 }
 
 /// Asks the kernel to give the calling thread short time slices, so that it

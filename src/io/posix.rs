@@ -51,7 +51,7 @@ impl PosixDriver {
             let thread = std::thread::Builder::new().name(format!("ringdb-io-posix-{index}")).spawn(move || {
                 // Like the ring thread: every operation passes through here.
                 super::request_short_slices();
-                super::mark_io_thread();
+                super::mark_engine_thread();
                 worker(&shared, &stats)
             });
             match thread {

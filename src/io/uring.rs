@@ -94,7 +94,7 @@ impl UringDriver {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("ringdb-io-uring".into()).spawn(move || {
-            super::mark_io_thread();
+            super::mark_engine_thread();
             // The ring is built on the thread that submits to it (SINGLE_ISSUER).
             match build_ring(entries) {
                 Ok(ring) => {
