@@ -970,3 +970,17 @@ fn the_last_handle_dropped_on_the_log_writer_still_closes_the_database() {
         })
     });
 }
+
+/// A flush request is answered by the flush thread (its notification of
+/// `room` wakes the task, which is dropped right there), which the drop would
+/// otherwise try to join from itself.
+#[test]
+fn the_last_handle_dropped_on_the_flush_thread_still_closes_the_database() {
+    drop_last_handle_on_engine_thread("ringdb-flush", |db| {
+        Box::pin(async move {
+            // The buffered write made the memtable non-empty: this freezes it
+            // and waits for the flush thread.
+            let _ = db.flush().await;
+        })
+    });
+}

@@ -156,7 +156,7 @@ pub(crate) fn compaction_thread(compactor: Compactor) {
             }
             tracing::error!(error = %e, "compaction failed: the database refuses further writes");
             shared.lock().poisoned.get_or_insert_with(|| format!("compaction failed: {e}"));
-            shared.room.notify(usize::MAX);
+            shared.room.notify_all();
             shared.flush_work.notify_all();
             continue;
         }
@@ -203,7 +203,7 @@ fn execute(compactor: &Compactor, plan: &Plan, version: &Version) -> std::result
     futures_executor::block_on(compactor.versions.log_and_apply(shared, outcome.edit, outcome.added, |_| {}))
         .map_err(Arc::new)?;
     // Writers waiting for level 0 to shrink.
-    shared.room.notify(usize::MAX);
+    shared.room.notify_all();
     delete_obsolete(compactor);
     Ok(added)
 }

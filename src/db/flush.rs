@@ -143,7 +143,7 @@ fn flush_jobs(flusher: &mut Flusher) {
         let result = futures_executor::block_on(flusher.flush(&job));
         match result {
             Ok(obsolete_logs) => {
-                flusher.shared.room.notify(usize::MAX);
+                flusher.shared.room.notify_all();
                 flusher.shared.compact_work.notify_all();
                 for log in obsolete_logs {
                     let path = log_path(&flusher.shared.dir, log);
@@ -175,7 +175,7 @@ fn flush_jobs(flusher: &mut Flusher) {
                 // still be there if the flush failed before its rename.
                 let _ = futures_executor::block_on(flusher.io.remove_file(spare_table_path(&flusher.shared.dir)));
                 flusher.shared.lock().poisoned.get_or_insert(reason);
-                flusher.shared.room.notify(usize::MAX);
+                flusher.shared.room.notify_all();
                 return;
             }
         }

@@ -104,7 +104,7 @@ pub(crate) struct LogShared {
     pub(crate) visible_seq: AtomicU64,
     /// Wakes writers waiting for room and `Db::flush` callers (a flushed
     /// immutable memtable, or a failure).
-    pub(crate) room: event_listener::Event,
+    pub(crate) room: super::wake_all::WakeAll,
     pub(crate) dir: PathBuf,
     pub(crate) wal_preallocate_bytes: u64,
     pub(crate) wal_flush_interval: Duration,
@@ -255,7 +255,7 @@ impl Drop for PanicGuard<'_> {
         for (_, done) in flushes {
             let _ = done.send(Err(Error::Poisoned("the log writer thread panicked".into())));
         }
-        self.0.room.notify(usize::MAX);
+        self.0.room.notify_all();
         self.0.flush_work.notify_all();
         self.0.compact_work.notify_all();
     }
@@ -464,7 +464,7 @@ pub(crate) fn run_guarded(shared: &LogShared, thread: &str, body: impl FnOnce())
         let reason = format!("the {thread} thread panicked: {message}");
         tracing::error!(%reason, "the database refuses further writes");
         shared.lock().poisoned.get_or_insert(reason);
-        shared.room.notify(usize::MAX);
+        shared.room.notify_all();
         shared.flush_work.notify_all();
         shared.compact_work.notify_all();
     }
@@ -479,7 +479,7 @@ fn poison(shared: &LogShared, error: &Error) -> String {
         state.poisoned.get_or_insert_with(|| error.to_string()).clone()
     };
     tracing::error!(error = %error, "write-ahead log write failed: the database refuses further writes");
-    shared.room.notify(usize::MAX);
+    shared.room.notify_all();
     shared.flush_work.notify_all();
     shared.compact_work.notify_all();
     reason

@@ -9,6 +9,7 @@ mod recovery;
 mod scan;
 mod timer;
 mod versions;
+mod wake_all;
 
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
@@ -280,7 +281,7 @@ impl Db {
             compact_work: Condvar::new(),
             snapshots: Mutex::new(Default::default()),
             visible_seq: AtomicU64::new(recovered.last_seq.0),
-            room: event_listener::Event::new(),
+            room: wake_all::WakeAll::default(),
             dir: dir.clone(),
             wal_preallocate_bytes: options.wal_preallocate_bytes,
             wal_flush_interval: Duration::from_millis(options.wal_flush_interval_ms),
@@ -773,7 +774,7 @@ impl Db {
         self.inner.log.work.notify_all();
         self.inner.log.flush_work.notify_all();
         self.inner.log.compact_work.notify_all();
-        self.inner.log.room.notify(usize::MAX);
+        self.inner.log.room.notify_all();
     }
 
     /// Queues a flush request; with `close`, also stops the database in the
@@ -840,7 +841,7 @@ impl Db {
                 }
                 drop(keep);
                 joined.done.store(true, Ordering::Release);
-                joined.event.notify(usize::MAX);
+                joined.event.notify_all();
             });
         }
         // Every close, also one that found another under way, returns only
@@ -868,7 +869,7 @@ impl Db {
 #[derive(Default)]
 struct ThreadsJoined {
     done: AtomicBool,
-    event: event_listener::Event,
+    event: wake_all::WakeAll,
 }
 
 /// The open's new log `log_number`: `reusable` (a log recovery found with
