@@ -23,6 +23,7 @@ mod file;
 mod huge;
 mod lock;
 mod op;
+mod permits;
 mod posix;
 #[cfg(feature = "tokio")]
 mod reactor;
@@ -34,7 +35,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_lock::Semaphore;
 use futures_channel::oneshot;
 
 pub use align::{AlignmentSource, DEFAULT_ALIGNMENT, discover as discover_alignment};
@@ -225,7 +225,7 @@ struct IoInner {
     reactors: Option<reactor::Reactors>,
     backend: Backend,
     queue_depth: u32,
-    permits: Arc<Semaphore>,
+    permits: Arc<permits::Permits>,
     faults: Option<FaultInjector>,
     stats: Arc<IoStatsInner>,
     /// Recycled buffers, a pool per (capacity, alignment), made on demand
@@ -352,7 +352,7 @@ impl Io {
                 driver,
                 backend,
                 queue_depth: options.queue_depth,
-                permits: Arc::new(Semaphore::new(options.queue_depth as usize)),
+                permits: Arc::new(permits::Permits::new(options.queue_depth as usize)),
                 faults: options.faults,
                 stats,
                 sized_pools: std::sync::Mutex::new(Vec::new()),

@@ -12,7 +12,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use async_lock::SemaphoreGuardArc;
+use super::permits::Permit;
 use futures_channel::oneshot;
 
 use super::buf::AlignedBuf;
@@ -129,7 +129,7 @@ pub(crate) struct Submission {
     pub(crate) op: Op,
     pub(crate) done: oneshot::Sender<Completion>,
     /// Held until the op completes: bounds the ops in flight.
-    pub(crate) permit: SemaphoreGuardArc,
+    pub(crate) permit: Permit,
 }
 
 impl Submission {

@@ -759,7 +759,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = std::fs::File::create(dir.path().join("f")).unwrap();
         let handle = Arc::new(FileHandle { file, path: dir.path().join("f"), direct: false, align: 512 });
-        let permits = Arc::new(async_lock::Semaphore::new(1));
+        let permits = Arc::new(crate::io::permits::Permits::new(1));
         let (done, _receiver) = futures_channel::oneshot::channel();
         let buf = crate::io::AlignedBuf::new(512, 512);
         let op = Op { file: handle, kind: OpKind::Write { buf, start: 0, len: 512, offset: 0, sync_after: true } };
