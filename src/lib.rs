@@ -20,6 +20,8 @@ mod key;
 mod memtable;
 mod reclaim;
 mod sst;
+#[cfg(test)]
+mod test_support;
 mod version;
 mod wal;
 

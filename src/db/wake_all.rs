@@ -141,27 +141,13 @@ mod tests {
         assert!(lock(&wake_all.state).waiting.is_empty());
     }
 
-    /// The waker owns its listener, as an executor's task owns its future,
-    /// and is the last owner: `wake()` drops the listener, which takes the
-    /// lock. Waking under the lock would deadlock here.
-    struct OwnsListener(Mutex<Option<Listener>>);
-
-    impl ArcWake for OwnsListener {
-        fn wake_by_ref(arc_self: &Arc<Self>) {
-            drop(arc_self.0.lock().unwrap().take());
-        }
-    }
-
+    /// The waker is the listener's last owner, as an executor's task is of
+    /// its future once the executor is gone: `wake()` drops the listener,
+    /// which takes the lock. Waking under the lock would deadlock here.
     #[test]
     fn a_waker_may_drop_its_listener_inside_wake() {
         let wake_all = Arc::new(WakeAll::default());
-        let owner = Arc::new(OwnsListener(Mutex::new(Some(wake_all.listen()))));
-        let waker = futures::task::waker(Arc::clone(&owner));
-        let mut guard = owner.0.lock().unwrap();
-        assert!(poll(guard.as_mut().unwrap(), &waker).is_pending());
-        drop(guard);
-        drop(waker);
-        drop(owner);
+        assert!(crate::test_support::leave_to_its_waker(wake_all.listen()));
         let (done, notified) = std::sync::mpsc::channel();
         let notifier = Arc::clone(&wake_all);
         std::thread::spawn(move || {

@@ -235,28 +235,15 @@ mod tests {
         assert!(permits.queue().is_empty());
     }
 
-    /// The waker owns its waiter, as an executor's task owns its future, and
-    /// is the last owner: the release's `wake()` drops the `Acquire`, which
-    /// takes the queue's lock. Waking under the lock would deadlock here.
-    struct OwnsAcquire(Mutex<Option<Acquire>>);
-
-    impl ArcWake for OwnsAcquire {
-        fn wake_by_ref(arc_self: &Arc<Self>) {
-            drop(arc_self.0.lock().unwrap().take());
-        }
-    }
-
+    /// The waker is the waiter's last owner, as an executor's task is of its
+    /// future once the executor is gone: the release's `wake()` drops the
+    /// `Acquire`, which takes the queue's lock. Waking under the lock would
+    /// deadlock here.
     #[test]
     fn a_waker_may_drop_its_waiter_inside_wake() {
         let permits = Arc::new(Permits::new(1));
         let held = permits.try_acquire_arc().unwrap();
-        let owner = Arc::new(OwnsAcquire(Mutex::new(Some(permits.acquire_arc()))));
-        let waker = futures::task::waker(Arc::clone(&owner));
-        let mut guard = owner.0.lock().unwrap();
-        assert!(poll(guard.as_mut().unwrap(), &waker).is_pending());
-        drop(guard);
-        drop(waker);
-        drop(owner);
+        assert!(crate::test_support::leave_to_its_waker(permits.acquire_arc()));
         let (done, released) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             drop(held);
