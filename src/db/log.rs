@@ -280,14 +280,13 @@ impl SpareLog {
             state.spare_log = Some(number);
             (number, state.recyclable_logs.pop())
         };
-        let recycled_number = recycled;
-        let recycled = recycled.map(|old| log_path(&shared.dir, old));
-        let io_for_thread = io.clone();
+        let recycled_path = recycled.map(|old| log_path(&shared.dir, old));
+        let thread_io = io.clone();
         let (path, bytes) = (log_path(&shared.dir, log_number), shared.wal_preallocate_bytes);
         let spawned = std::thread::Builder::new().name("ringdb-wal-spare".into()).spawn(move || {
-            let io = io_for_thread;
+            let io = thread_io;
             futures_executor::block_on(async {
-                if let Some(old) = recycled {
+                if let Some(old) = recycled_path {
                     match WalWriter::recycle(&io, &old, &path, log_number, bytes).await {
                         Ok(wal) => return Ok(wal),
                         // Not fatal: a new log is as good. What is left of the
@@ -310,7 +309,7 @@ impl SpareLog {
                     if state.spare_log == Some(log_number) {
                         state.spare_log = None;
                     }
-                    match recycled_number {
+                    match recycled {
                         Some(number) if state.recyclable_logs.len() < MAX_RECYCLABLE_LOGS => {
                             state.recyclable_logs.push(number);
                             None
