@@ -7,8 +7,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::stream::Stream;
-use crate::coding::{MAX_VARINT_BYTES, Reader, put_u32, put_varint, varint_len, write_varint};
+use super::stream::{ENTRY_HEADER_BYTES, Stream};
+use crate::coding::{Reader, put_u32, put_varint, varint_len, write_varint};
 use crate::io::AlignedBuf;
 use crate::{Error, Result};
 
@@ -96,6 +96,18 @@ impl<B: Stream> BlockBuilder<B> {
 
     /// Appends an entry; `key` must sort after the previous key.
     pub(crate) fn add(&mut self, key: &[u8], value: &[u8]) {
+        let common = shared_prefix_len(&self.last_key, key);
+        self.add_with_common(key, value, common);
+    }
+
+    /// [`add`](Self::add) for a caller that has already compared `key` with
+    /// [`last_key`](Self::last_key): `common` is the length of their common
+    /// prefix. A table's encoder needs that length itself (to tell a new user
+    /// key from another version of the last one), and one comparison per
+    /// entry instead of two (and no copy of the user key) took 9% off the
+    /// encoder's instructions (callgrind: 560 against 511 per entry).
+    pub(crate) fn add_with_common(&mut self, key: &[u8], value: &[u8], common: usize) {
+        debug_assert_eq!(common, shared_prefix_len(&self.last_key, key));
         if self.entries == 0 {
             self.block_start = self.buf.len();
         }
@@ -107,20 +119,17 @@ impl<B: Stream> BlockBuilder<B> {
         } else if self.entries == 0 {
             0
         } else {
-            shared_prefix_len(&self.last_key, key)
+            common
         };
-        // The three lengths in one append: each append of an aligned stream
-        // checks its room.
-        let mut header = [0u8; 3 * MAX_VARINT_BYTES];
+        let mut header = [0u8; ENTRY_HEADER_BYTES];
         let mut n = write_varint(&mut header, 0, shared as u64);
         n = write_varint(&mut header, n, (key.len() - shared) as u64);
         n = write_varint(&mut header, n, value.len() as u64);
-        self.buf.append(&header[..n]);
-        self.buf.append(&key[shared..]);
-        self.buf.append(value);
-        // Only the unshared tail changes.
-        self.last_key.truncate(shared);
-        self.last_key.extend_from_slice(&key[shared..]);
+        self.buf.append_entry(&header, n, &key[shared..], value);
+        // Only the tail past the common prefix changes, even where the block
+        // stores the key whole (a restart point).
+        self.last_key.truncate(common);
+        self.last_key.extend_from_slice(&key[common..]);
         self.since_restart += 1;
         self.entries += 1;
     }
@@ -155,7 +164,8 @@ impl<B: Stream> BlockBuilder<B> {
             + value.len()
     }
 
-    /// The last key added.
+    /// The last key added, to this block or (until the next `add`) to the
+    /// block finished before it: empty before the first.
     pub(crate) fn last_key(&self) -> &[u8] {
         &self.last_key
     }
@@ -175,7 +185,7 @@ impl<B: Stream> BlockBuilder<B> {
         self.restarts.clear();
         self.restarts.push(0);
         self.since_restart = 0;
-        self.last_key.clear();
+        // `last_key` stays: the next block's first key is compared with it.
         self.entries = 0;
         len
     }
@@ -212,7 +222,7 @@ impl<B: Stream> BlockBuilder<B> {
 
 /// Length of the common prefix of `a` and `b`, eight bytes at a time: this runs once per
 /// entry of every flush and compaction output.
-fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn shared_prefix_len(a: &[u8], b: &[u8]) -> usize {
     let limit = a.len().min(b.len());
     let mut n = 0;
     while n + 8 <= limit {

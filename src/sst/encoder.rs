@@ -9,7 +9,7 @@
 //! part lands in the file. Offsets here are therefore relative to where the
 //! encoder's stream starts.
 
-use super::block::{BlockBuilder, BlockHandle, TRAILER_BYTES};
+use super::block::{BlockBuilder, BlockHandle, TRAILER_BYTES, shared_prefix_len};
 use super::filter::{BloomBuilder, FilterBits};
 use super::stream::Stream;
 use super::table::TableOptions;
@@ -65,7 +65,6 @@ pub(crate) struct Encoder<B: Stream = Vec<u8>> {
     /// The stream: finished blocks (and padding) not yet taken, then the open block.
     data: BlockBuilder<B>,
     pub(crate) filter: BloomBuilder,
-    last_user_key: Vec<u8>,
     /// Bytes produced so far, padding included: the offset of the next block.
     len: u64,
     entries: u64,
@@ -97,7 +96,6 @@ impl<B: Stream> Encoder<B> {
             data: BlockBuilder::with_buffer(options.block_restart_interval, stream),
             filter: BloomBuilder::new(options.bloom_bits_per_key),
             options,
-            last_user_key: Vec::new(),
             len: 0,
             entries: 0,
             data_blocks: 0,
@@ -120,11 +118,14 @@ impl<B: Stream> Encoder<B> {
         if self.entries == 0 {
             self.first_key.extend_from_slice(internal_key);
         }
-        if self.entries == 0 || self.last_user_key != parsed.user_key {
+        // The block builder keeps the last key across blocks; the one
+        // comparison with it serves both the filter (is this a new user key?)
+        // and the block's prefix compression.
+        let last_key = self.data.last_key();
+        let common = shared_prefix_len(last_key, internal_key);
+        let same_user_key = self.entries > 0 && last_key.len() == internal_key.len() && common >= parsed.user_key.len();
+        if !same_user_key {
             self.filter.add_key(parsed.user_key);
-            // Reused, not reallocated: this runs once per entry of a flush.
-            self.last_user_key.clear();
-            self.last_user_key.extend_from_slice(parsed.user_key);
         }
         let mut finished = false;
         if self.ends_block_before(internal_key, value) {
@@ -139,7 +140,7 @@ impl<B: Stream> Encoder<B> {
             shortest_separator_into(&self.pending_last_key, internal_key, &mut self.separator);
             self.index.push(&self.separator, handle);
         }
-        self.data.add(internal_key, value);
+        self.data.add_with_common(internal_key, value, common);
         self.entries += 1;
         if self.data.estimated_size_bytes() >= self.options.block_size_bytes {
             self.finish_data_block();
@@ -453,6 +454,32 @@ mod tests {
         let second = Encoder::new(TableOptions::default(), Vec::new());
         assert_eq!(second.index().iter().count(), 0, "the reused buffers come back empty");
         assert_eq!((second.index.keys.as_ptr(), second.index.entries.as_ptr()), (keys, entries));
+    }
+
+    #[test]
+    fn the_filter_gets_each_user_key_once_across_blocks() {
+        let put = |user: &[u8], seq: u64| encode_internal_key(user, SeqNo(seq), ValueKind::Put);
+        // A user key that is the last one plus the first byte of its
+        // trailer: the two internal keys share a prefix as long as the new
+        // user key, but are not versions of one key.
+        let trailer_lookalike = put(b"a", 1)[..2].to_vec();
+        let users: Vec<Vec<u8>> =
+            vec![b"a".to_vec(), trailer_lookalike, b"ab".to_vec(), b"abc".to_vec(), b"abd".to_vec(), b"b".to_vec()];
+        let mut distinct = BloomBuilder::new(10);
+        for user in &users {
+            distinct.add_key(user);
+        }
+        // Blocks of one entry put every version in a block of its own.
+        for block_size_bytes in [1, 40, 4096] {
+            let options = TableOptions { block_size_bytes, block_align_bytes: 0, ..TableOptions::default() };
+            let mut encoder = Encoder::new(options, Vec::new());
+            for user in &users {
+                for seq in (1..=3).rev() {
+                    encoder.add(&put(user, seq), b"value");
+                }
+            }
+            assert_eq!(encoder.filter.hashes(), distinct.hashes(), "block size {block_size_bytes}");
+        }
     }
 
     proptest::proptest! {
