@@ -90,15 +90,30 @@ pub(crate) enum RecordAt<'a> {
 
 /// Examines the record at file offset `offset`, starting at `bytes[0]` (which runs to the end of the file).
 pub(crate) fn record_at(bytes: &[u8], offset: usize, log_number: u64) -> RecordAt<'_> {
+    let mut unbounded = usize::MAX;
+    record_at_within(bytes, offset, log_number, &mut unbounded)
+        .expect("a length below 2^32 fits in any budget this big")
+}
+
+/// [`record_at`], checksumming at most `checksum_budget_bytes` payload bytes
+/// and lowering the budget by those it checksums. `None`: the record's
+/// claimed payload is larger than what is left of the budget, so it was not
+/// checked.
+pub(crate) fn record_at_within<'a>(
+    bytes: &'a [u8],
+    offset: usize,
+    log_number: u64,
+    checksum_budget_bytes: &mut usize,
+) -> Option<RecordAt<'a>> {
     let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
-        return if bytes.iter().all(|&b| b == 0) {
+        return Some(if bytes.iter().all(|&b| b == 0) {
             RecordAt::Unwritten
         } else {
             RecordAt::Invalid("file ends inside a record header".into())
-        };
+        });
     };
     if header.iter().all(|&b| b == 0) {
-        return RecordAt::Unwritten;
+        return Some(RecordAt::Unwritten);
     }
     let mut reader = Reader::new(header);
     let crc = reader.u32().expect("28 bytes");
@@ -107,27 +122,28 @@ pub(crate) fn record_at(bytes: &[u8], offset: usize, log_number: u64) -> RecordA
     let record_log = reader.u64().expect("28 bytes");
     let synced_through = reader.u64().expect("28 bytes");
     if kind != [RECORD_TYPE_GROUP, 0, 0, 0] {
-        return RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}"));
+        return Some(RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}")));
     }
     if record_log != log_number {
-        return RecordAt::Invalid(format!("record of log {record_log} in log {log_number} (stale bytes)"));
+        return Some(RecordAt::Invalid(format!("record of log {record_log} in log {log_number} (stale bytes)")));
     }
     if len == 0 {
-        return RecordAt::Invalid("empty record".into());
+        return Some(RecordAt::Invalid("empty record".into()));
     }
     let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
-        return RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file"));
+        return Some(RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file")));
     };
+    *checksum_budget_bytes = checksum_budget_bytes.checked_sub(len)?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&header[4..]);
     hasher.update(payload);
     if hasher.finalize() != crc {
-        return RecordAt::Invalid("record checksum mismatch".into());
+        return Some(RecordAt::Invalid("record checksum mismatch".into()));
     }
     if synced_through > offset as u64 {
-        return RecordAt::Invalid(format!("synced_through {synced_through} lies past the record itself"));
+        return Some(RecordAt::Invalid(format!("synced_through {synced_through} lies past the record itself")));
     }
-    RecordAt::Valid { payload, synced_through }
+    Some(RecordAt::Valid { payload, synced_through })
 }
 
 /// The offset of the sector after a record of `payload_len` bytes starting at `offset`.

@@ -3,7 +3,9 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::format::{RECORD_HEADER_BYTES, RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at};
+use super::format::{
+    RECORD_HEADER_BYTES, RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at, record_at_within,
+};
 use crate::batch::decode_batches;
 use crate::io::{DirectFile, Io};
 use crate::key::SeqNo;
@@ -156,30 +158,33 @@ pub(crate) fn parse_records(
         // The log ends here: cleanly, at a torn tail, or at damage.
         contents.end_offset = offset as u64;
         let later = later_valid_records(&data, offset + SECTOR_BYTES, log_number);
-        let Some((first_later, watermark)) = later else {
-            if problem.is_some() {
-                contents.torn_tail_at = Some(offset as u64);
-            }
-            break;
-        };
-        if watermark <= offset as u64 {
-            // Valid groups follow, but none of them was built after a sync that
-            // covered this offset: a power loss can lose unsynced groups in any
-            // order, so this is still the tail of what was durable.
-            contents.torn_tail_at = Some(offset as u64);
-            break;
-        }
+        let damaged = problem.is_some();
         let reason = problem.unwrap_or_else(|| "unwritten sector".into());
-        match mode {
-            RecoveryMode::KeepAllOrFail => {
-                return Err(corruption(
-                    offset as u64,
-                    format!(
-                        "{reason}, but a later group (at offset {first_later}) says everything below offset \
-                         {watermark} was synced: damage in the middle of the log"
-                    ),
-                ));
+        let detail = match later {
+            Later::Nothing => {
+                if damaged {
+                    contents.torn_tail_at = Some(offset as u64);
+                }
+                break;
             }
+            Later::Valid { watermark, .. } if watermark <= offset as u64 => {
+                // Valid groups follow, but none of them was built after a sync that
+                // covered this offset: a power loss can lose unsynced groups in any
+                // order, so this is still the tail of what was durable.
+                contents.torn_tail_at = Some(offset as u64);
+                break;
+            }
+            Later::Valid { first, watermark } => format!(
+                "{reason}, but a later group (at offset {first}) says everything below offset \
+                 {watermark} was synced: damage in the middle of the log"
+            ),
+            Later::TooManyClaims { at } => format!(
+                "{reason}, and the records after it claim more bytes than the log holds (checked up to \
+                 offset {at}): damage that cannot be told from a torn tail"
+            ),
+        };
+        match mode {
+            RecoveryMode::KeepAllOrFail => return Err(corruption(offset as u64, detail)),
             RecoveryMode::KeepPrefixDropRest => {
                 contents.dropped_at = Some((offset as u64, reason));
                 // New writes must not land before the dropped groups, or a
@@ -193,16 +198,45 @@ pub(crate) fn parse_records(
     Ok(contents)
 }
 
-/// The first valid record of this log at a sector boundary at or after `from`,
-/// and the highest `synced_through` of all valid records from there on.
-fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Option<(usize, u64)> {
-    let mut found: Option<(usize, u64)> = None;
-    for offset in (from..data.len()).step_by(SECTOR_BYTES) {
-        if let RecordAt::Valid { synced_through, .. } = record_at(&data[offset..], offset, log_number) {
-            let (first, watermark) = found.get_or_insert((offset, 0));
-            let _ = first;
-            *watermark = (*watermark).max(synced_through);
+/// What follows the end of a log's valid prefix.
+#[derive(Debug, PartialEq, Eq)]
+enum Later {
+    /// No valid record of this log at any later sector boundary.
+    Nothing,
+    /// The first valid record at a later sector boundary, and the highest
+    /// `synced_through` among all of them.
+    Valid { first: usize, watermark: u64 },
+    /// Records claiming more payload bytes than the scan may checksum: the
+    /// scan gave up at this offset, and cannot tell a torn tail from damage.
+    TooManyClaims { at: usize },
+}
+
+/// Payload bytes [`later_valid_records`] may checksum, beyond one pass over
+/// what it scans. It skips past each valid record, so a log's own records
+/// cost one pass, and torn ones (which do not overlap either) at most one
+/// more. Only overlapping claims (a crafted file, whose every sector holds a
+/// header of this log claiming the rest of the file) come near the bound;
+/// without it such a file cost checksum work quadratic in its size at open.
+const LATER_SCAN_SLACK_BYTES: usize = 1 << 20;
+
+/// Looks for valid records of this log at the sector boundaries from `from` on.
+fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Later {
+    let mut budget_bytes = 2 * data.len().saturating_sub(from) + LATER_SCAN_SLACK_BYTES;
+    let mut found = Later::Nothing;
+    let mut offset = from;
+    while offset < data.len() {
+        let Some(record) = record_at_within(&data[offset..], offset, log_number, &mut budget_bytes) else {
+            return Later::TooManyClaims { at: offset };
+        };
+        if let RecordAt::Valid { payload, synced_through } = record {
+            match &mut found {
+                Later::Valid { watermark, .. } => *watermark = (*watermark).max(synced_through),
+                _ => found = Later::Valid { first: offset, watermark: synced_through },
+            }
+            offset = next_record_offset(offset, payload.len());
+            continue;
         }
+        offset += SECTOR_BYTES;
     }
     found
 }
@@ -289,6 +323,49 @@ mod tests {
         assert_eq!(contents.groups.len(), 1);
         assert_eq!(contents.dropped_at.as_ref().map(|d| d.0), Some(starts[1] as u64));
         assert!(contents.end_offset as usize > starts[2], "new groups go after the dropped ones");
+    }
+
+    #[test]
+    fn a_log_whose_every_sector_claims_the_rest_of_the_file_is_refused_without_checking_every_claim() {
+        // A crafted file: after one valid group, every sector holds a header
+        // of this log claiming the rest of the file, with a wrong checksum.
+        // Checking every claim would checksum about 32 GiB for these 8 MiB.
+        let (mut data, _) = image(5, &[1]);
+        let damaged_at = data.len();
+        let sectors = 16 * 1024;
+        data.resize(damaged_at + sectors * SECTOR_BYTES, 0xAB);
+        for at in (damaged_at..data.len()).step_by(SECTOR_BYTES) {
+            let claim = u32::try_from(data.len() - at - RECORD_HEADER_BYTES).unwrap();
+            let header = &mut data[at..at + RECORD_HEADER_BYTES];
+            header[..4].copy_from_slice(&0xDEAD_BEEF_u32.to_le_bytes());
+            header[4..8].copy_from_slice(&claim.to_le_bytes());
+            header[8..12].copy_from_slice(&[super::super::format::RECORD_TYPE_GROUP, 0, 0, 0]);
+            header[12..20].copy_from_slice(&5u64.to_le_bytes());
+            header[20..28].copy_from_slice(&0u64.to_le_bytes());
+        }
+        assert_eq!(
+            later_valid_records(&data, damaged_at + SECTOR_BYTES, 5),
+            Later::TooManyClaims { at: damaged_at + 3 * SECTOR_BYTES },
+            "the scan stops once its checksum budget (twice the bytes scanned, and 1 MiB) is spent"
+        );
+        match parse(data.clone(), RecoveryMode::KeepAllOrFail) {
+            Err(Error::Corruption { offset, reason, .. }) => {
+                assert_eq!(offset, damaged_at as u64);
+                assert!(reason.contains("claim more bytes than the log holds"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        let contents = parse(data, RecoveryMode::KeepPrefixDropRest).unwrap();
+        assert_eq!(contents.groups.len(), 1);
+        assert_eq!(contents.dropped_at.as_ref().map(|d| d.0), Some(damaged_at as u64));
+    }
+
+    #[test]
+    fn the_scan_past_damage_skips_each_valid_group_and_keeps_the_highest_watermark() {
+        let (mut data, starts) = image_with(5, &[2, 300, 2, 300, 2], |start| start / 2);
+        data[starts[1] + RECORD_HEADER_BYTES] ^= 1;
+        let later = later_valid_records(&data, starts[1] + SECTOR_BYTES, 5);
+        assert_eq!(later, Later::Valid { first: starts[2], watermark: starts[4] as u64 / 2 });
     }
 
     #[test]
