@@ -898,9 +898,21 @@ fn drop_last_handle_on_engine_thread(
     thread_prefix: &str,
     make: impl Fn(Db) -> futures::future::BoxFuture<'static, ()>,
 ) {
+    drop_last_handle_on_engine_thread_with(
+        Options { block_cache_size_bytes: 0, ..small_options() },
+        thread_prefix,
+        make,
+    );
+}
+
+/// [`drop_last_handle_on_engine_thread`] with the database opened with `options`.
+fn drop_last_handle_on_engine_thread_with(
+    options: Options,
+    thread_prefix: &str,
+    make: impl Fn(Db) -> futures::future::BoxFuture<'static, ()>,
+) {
     use std::task::Context;
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { block_cache_size_bytes: 0, ..small_options() };
     futures::executor::block_on(async {
         let db = Db::open(dir.path(), options.clone()).await.unwrap();
         db.put("k", "v").await.unwrap();
@@ -969,6 +981,47 @@ fn the_last_handle_dropped_on_the_log_writer_still_closes_the_database() {
             let mut batch = WriteBatch::new();
             batch.put("synced", "1");
             let _ = db.write(batch, WriteOptions::with_durability(Durability::Synced)).await;
+        })
+    });
+}
+
+/// A manual compaction is answered by the compaction thread, which the drop
+/// would otherwise try to join from itself.
+#[test]
+fn the_last_handle_dropped_on_the_compaction_thread_still_closes_the_database() {
+    drop_last_handle_on_engine_thread("ringdb-compact", |db| {
+        // Flushed first, so that the compaction's own flush has nothing to
+        // wait for and the first wake-up is the compaction's answer.
+        futures::executor::block_on(db.flush()).unwrap();
+        Box::pin(async move {
+            let _ = db.compact_range::<&[u8]>(..).await;
+        })
+    });
+}
+
+/// A write slowed down by level 0 sleeps on the timer thread, which wakes it
+/// there. (The drop joins no thread that needs the timer, so this one closes
+/// even without the hand-off to `ringdb-drop`: the test guards that it
+/// stays so.)
+#[test]
+fn the_last_handle_dropped_on_the_timer_thread_still_closes_the_database() {
+    let compaction = ringdb::CompactionOptions {
+        l0_compaction_trigger: 1,
+        l0_slowdown_trigger: 1,
+        l0_stop_trigger: 1000,
+        ..Default::default()
+    };
+    let options = Options { block_cache_size_bytes: 0, compaction, ..small_options() };
+    drop_last_handle_on_engine_thread_with(options, "ringdb-timer", |db| {
+        // A fresh level-0 table: until compaction moves it down, writes
+        // are slowed down by a sleep. (If compaction wins the race, the
+        // write completes at once and the attempt does not count.)
+        futures::executor::block_on(async {
+            db.put("fresh", "table").await.unwrap();
+            db.flush().await.unwrap();
+        });
+        Box::pin(async move {
+            let _ = db.put("slowed", "1").await;
         })
     });
 }
