@@ -214,9 +214,12 @@ enum Later {
 /// Payload bytes [`later_valid_records`] may checksum, beyond one pass over
 /// what it scans. It skips past each valid record, so a log's own records
 /// cost one pass, and torn ones (which do not overlap either) at most one
-/// more. Only overlapping claims (a crafted file, whose every sector holds a
-/// header of this log claiming the rest of the file) come near the bound;
-/// without it such a file cost checksum work quadratic in its size at open.
+/// more. Only overlapping claims come near the bound: headers of this log
+/// that the log did not write, in a crafted file or inside bytes the scan
+/// reads sector by sector (a torn group's payload, a recycled file's stale
+/// records), where values written to look like them could put them. Without
+/// the bound, a file whose every sector claimed the rest of it cost checksum
+/// work quadratic in its size at open.
 const LATER_SCAN_SLACK_BYTES: usize = 1 << 20;
 
 /// Looks for valid records of this log at the sector boundaries from `from` on.
@@ -329,10 +332,10 @@ mod tests {
     fn a_log_whose_every_sector_claims_the_rest_of_the_file_is_refused_without_checking_every_claim() {
         // A crafted file: after one valid group, every sector holds a header
         // of this log claiming the rest of the file, with a wrong checksum.
-        // Checking every claim would checksum about 32 GiB for these 8 MiB.
+        // Checking every claim would checksum about 8 GiB for these 8 MiB.
         let (mut data, _) = image(5, &[1]);
         let damaged_at = data.len();
-        let sectors = 16 * 1024;
+        let sectors = 2048;
         data.resize(damaged_at + sectors * SECTOR_BYTES, 0xAB);
         for at in (damaged_at..data.len()).step_by(SECTOR_BYTES) {
             let claim = u32::try_from(data.len() - at - RECORD_HEADER_BYTES).unwrap();
@@ -362,10 +365,35 @@ mod tests {
 
     #[test]
     fn the_scan_past_damage_skips_each_valid_group_and_keeps_the_highest_watermark() {
-        let (mut data, starts) = image_with(5, &[2, 300, 2, 300, 2], |start| start / 2);
+        let sizes = [2, 300, 2, 300, 2];
+        let (_, starts) = image(5, &sizes);
+        // The first group after the damage carries the highest watermark.
+        let first_later = starts[2] as u64;
+        let (mut data, same_starts) =
+            image_with(5, &sizes, |start| if start == first_later { start } else { start / 4 });
+        assert_eq!(same_starts, starts);
+        // A record of this log inside group 3's payload, at a sector boundary,
+        // claiming a higher watermark; group 3 is sealed again around it, so
+        // it is a valid group whose payload holds a valid-looking record.
+        let inner = starts[3] + 2 * SECTOR_BYTES;
+        assert!(inner + SECTOR_BYTES < starts[4], "group 3 spans the planted sector");
+        let planted_payload = [7u8; 100];
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        encode_record_header(&mut header, 5, inner as u64, &planted_payload);
+        data[inner..inner + RECORD_HEADER_BYTES].copy_from_slice(&header);
+        data[inner + RECORD_HEADER_BYTES..inner + RECORD_HEADER_BYTES + 100].copy_from_slice(&planted_payload);
+        let field = |data: &[u8], at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap());
+        let len3 = field(&data, starts[3] + 4) as u32 as usize;
+        let synced3 = field(&data, starts[3] + 20);
+        let payload3 = data[starts[3] + RECORD_HEADER_BYTES..starts[3] + RECORD_HEADER_BYTES + len3].to_vec();
+        encode_record_header(&mut header, 5, synced3, &payload3);
+        data[starts[3]..starts[3] + RECORD_HEADER_BYTES].copy_from_slice(&header);
+        assert!(matches!(record_at(&data[inner..], inner, 5), RecordAt::Valid { .. }));
+        assert!(matches!(record_at(&data[starts[3]..], starts[3], 5), RecordAt::Valid { .. }));
+
         data[starts[1] + RECORD_HEADER_BYTES] ^= 1;
         let later = later_valid_records(&data, starts[1] + SECTOR_BYTES, 5);
-        assert_eq!(later, Later::Valid { first: starts[2], watermark: starts[4] as u64 / 2 });
+        assert_eq!(later, Later::Valid { first: starts[2], watermark: first_later });
     }
 
     #[test]
