@@ -90,30 +90,32 @@ pub(crate) enum RecordAt<'a> {
 
 /// Examines the record at file offset `offset`, starting at `bytes[0]` (which runs to the end of the file).
 pub(crate) fn record_at(bytes: &[u8], offset: usize, log_number: u64) -> RecordAt<'_> {
-    let mut unbounded = usize::MAX;
-    record_at_within(bytes, offset, log_number, &mut unbounded)
-        .expect("a length below 2^32 fits in any budget this big")
+    record_at_with(bytes, offset, log_number, |header_tail, payload| {
+        count_checksummed(header_tail.len() + payload.len());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(header_tail);
+        hasher.update(payload);
+        hasher.finalize()
+    })
 }
 
-/// [`record_at`], checksumming at most `checksum_budget_bytes` payload bytes
-/// and lowering the budget by those it checksums. `None`: the record's
-/// claimed payload is larger than what is left of the budget, so it was not
-/// checked.
-pub(crate) fn record_at_within<'a>(
+/// [`record_at`], with the record's checksum computed by `checksum` from the
+/// checksummed part of its header and its payload.
+pub(crate) fn record_at_with<'a>(
     bytes: &'a [u8],
     offset: usize,
     log_number: u64,
-    checksum_budget_bytes: &mut usize,
-) -> Option<RecordAt<'a>> {
+    checksum: impl FnOnce(&[u8], &'a [u8]) -> u32,
+) -> RecordAt<'a> {
     let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
-        return Some(if bytes.iter().all(|&b| b == 0) {
+        return if bytes.iter().all(|&b| b == 0) {
             RecordAt::Unwritten
         } else {
             RecordAt::Invalid("file ends inside a record header".into())
-        });
+        };
     };
     if header.iter().all(|&b| b == 0) {
-        return Some(RecordAt::Unwritten);
+        return RecordAt::Unwritten;
     }
     let mut reader = Reader::new(header);
     let crc = reader.u32().expect("28 bytes");
@@ -122,28 +124,24 @@ pub(crate) fn record_at_within<'a>(
     let record_log = reader.u64().expect("28 bytes");
     let synced_through = reader.u64().expect("28 bytes");
     if kind != [RECORD_TYPE_GROUP, 0, 0, 0] {
-        return Some(RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}")));
+        return RecordAt::Invalid(format!("unknown record type/reserved bytes {kind:02x?}"));
     }
     if record_log != log_number {
-        return Some(RecordAt::Invalid(format!("record of log {record_log} in log {log_number} (stale bytes)")));
+        return RecordAt::Invalid(format!("record of log {record_log} in log {log_number} (stale bytes)"));
     }
     if len == 0 {
-        return Some(RecordAt::Invalid("empty record".into()));
+        return RecordAt::Invalid("empty record".into());
     }
     let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
-        return Some(RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file")));
+        return RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file"));
     };
-    *checksum_budget_bytes = checksum_budget_bytes.checked_sub(len)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&header[4..]);
-    hasher.update(payload);
-    if hasher.finalize() != crc {
-        return Some(RecordAt::Invalid("record checksum mismatch".into()));
+    if checksum(&header[4..], payload) != crc {
+        return RecordAt::Invalid("record checksum mismatch".into());
     }
     if synced_through > offset as u64 {
-        return Some(RecordAt::Invalid(format!("synced_through {synced_through} lies past the record itself")));
+        return RecordAt::Invalid(format!("synced_through {synced_through} lies past the record itself"));
     }
-    Some(RecordAt::Valid { payload, synced_through })
+    RecordAt::Valid { payload, synced_through }
 }
 
 /// The offset of the sector after a record of `payload_len` bytes starting at `offset`.
@@ -151,9 +149,107 @@ pub(crate) fn next_record_offset(offset: usize, payload_len: usize) -> usize {
     (offset + RECORD_HEADER_BYTES + payload_len).next_multiple_of(SECTOR_BYTES)
 }
 
+/// CRC-32s of ranges of one buffer, each in time logarithmic in its length
+/// after one pass over the buffer: recovery's scan past damage checks a
+/// record claimed at every sector, and claims may overlap (headers of this
+/// log that it did not write: a crafted file, or value bytes in a torn
+/// group's payload or a recycled file's stale records). Hashing each claim
+/// cost work quadratic in the file's size.
+///
+/// CRC-32 is affine: `crc(a ‖ b) = shift(crc(a), |b|) ^ crc(b)`, where
+/// `shift` appends `|b|` zero bytes' worth of state (crc32fast's `combine`
+/// with a second CRC of 0). So a range's CRC is the CRC of the prefix up to
+/// its end, with the shifted CRC of the prefix before it taken out.
+pub(crate) struct RangeCrcs<'a> {
+    data: &'a [u8],
+    /// `sector_prefixes[k]`: the CRC of `data[..k * SECTOR_BYTES]`.
+    sector_prefixes: Vec<u32>,
+}
+
+impl<'a> RangeCrcs<'a> {
+    /// One pass over `data`.
+    pub(crate) fn new(data: &'a [u8]) -> RangeCrcs<'a> {
+        count_checksummed(data.len());
+        let mut sector_prefixes = Vec::with_capacity(data.len() / SECTOR_BYTES + 1);
+        let mut hasher = crc32fast::Hasher::new();
+        sector_prefixes.push(hasher.clone().finalize());
+        for sector in data.chunks_exact(SECTOR_BYTES) {
+            hasher.update(sector);
+            sector_prefixes.push(hasher.clone().finalize());
+        }
+        RangeCrcs { data, sector_prefixes }
+    }
+
+    /// The CRC of `data[..end]`: a sector prefix and at most a sector's bytes.
+    fn prefix(&self, end: usize) -> u32 {
+        let sector = end / SECTOR_BYTES;
+        let start = sector * SECTOR_BYTES;
+        count_checksummed(end - start);
+        let mut hasher = crc32fast::Hasher::new_with_initial(self.sector_prefixes[sector]);
+        hasher.update(&self.data[start..end]);
+        hasher.finalize()
+    }
+
+    /// The CRC of `data[range]`.
+    ///
+    /// # Panics
+    /// If the range is not within the buffer.
+    pub(crate) fn crc(&self, range: std::ops::Range<usize>) -> u32 {
+        assert!(range.start <= range.end && range.end <= self.data.len(), "a range of the buffer");
+        self.prefix(range.end) ^ shift(self.prefix(range.start), range.len() as u64)
+    }
+}
+
+/// The CRC of `a ‖ b` from the CRCs of `a` and `b`.
+pub(crate) fn crc_concat(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc_a);
+    hasher.combine(&crc32fast::Hasher::new_with_initial_len(crc_b, len_b));
+    hasher.finalize()
+}
+
+/// What a prefix whose CRC is `crc` contributes to the CRC of itself
+/// followed by `len` more bytes (the CRC of `len` zero bytes' worth of shift).
+fn shift(crc: u32, len: u64) -> u32 {
+    crc_concat(crc, 0, len)
+}
+
+#[cfg(test)]
+thread_local! {
+    static CHECKSUMMED_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts bytes run through a CRC, for tests that bound recovery's work.
+#[inline]
+fn count_checksummed(_bytes: usize) {
+    #[cfg(test)]
+    CHECKSUMMED_BYTES.with(|count| count.set(count.get() + _bytes));
+}
+
+/// Bytes this thread has run through a record CRC or a [`RangeCrcs`] so far.
+#[cfg(test)]
+pub(crate) fn checksummed_bytes() -> usize {
+    CHECKSUMMED_BYTES.with(std::cell::Cell::get)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn range_crcs_match_hashing_the_range(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3 * SECTOR_BYTES + 100),
+            a in 0usize..4 * SECTOR_BYTES,
+            b in 0usize..4 * SECTOR_BYTES,
+        ) {
+            let (start, end) = (a.min(b).min(data.len()), a.max(b).min(data.len()));
+            let crcs = RangeCrcs::new(&data);
+            proptest::prop_assert_eq!(crcs.crc(start..end), crc32fast::hash(&data[start..end]));
+            let (head, tail) = data[start..end].split_at((end - start) / 3);
+            let concat = crc_concat(crc32fast::hash(head), crc32fast::hash(tail), tail.len() as u64);
+            proptest::prop_assert_eq!(concat, crc32fast::hash(&data[start..end]));
+        }
+    }
 
     #[test]
     fn worked_example_of_the_format_doc() {

@@ -4,7 +4,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::format::{
-    RECORD_HEADER_BYTES, RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at, record_at_within,
+    RECORD_HEADER_BYTES, RangeCrcs, RecordAt, SECTOR_BYTES, crc_concat, decode_file_header, next_record_offset,
+    record_at, record_at_with,
 };
 use crate::batch::decode_batches;
 use crate::io::{DirectFile, Io};
@@ -178,10 +179,6 @@ pub(crate) fn parse_records(
                 "{reason}, but a later group (at offset {first}) says everything below offset \
                  {watermark} was synced: damage in the middle of the log"
             ),
-            Later::TooManyClaims { at } => format!(
-                "{reason}, and the records after it claim more bytes than the log holds (checked up to \
-                 offset {at}): damage that cannot be told from a torn tail"
-            ),
         };
         match mode {
             RecoveryMode::KeepAllOrFail => return Err(corruption(offset as u64, detail)),
@@ -206,35 +203,29 @@ enum Later {
     /// The first valid record at a later sector boundary, and the highest
     /// `synced_through` among all of them.
     Valid { first: usize, watermark: u64 },
-    /// Records claiming more payload bytes than the scan may checksum: the
-    /// scan gave up at this offset, and cannot tell a torn tail from damage.
-    TooManyClaims { at: usize },
 }
 
-/// Payload bytes [`later_valid_records`] may checksum, beyond one pass over
-/// what it scans. It skips past each valid record, so a log's own records
-/// cost one pass, and torn ones (which do not overlap either) at most one
-/// more. Only overlapping claims come near the bound: headers of this log
-/// that the log did not write, in a crafted file or inside bytes the scan
-/// reads sector by sector (a torn group's payload, a recycled file's stale
-/// records), where values written to look like them could put them. Without
-/// the bound, a file whose every sector claimed the rest of it cost checksum
-/// work quadratic in its size at open.
-const LATER_SCAN_SLACK_BYTES: usize = 1 << 20;
-
-/// Looks for valid records of this log at the sector boundaries from `from` on.
+/// Looks for valid records of this log at the sector boundaries from `from`
+/// on, skipping past each one found (its payload holds no other record).
+/// Claims are checked through [`RangeCrcs`], so the scan costs one pass over
+/// the file and a few sectors per claim however long the claims are. The pass
+/// is made at the first claim: most logs end in zeroes or stale records of
+/// another log, which need no checksum.
 fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Later {
-    let mut budget_bytes = 2 * data.len().saturating_sub(from) + LATER_SCAN_SLACK_BYTES;
+    let crcs = std::cell::OnceCell::new();
     let mut found = Later::Nothing;
     let mut offset = from;
     while offset < data.len() {
-        let Some(record) = record_at_within(&data[offset..], offset, log_number, &mut budget_bytes) else {
-            return Later::TooManyClaims { at: offset };
-        };
+        let payload_start = offset + RECORD_HEADER_BYTES;
+        let record = record_at_with(&data[offset..], offset, log_number, |header_tail, payload| {
+            let crcs = crcs.get_or_init(|| RangeCrcs::new(data));
+            let payload_crc = crcs.crc(payload_start..payload_start + payload.len());
+            crc_concat(crc32fast::hash(header_tail), payload_crc, payload.len() as u64)
+        });
         if let RecordAt::Valid { payload, synced_through } = record {
             match &mut found {
                 Later::Valid { watermark, .. } => *watermark = (*watermark).max(synced_through),
-                _ => found = Later::Valid { first: offset, watermark: synced_through },
+                Later::Nothing => found = Later::Valid { first: offset, watermark: synced_through },
             }
             offset = next_record_offset(offset, payload.len());
             continue;
@@ -329,10 +320,10 @@ mod tests {
     }
 
     #[test]
-    fn a_log_whose_every_sector_claims_the_rest_of_the_file_is_refused_without_checking_every_claim() {
+    fn a_log_whose_every_sector_claims_the_rest_of_the_file_costs_one_pass_to_check() {
         // A crafted file: after one valid group, every sector holds a header
         // of this log claiming the rest of the file, with a wrong checksum.
-        // Checking every claim would checksum about 8 GiB for these 8 MiB.
+        // Hashing every claim would checksum about 8 GiB for these 8 MiB.
         let (mut data, _) = image(5, &[1]);
         let damaged_at = data.len();
         let sectors = 2048;
@@ -346,21 +337,51 @@ mod tests {
             header[12..20].copy_from_slice(&5u64.to_le_bytes());
             header[20..28].copy_from_slice(&0u64.to_le_bytes());
         }
-        assert_eq!(
-            later_valid_records(&data, damaged_at + SECTOR_BYTES, 5),
-            Later::TooManyClaims { at: damaged_at + 3 * SECTOR_BYTES },
-            "the scan stops once its checksum budget (twice the bytes scanned, and 1 MiB) is spent"
-        );
-        match parse(data.clone(), RecoveryMode::KeepAllOrFail) {
-            Err(Error::Corruption { offset, reason, .. }) => {
-                assert_eq!(offset, damaged_at as u64);
-                assert!(reason.contains("claim more bytes than the log holds"), "{reason}");
-            }
-            other => panic!("expected corruption, got {other:?}"),
+        let before = super::super::format::checksummed_bytes();
+        assert_eq!(later_valid_records(&data, damaged_at + SECTOR_BYTES, 5), Later::Nothing);
+        let checksummed = super::super::format::checksummed_bytes() - before;
+        // One pass, and at most two partial sectors and a header per claim.
+        assert!(checksummed <= data.len() + sectors * (2 * SECTOR_BYTES + RECORD_HEADER_BYTES), "{checksummed}");
+        // No valid group follows the damage: a torn tail, in both modes.
+        for mode in [RecoveryMode::KeepAllOrFail, RecoveryMode::KeepPrefixDropRest] {
+            let contents = parse(data.clone(), mode).unwrap();
+            assert_eq!(contents.groups.len(), 1);
+            assert_eq!(contents.torn_tail_at, Some(damaged_at as u64));
         }
-        let contents = parse(data, RecoveryMode::KeepPrefixDropRest).unwrap();
-        assert_eq!(contents.groups.len(), 1);
-        assert_eq!(contents.dropped_at.as_ref().map(|d| d.0), Some(damaged_at as u64));
+    }
+
+    #[test]
+    fn the_scan_past_zeroes_and_another_logs_records_checksums_nothing() {
+        let (mut data, _) = image(5, &[1, 3]);
+        let end = data.len();
+        data.resize(end + 1000 * SECTOR_BYTES, 0);
+        // A recycled file's stale records, of log 4.
+        let (stale, _) = image(4, &[2, 40, 2]);
+        data.extend_from_slice(&stale[SECTOR_BYTES..]);
+        let before = super::super::format::checksummed_bytes();
+        assert_eq!(later_valid_records(&data, end + SECTOR_BYTES, 5), Later::Nothing);
+        assert_eq!(super::super::format::checksummed_bytes(), before);
+    }
+
+    #[test]
+    fn a_claim_checked_through_range_crcs_is_valid_exactly_when_hashing_it_says_so() {
+        let (mut data, starts) = image(5, &[2, 300, 2]);
+        fn crcs_of(data: &[u8], at: usize) -> RecordAt<'_> {
+            let crcs = RangeCrcs::new(data);
+            let payload_start = at + RECORD_HEADER_BYTES;
+            record_at_with(&data[at..], at, 5, |header_tail, payload| {
+                let payload_crc = crcs.crc(payload_start..payload_start + payload.len());
+                crc_concat(crc32fast::hash(header_tail), payload_crc, payload.len() as u64)
+            })
+        }
+        for &at in &starts {
+            assert_eq!(crcs_of(&data, at), record_at(&data[at..], at, 5));
+            assert!(matches!(crcs_of(&data, at), RecordAt::Valid { .. }));
+        }
+        // A flipped payload byte in a group that spans many sectors.
+        data[starts[1] + 3 * SECTOR_BYTES + 17] ^= 0x10;
+        assert_eq!(crcs_of(&data, starts[1]), RecordAt::Invalid("record checksum mismatch".into()));
+        assert_eq!(record_at(&data[starts[1]..], starts[1], 5), RecordAt::Invalid("record checksum mismatch".into()));
     }
 
     #[test]
