@@ -149,8 +149,9 @@ pub(crate) fn next_record_offset(offset: usize, payload_len: usize) -> usize {
     (offset + RECORD_HEADER_BYTES + payload_len).next_multiple_of(SECTOR_BYTES)
 }
 
-/// CRC-32s of ranges of one buffer, each in time logarithmic in its length
-/// after one pass over the buffer: recovery's scan past damage checks a
+/// CRC-32s of ranges of one buffer after one pass over it, each for at most
+/// two partial sectors of hashing and a few multiplications in GF(2) however
+/// long the range: recovery's scan past damage checks a
 /// record claimed at every sector, and claims may overlap (headers of this
 /// log that it did not write: a crafted file, or value bytes in a torn
 /// group's payload or a recycled file's stale records). Hashing each claim
@@ -197,6 +198,14 @@ impl<'a> RangeCrcs<'a> {
     pub(crate) fn crc(&self, range: std::ops::Range<usize>) -> u32 {
         assert!(range.start <= range.end && range.end <= self.data.len(), "a range of the buffer");
         self.prefix(range.end) ^ shift(self.prefix(range.start), range.len() as u64)
+    }
+
+    /// A record's checksum (see [`record_at`]): the CRC of `header_tail`
+    /// followed by the payload, `data[payload_start..][..payload_len]`.
+    pub(crate) fn record_crc(&self, header_tail: &[u8], payload_start: usize, payload_len: usize) -> u32 {
+        count_checksummed(header_tail.len());
+        let payload_crc = self.crc(payload_start..payload_start + payload_len);
+        crc_concat(crc32fast::hash(header_tail), payload_crc, payload_len as u64)
     }
 }
 
@@ -248,6 +257,21 @@ mod tests {
             let (head, tail) = data[start..end].split_at((end - start) / 3);
             let concat = crc_concat(crc32fast::hash(head), crc32fast::hash(tail), tail.len() as u64);
             proptest::prop_assert_eq!(concat, crc32fast::hash(&data[start..end]));
+        }
+    }
+
+    #[test]
+    fn range_crcs_at_sector_edges_match_hashing_the_range() {
+        const S: usize = SECTOR_BYTES;
+        for len in [0, 1, S - 1, S, S + 1, 2 * S, 2 * S + 1] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let crcs = RangeCrcs::new(&data);
+            let points = [0, 1, S - 1, S, S + 1, len.saturating_sub(1), len];
+            for &start in points.iter().filter(|&&p| p <= len) {
+                for &end in points.iter().filter(|&&p| p >= start && p <= len) {
+                    assert_eq!(crcs.crc(start..end), crc32fast::hash(&data[start..end]), "len {len}, {start}..{end}");
+                }
+            }
         }
     }
 

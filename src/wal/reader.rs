@@ -4,8 +4,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::format::{
-    RECORD_HEADER_BYTES, RangeCrcs, RecordAt, SECTOR_BYTES, crc_concat, decode_file_header, next_record_offset,
-    record_at, record_at_with,
+    RECORD_HEADER_BYTES, RangeCrcs, RecordAt, SECTOR_BYTES, decode_file_header, next_record_offset, record_at,
+    record_at_with,
 };
 use crate::batch::decode_batches;
 use crate::io::{DirectFile, Io};
@@ -218,9 +218,7 @@ fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Later {
     while offset < data.len() {
         let payload_start = offset + RECORD_HEADER_BYTES;
         let record = record_at_with(&data[offset..], offset, log_number, |header_tail, payload| {
-            let crcs = crcs.get_or_init(|| RangeCrcs::new(data));
-            let payload_crc = crcs.crc(payload_start..payload_start + payload.len());
-            crc_concat(crc32fast::hash(header_tail), payload_crc, payload.len() as u64)
+            crcs.get_or_init(|| RangeCrcs::new(data)).record_crc(header_tail, payload_start, payload.len())
         });
         if let RecordAt::Valid { payload, synced_through } = record {
             match &mut found {
@@ -370,8 +368,7 @@ mod tests {
             let crcs = RangeCrcs::new(data);
             let payload_start = at + RECORD_HEADER_BYTES;
             record_at_with(&data[at..], at, 5, |header_tail, payload| {
-                let payload_crc = crcs.crc(payload_start..payload_start + payload.len());
-                crc_concat(crc32fast::hash(header_tail), payload_crc, payload.len() as u64)
+                crcs.record_crc(header_tail, payload_start, payload.len())
             })
         }
         for &at in &starts {
