@@ -132,7 +132,8 @@ pub(crate) fn record_at_with<'a>(
     if len == 0 {
         return RecordAt::Invalid("empty record".into());
     }
-    let Some(payload) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
+    // Checked: on a 32-bit target a length near 2^32 would overflow.
+    let Some(payload) = RECORD_HEADER_BYTES.checked_add(len).and_then(|end| bytes.get(RECORD_HEADER_BYTES..end)) else {
         return RecordAt::Invalid(format!("record of {len} bytes runs past the end of the file"));
     };
     if checksum(&header[4..], payload) != crc {
