@@ -211,7 +211,7 @@ impl<'a> RangeCrcs<'a> {
 }
 
 /// The CRC of `a ‖ b` from the CRCs of `a` and `b`.
-pub(crate) fn crc_concat(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
+fn crc_concat(crc_a: u32, crc_b: u32, len_b: u64) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(crc_a);
     hasher.combine(&crc32fast::Hasher::new_with_initial_len(crc_b, len_b));
     hasher.finalize()

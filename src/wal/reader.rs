@@ -159,29 +159,30 @@ pub(crate) fn parse_records(
         // The log ends here: cleanly, at a torn tail, or at damage.
         contents.end_offset = offset as u64;
         let later = later_valid_records(&data, offset + SECTOR_BYTES, log_number);
-        let damaged = problem.is_some();
-        let reason = problem.unwrap_or_else(|| "unwritten sector".into());
-        let detail = match later {
-            Later::Nothing => {
-                if damaged {
-                    contents.torn_tail_at = Some(offset as u64);
-                }
-                break;
-            }
-            Later::Valid { watermark, .. } if watermark <= offset as u64 => {
-                // Valid groups follow, but none of them was built after a sync that
-                // covered this offset: a power loss can lose unsynced groups in any
-                // order, so this is still the tail of what was durable.
+        let Some((first_later, watermark)) = later else {
+            if problem.is_some() {
                 contents.torn_tail_at = Some(offset as u64);
-                break;
             }
-            Later::Valid { first, watermark } => format!(
-                "{reason}, but a later group (at offset {first}) says everything below offset \
-                 {watermark} was synced: damage in the middle of the log"
-            ),
+            break;
         };
+        if watermark <= offset as u64 {
+            // Valid groups follow, but none of them was built after a sync that
+            // covered this offset: a power loss can lose unsynced groups in any
+            // order, so this is still the tail of what was durable.
+            contents.torn_tail_at = Some(offset as u64);
+            break;
+        }
+        let reason = problem.unwrap_or_else(|| "unwritten sector".into());
         match mode {
-            RecoveryMode::KeepAllOrFail => return Err(corruption(offset as u64, detail)),
+            RecoveryMode::KeepAllOrFail => {
+                return Err(corruption(
+                    offset as u64,
+                    format!(
+                        "{reason}, but a later group (at offset {first_later}) says everything below offset \
+                         {watermark} was synced: damage in the middle of the log"
+                    ),
+                ));
+            }
             RecoveryMode::KeepPrefixDropRest => {
                 contents.dropped_at = Some((offset as u64, reason));
                 // New writes must not land before the dropped groups, or a
@@ -195,25 +196,16 @@ pub(crate) fn parse_records(
     Ok(contents)
 }
 
-/// What follows the end of a log's valid prefix.
-#[derive(Debug, PartialEq, Eq)]
-enum Later {
-    /// No valid record of this log at any later sector boundary.
-    Nothing,
-    /// The first valid record at a later sector boundary, and the highest
-    /// `synced_through` among all of them.
-    Valid { first: usize, watermark: u64 },
-}
-
-/// Looks for valid records of this log at the sector boundaries from `from`
-/// on, skipping past each one found (its payload holds no other record).
+/// The first valid record of this log at a sector boundary at or after `from`,
+/// and the highest `synced_through` of all valid records from there on. Each
+/// valid record found is skipped past (its payload holds no other record).
 /// Claims are checked through [`RangeCrcs`], so the scan costs one pass over
 /// the file and a few sectors per claim however long the claims are. The pass
 /// is made at the first claim: most logs end in zeroes or stale records of
 /// another log, which need no checksum.
-fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Later {
+fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Option<(usize, u64)> {
     let crcs = std::cell::OnceCell::new();
-    let mut found = Later::Nothing;
+    let mut found: Option<(usize, u64)> = None;
     let mut offset = from;
     while offset < data.len() {
         let payload_start = offset + RECORD_HEADER_BYTES;
@@ -221,10 +213,8 @@ fn later_valid_records(data: &[u8], from: usize, log_number: u64) -> Later {
             crcs.get_or_init(|| RangeCrcs::new(data)).record_crc(header_tail, payload_start, payload.len())
         });
         if let RecordAt::Valid { payload, synced_through } = record {
-            match &mut found {
-                Later::Valid { watermark, .. } => *watermark = (*watermark).max(synced_through),
-                Later::Nothing => found = Later::Valid { first: offset, watermark: synced_through },
-            }
+            let (_, watermark) = found.get_or_insert((offset, 0));
+            *watermark = (*watermark).max(synced_through);
             offset = next_record_offset(offset, payload.len());
             continue;
         }
@@ -336,7 +326,7 @@ mod tests {
             header[20..28].copy_from_slice(&0u64.to_le_bytes());
         }
         let before = super::super::format::checksummed_bytes();
-        assert_eq!(later_valid_records(&data, damaged_at + SECTOR_BYTES, 5), Later::Nothing);
+        assert_eq!(later_valid_records(&data, damaged_at + SECTOR_BYTES, 5), None);
         let checksummed = super::super::format::checksummed_bytes() - before;
         // One pass, and at most two partial sectors and a header per claim.
         assert!(checksummed <= data.len() + sectors * (2 * SECTOR_BYTES + RECORD_HEADER_BYTES), "{checksummed}");
@@ -357,7 +347,7 @@ mod tests {
         let (stale, _) = image(4, &[2, 40, 2]);
         data.extend_from_slice(&stale[SECTOR_BYTES..]);
         let before = super::super::format::checksummed_bytes();
-        assert_eq!(later_valid_records(&data, end + SECTOR_BYTES, 5), Later::Nothing);
+        assert_eq!(later_valid_records(&data, end + SECTOR_BYTES, 5), None);
         assert_eq!(super::super::format::checksummed_bytes(), before);
     }
 
@@ -411,7 +401,7 @@ mod tests {
 
         data[starts[1] + RECORD_HEADER_BYTES] ^= 1;
         let later = later_valid_records(&data, starts[1] + SECTOR_BYTES, 5);
-        assert_eq!(later, Later::Valid { first: starts[2], watermark: first_later });
+        assert_eq!(later, Some((starts[2], first_later)));
     }
 
     #[test]
